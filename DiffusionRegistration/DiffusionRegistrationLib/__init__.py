@@ -1,0 +1,1 @@
+"""DiffusionRegistration backend."""

@@ -1,0 +1,1 @@
+"""Diffusion-model feature extractors (see base.py for the interface)."""
