@@ -26,12 +26,12 @@ class RegistrationConfig:
     affine_iterations: tuple[int, ...] = (80, 40)
     affine_lr: float = 0.01  # per step, relative units: translation lr is this times 100 mm
     # deformable stage
-    transform: str = "svf"  # svf | displacement | none
+    transform: str = "displacement"  # displacement | svf | none
     levels: tuple[float, ...] = (4.0, 2.0, 1.0)
     iterations: tuple[int, ...] = (150, 100, 50)
-    lr: float = 0.5  # Adam step in mm
-    control_spacing: float = 1.0  # control grid coarser than the level grid by this factor
-    field_smoothing: float = 1.0  # Gaussian sigma (level voxels) applied to the field parameter
+    lr: float = 0.25  # Adam step in voxels of the level being optimised
+    control_spacing: float = 2.0  # control grid coarser than the level grid by this factor
+    field_smoothing: float = 3.0  # Gaussian sigma (level voxels) applied to the field parameter
     regularizer: str = "diffusion"  # diffusion | bending
     regularization: float = 1.0
     integration_steps: int = 6

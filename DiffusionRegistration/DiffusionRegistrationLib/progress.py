@@ -25,17 +25,18 @@ def silent(_: Progress) -> None:
     """A callback that ignores every event."""
 
 
-def json_lines(stream: TextIO = sys.stdout) -> ProgressCallback:
-    """Writes each event as one JSON line, flushed at once so a reader thread sees it."""
+def json_lines(stream: Optional[TextIO] = None) -> ProgressCallback:
+    """Writes each event as one JSON line (default: the current stdout), flushed so a reader thread sees it."""
 
     def report(event: Progress) -> None:
-        stream.write(json.dumps(asdict(event)) + "\n")
-        stream.flush()
+        out = stream or sys.stdout
+        out.write(json.dumps(asdict(event)) + "\n")
+        out.flush()
 
     return report
 
 
-def progress_bar(stream: TextIO = sys.stderr) -> ProgressCallback:
+def progress_bar(stream: Optional[TextIO] = None) -> ProgressCallback:
     """A tqdm bar per stage, for people at a terminal."""
     from tqdm import tqdm
 
@@ -45,7 +46,7 @@ def progress_bar(stream: TextIO = sys.stderr) -> ProgressCallback:
         if state["stage"] != event.stage:
             if state["bar"] is not None:
                 state["bar"].close()
-            state["bar"] = tqdm(total=1000, desc=event.stage, file=stream, leave=True,
+            state["bar"] = tqdm(total=1000, desc=event.stage, file=stream or sys.stderr, leave=True,
                                 bar_format="{desc:<14} {percentage:3.0f}%|{bar}| {elapsed} {postfix}")
             state["stage"] = event.stage
         bar = state["bar"]

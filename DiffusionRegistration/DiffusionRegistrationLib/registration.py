@@ -129,6 +129,33 @@ def _optimise(step: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer
     return {"steps": done, "loss": loss_value}
 
 
+def _affine_sampling(affine: AffineTransform, fixed_grid: Grid, moving_grid: Grid,
+                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """For T(x) = A(x + u): the sampling grid of A alone, and the matrix taking u (mm) to its change.
+
+    Both parts are linear, so `base + u @ matrix` is the sampling grid of T without recomputing the
+    affine map and the physical-to-index conversion of every voxel at every step.
+    """
+    with torch.no_grad():
+        base = to_sampling_grid(affine(physical_points(fixed_grid, device)), moving_grid)
+    dim = fixed_grid.dim
+    scale = np.diag(2.0 / np.maximum(np.asarray(moving_grid.size, dtype=np.float64) - 1, 1))
+    matrix = scale @ moving_grid.physical_to_index()[:dim, :dim] @ affine.matrix()[0][:dim, :dim]
+    return base, torch.as_tensor(matrix.T, dtype=torch.float32, device=device)
+
+
+MIN_LEVEL_VOXELS = 16
+
+
+def _usable_levels(grid: Grid, levels: tuple[float, ...], iterations: tuple[int, ...]) -> list[tuple[float, int]]:
+    """The (factor, iterations) pairs whose level keeps at least MIN_LEVEL_VOXELS along every axis.
+
+    Tiny levels of small images mislead the optimiser; the finest level is always kept.
+    """
+    kept = [(f, n) for f, n in zip(levels, iterations) if min(grid.size) / f >= MIN_LEVEL_VOXELS]
+    return kept or [(min(levels), iterations[levels.index(min(levels))])]
+
+
 def _affine_similarity(config: RegistrationConfig) -> Similarity:
     if config.affine_similarity is not None:
         return build_similarity(config.affine_similarity, **config.affine_similarity_params)
@@ -179,7 +206,8 @@ def register(fixed: Image, moving: Image, config: Optional[RegistrationConfig] =
 
     if config.affine:
         similarity = _affine_similarity(config).to(device)
-        for index, (factor, iterations) in enumerate(zip(config.affine_levels, config.affine_iterations)):
+        plan = _usable_levels(fixed.grid, config.affine_levels, config.affine_iterations)
+        for index, (factor, iterations) in enumerate(plan):
             f_image, f_mask, f_grid = fixed_pyramid.level(factor)
             m_image, m_mask, m_grid = moving_pyramid.level(factor)
             similarity.prepare(f_image, m_image, f_grid, m_grid)
@@ -192,16 +220,17 @@ def register(fixed: Image, moving: Image, config: Optional[RegistrationConfig] =
             optimizer = torch.optim.Adam([{"params": [affine.translation], "lr": config.affine_lr * 100},
                                           {"params": [affine.linear], "lr": config.affine_lr}])
             outcome = _optimise(affine_step, optimizer, iterations, config,
-                                level_reporter("affine", index, len(config.affine_levels), iterations))
+                                level_reporter("affine", index, len(plan), iterations))
             history.append({"stage": "affine", "level": factor, **outcome})
         progress(Progress("affine", 1.0, "done"))
     affine.requires_grad_(False)
 
     dense: Optional[DenseTransform] = None
     if config.transform != "none":
+        plan = _usable_levels(fixed.grid, config.levels, config.iterations)
         similarity = build_similarity(config.similarity, **config.similarity_params).to(device)
         regularizer = REGULARIZERS[config.regularizer]
-        for index, (factor, iterations) in enumerate(zip(config.levels, config.iterations)):
+        for index, (factor, iterations) in enumerate(plan):
             f_image, f_mask, f_grid = fixed_pyramid.level(factor)
             m_image, m_mask, m_grid = moving_pyramid.level(factor)
             control = f_grid.scaled(config.control_spacing) if config.control_spacing > 1 else f_grid
@@ -211,18 +240,18 @@ def register(fixed: Image, moving: Image, config: Optional[RegistrationConfig] =
                 level.load_coarser(dense)
             dense = level
             similarity.prepare(f_image, m_image, f_grid, m_grid)
-            points = physical_points(f_grid, device)
+            base, to_normalised = _affine_sampling(affine, f_grid, m_grid, device)
 
             def dense_step() -> torch.Tensor:
                 field = dense.parameter_field()
                 displacement = field if dense.kind == "displacement" else dense.displacement()
-                sampling = to_sampling_grid(affine(points + channels_last(displacement)), m_grid)
+                sampling = base + channels_last(displacement) @ to_normalised
                 loss = similarity.mapped_loss(f_image, m_image, sampling, _mask_at(f_mask, m_mask, sampling))
                 return loss + config.regularization * regularizer(field, f_grid)
 
-            optimizer = torch.optim.Adam(dense.parameters(), lr=config.lr * factor)
+            optimizer = torch.optim.Adam(dense.parameters(), lr=config.lr * float(np.mean(f_grid.spacing)))
             outcome = _optimise(dense_step, optimizer, iterations, config,
-                                level_reporter("deformable", index, len(config.levels), iterations))
+                                level_reporter("deformable", index, len(plan), iterations))
             history.append({"stage": "deformable", "level": factor, **outcome})
         progress(Progress("deformable", 1.0, "done"))
 

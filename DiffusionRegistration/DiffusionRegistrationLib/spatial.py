@@ -63,19 +63,28 @@ def gaussian_kernel1d(sigma: float, device=None, dtype=torch.float32, truncate: 
     return kernel / kernel.sum()
 
 
+def _band_matrix(kernel: torch.Tensor, size: int) -> torch.Tensor:
+    """[size, size] matrix M with (M @ v) = the zero-padded 'same' convolution of v with `kernel`."""
+    radius = kernel.numel() // 2
+    offsets = torch.arange(size, device=kernel.device)[None, :] - torch.arange(size, device=kernel.device)[:, None]
+    inside = offsets.abs() <= radius
+    return torch.where(inside, kernel[(offsets + radius).clamp(0, kernel.numel() - 1)], kernel.new_zeros(()))
+
+
 def separable_filter(image: torch.Tensor, kernels: list[torch.Tensor]) -> torch.Tensor:
-    """Applies one 1D kernel per spatial axis ((z,) y, x order) to [B, C, *spatial], zero padding."""
-    d = image.dim() - 2
-    conv = (F.conv1d, F.conv2d, F.conv3d)[d - 1]
-    channels = image.shape[1]
+    """Applies one 1D kernel per spatial axis ((z,) y, x order) to [B, C, *spatial], zero padding.
+
+    Each axis is one matrix product with a banded matrix: on CPUs this is far faster than a
+    depthwise convolution, and it is differentiable and device-agnostic.
+    """
     out = image
     for axis, kernel in enumerate(kernels):
-        shape = [1] * d
-        shape[axis] = kernel.numel()
-        weight = kernel.to(image.dtype).reshape(1, 1, *shape).repeat(channels, 1, *([1] * d))
-        padding = [0] * d
-        padding[axis] = kernel.numel() // 2
-        out = conv(out, weight, padding=padding, groups=channels)
+        if kernel.numel() == 1:
+            out = out * kernel.to(out.dtype)
+            continue
+        dim = 2 + axis
+        matrix = _band_matrix(kernel.to(out.dtype), out.shape[dim])
+        out = (out.movedim(dim, -1) @ matrix.T).movedim(-1, dim)
     return out
 
 

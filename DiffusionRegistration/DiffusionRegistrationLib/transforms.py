@@ -89,8 +89,8 @@ class AffineTransform(torch.nn.Module):
 class DenseTransform(torch.nn.Module):
     """A dense displacement (or stationary velocity) field parameterised on a control grid.
 
-    The parameter lives on `control_grid` (the level grid, or a coarser one for implicit smoothness)
-    and is linearly upsampled and optionally Gaussian-smoothed onto `grid` before use; with
+    The parameter lives on `control_grid` (the level grid, or a coarser one for implicit smoothness),
+    is optionally Gaussian-smoothed (sigma given in `grid` voxels) and linearly upsampled onto `grid`; with
     kind == "svf" it is a velocity integrated by scaling and squaring (diffeomorphic by construction).
     """
 
@@ -105,8 +105,11 @@ class DenseTransform(torch.nn.Module):
 
     def parameter_field(self) -> torch.Tensor:
         """The displacement (or velocity) on `grid`, [B, D, *grid.shape]."""
-        field = resize_field(self.field, self.grid.shape)
-        return gaussian_smooth(field, self.smoothing) if self.smoothing > 0 else field
+        field = self.field
+        if self.smoothing > 0:  # smoothing on the (coarser) control grid is cheaper and equivalent
+            ratio = [n / c for n, c in zip(self.grid.shape, self.control_grid.shape)]
+            field = gaussian_smooth(field, [self.smoothing / r for r in ratio])
+        return resize_field(field, self.grid.shape)
 
     def displacement(self) -> torch.Tensor:
         field = self.parameter_field()

@@ -1,0 +1,146 @@
+"""The `diffreg` command line: outputs, JSON progress, and clear errors with nothing half-written."""
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from DiffusionRegistrationLib.cli import main
+from DiffusionRegistrationLib.images import Image
+from DiffusionRegistrationLib.synthetic import random_smooth_displacement, warp_with_displacement
+
+FAST = ["--preset", "fast", "--similarity", "mse", "--set", "affine=false", "--set", "regularization=0.01"]
+
+
+@pytest.fixture
+def pair(tmp_path, t1_slice, write_image_file):
+    truth = random_smooth_displacement(t1_slice.grid, max_mm=8.0, seed=5, smoothness_mm=25.0)
+    fixed = warp_with_displacement(t1_slice, truth)
+    return {"fixed": write_image_file(fixed, tmp_path / "fixed.nii.gz"),
+            "moving": write_image_file(t1_slice, tmp_path / "moving.nii.gz"), "truth": truth, "image": t1_slice,
+            "fixed_image": fixed}
+
+
+def test_register_writes_every_output_and_follows_the_json_progress_contract(tmp_path, pair, capsys):
+    out = tmp_path / "out"
+    code = main(["register", "--fixed", pair["fixed"], "--moving", pair["moving"], "--output-dir", str(out),
+                 "--progress", "json", "--inverse", "inverse.h5", "--affine", "affine.tfm", *FAST])
+    assert code == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert all(set(e) == {"stage", "fraction", "message"} for e in events)
+    assert events[-1]["stage"] == "done" and events[-1]["fraction"] == 1.0
+    fractions = [e["fraction"] for e in events if e["stage"] == "deformable"]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    report = json.loads((out / "report.json").read_text())
+    for name in ("transform.h5", "transform.nii.gz", "warped.nii.gz", "jacobian.nii.gz", "checkerboard.png",
+                 "inverse.h5", "affine.tfm"):
+        assert (out / name).is_file(), name
+    assert set(report["outputs"]) >= {"transform", "warped", "jacobian", "checkerboard", "inverse", "report"}
+    transform = sitk.ReadTransform(str(out / "transform.h5"))
+    centre = pair["image"].grid.center()
+    index = np.round(pair["image"].grid.physical_to_index() @ np.append(centre, 1))[:2].astype(int)
+    truth_at_centre = pair["truth"][index[1], index[0]]
+    point = pair["image"].grid.index_to_physical()[:2] @ np.append(index, 1)
+    assert np.linalg.norm(np.array(transform.TransformPoint(tuple(float(v) for v in point))) - (point + truth_at_centre)) < 1.0
+
+
+def test_apply_keeps_label_values_and_evaluate_reports_dice(tmp_path, pair, capsys, write_image_file):
+    out = tmp_path / "out"
+    assert main(["register", "--fixed", pair["fixed"], "--moving", pair["moving"], "--output-dir", str(out),
+                 "--progress", "none", *FAST]) == 0
+    labels = (pair["image"].array > np.percentile(pair["image"].array, 60)).astype(np.uint8) * 7
+    moving_labels = write_image_file(pair["image"].with_array(labels), tmp_path / "ml.nii.gz")
+    fixed_labels = warp_with_displacement(pair["image"].with_array(labels), pair["truth"], "nearest")
+    fixed_labels_path = write_image_file(fixed_labels, tmp_path / "fl.nii.gz")
+    assert main(["apply", "--transform", str(out / "transform.h5"), "--input", moving_labels, "--reference",
+                 pair["fixed"], "--output", str(tmp_path / "warped_labels.nii.gz"), "--labels"]) == 0
+    warped = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "warped_labels.nii.gz")))
+    assert set(np.unique(warped)) <= {0, 7}
+    capsys.readouterr()
+    assert main(["evaluate", "--transform", str(out / "transform.h5"), "--fixed-labels", fixed_labels_path,
+                 "--moving-labels", moving_labels]) == 0
+    report = json.loads(capsys.readouterr().out)
+    ours = 2 * np.logical_and(warped == 7, fixed_labels.array == 7).sum() / ((warped == 7).sum() +
+                                                                         (fixed_labels.array == 7).sum())
+    assert report["dice"]["mean_after"] == pytest.approx(ours, abs=1e-6)
+    assert report["dice"]["mean_after"] > report["dice"]["mean_before"]
+
+
+def save4d(path) -> str:
+    volumes = [sitk.GetImageFromArray(np.random.rand(6, 5, 4).astype(np.float32)) for _ in range(3)]
+    sitk.WriteImage(sitk.JoinSeries(volumes), str(path))
+    return str(path)
+
+
+def _bad_inputs(tmp_path, image: Image) -> dict:
+    def save(array, name, grid=image.grid):
+        itk = sitk.GetImageFromArray(array)
+        if array.ndim == image.dim:
+            grid.apply_to(itk)
+        sitk.WriteImage(itk, str(tmp_path / name))
+        return str(tmp_path / name)
+
+    nan = image.array.astype(np.float32)
+    nan[3, 3] = np.nan
+    return {
+        "missing": (str(tmp_path / "nope.nii.gz"), "no such file"),
+        "unreadable": ((tmp_path / "junk.nii.gz").write_bytes(b"not an image") and str(tmp_path / "junk.nii.gz"),
+                       "cannot be read"),
+        "4d": (save4d(tmp_path / "4d.nii.gz"), "4D"),
+        "constant": (save(np.full_like(image.array, 3.0), "const.nii.gz"), "constant"),
+        "nan": (save(nan, "nan.nii.gz"), "NaN"),
+    }
+
+
+@pytest.mark.parametrize("problem", ["missing", "unreadable", "4d", "constant", "nan"])
+def test_bad_moving_image_exits_2_naming_the_file_and_writes_nothing(tmp_path, pair, capsys, problem):
+    path, message = _bad_inputs(tmp_path, pair["image"])[problem]
+    out = tmp_path / "out"
+    code = main(["register", "--fixed", pair["fixed"], "--moving", path, "--output-dir", str(out), *FAST])
+    error = capsys.readouterr().err
+    assert code == 2
+    assert error.startswith("error: moving image") and path in error and message in error
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("problem, message", [("empty", "empty"), ("grid", "another grid")])
+def test_bad_masks_exit_2(tmp_path, pair, capsys, problem, message, write_image_file):
+    image = pair["fixed_image"]
+    if problem == "empty":
+        mask = image.with_array(np.zeros_like(image.array))
+    else:
+        mask = Image(np.ones((9, 9), np.float32), type(image.grid)((9, 9), (1.0, 1.0), (0.0, 0.0), (1, 0, 0, 1)))
+    path = write_image_file(mask, tmp_path / "mask.nii.gz")
+    code = main(["register", "--fixed", pair["fixed"], "--moving", pair["moving"], "--fixed-mask", path,
+                 "--output-dir", str(tmp_path / "out"), *FAST])
+    error = capsys.readouterr().err
+    assert code == 2 and path in error and message in error
+
+
+@pytest.mark.parametrize("args, message", [(["--set", "nonsense=1"], "unknown option"),
+                                           (["--preset", "nope"], "unknown preset"),
+                                           (["--similarity", "nope"], "unknown similarity")])
+def test_bad_settings_exit_2(tmp_path, pair, capsys, args, message):
+    code = main(["register", "--fixed", pair["fixed"], "--moving", pair["moving"], "--output-dir",
+                 str(tmp_path / "out"), *args])
+    assert code == 2 and message in capsys.readouterr().err
+
+
+def test_unknown_flag_is_an_argparse_error_with_exit_2(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["register", "--fixed", "a", "--moving", "b", "--output-dir", "c", "--no-such-flag"])
+    assert exit_info.value.code == 2
+    assert "--no-such-flag" in capsys.readouterr().err
+
+
+def test_a_failure_while_writing_outputs_leaves_no_file(tmp_path, pair, monkeypatch):
+    import DiffusionRegistrationLib.outputs as outputs
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(outputs, "before_after_checkerboard", broken)
+    out = tmp_path / "out"
+    with pytest.raises(OSError):
+        main(["register", "--fixed", pair["fixed"], "--moving", pair["moving"], "--output-dir", str(out), *FAST])
+    assert list(out.iterdir()) == []

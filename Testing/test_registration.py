@@ -1,0 +1,124 @@
+"""register(): known affine across grids, known smooth deformations, SVF and inverse analytics."""
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from scipy.linalg import expm
+
+from DiffusionRegistrationLib.config import make_config
+from DiffusionRegistrationLib.errors import Cancelled, RegistrationError
+from DiffusionRegistrationLib.images import Grid, Image
+from DiffusionRegistrationLib.registration import register
+from DiffusionRegistrationLib.spatial import physical_points
+from DiffusionRegistrationLib.synthetic import random_smooth_displacement, warp_with_displacement
+from DiffusionRegistrationLib.transforms import channels_first, channels_last, integrate_velocity, \
+    invert_displacement, sample_field
+
+
+def _rotation(degrees: float) -> np.ndarray:
+    a = np.deg2rad(degrees)
+    return np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+
+
+def test_known_affine_is_recovered_for_a_fixed_image_on_another_grid_and_orientation(t1_slice):
+    moving = t1_slice
+    linear = 1.05 * _rotation(7)
+    center = moving.grid.center()
+    translation = np.array([3.0, -2.5])
+    true = sitk.AffineTransform(2)
+    true.SetMatrix(linear.ravel().tolist())
+    true.SetCenter(center.tolist())
+    true.SetTranslation(translation.tolist())
+    direction = _rotation(15).ravel()
+    fixed_grid = Grid((48, 46), (4.6, 4.9), tuple(center - _rotation(15) @ (np.array([23.5, 22.5]) * [4.6, 4.9])),
+                      tuple(direction))
+    reference = fixed_grid.apply_to(sitk.Image(list(fixed_grid.size), sitk.sitkFloat32))
+    fixed = Image.from_sitk(sitk.Resample(moving.to_sitk(), reference, true, sitk.sitkLinear, 0.0))
+    config = make_config("default", {"similarity": "mse", "transform": "none", "affine_levels": (2, 1),
+                                     "affine_iterations": (150, 150), "init": "centers"})
+    result = register(fixed, moving, config)
+    points = physical_points(fixed_grid).numpy()[0].reshape(-1, 2)
+    inside = np.abs(points - center).max(axis=1) < 60
+    expected = np.array([true.TransformPoint(tuple(float(v) for v in p)) for p in points[inside]])
+    mapped = points[inside] + result.displacement.reshape(-1, 2)[inside]
+    error = np.linalg.norm(mapped - expected, axis=1)
+    assert error.mean() < 0.5, error.mean()  # pixels are 4 to 5 mm
+    recovered = result.affine[:2, :2]
+    assert np.allclose(recovered, linear, atol=0.02)
+
+
+@pytest.mark.parametrize("kind", ["displacement", "svf"])
+def test_known_smooth_deformation_is_recovered_in_2d(t1_slice, kind):
+    truth = random_smooth_displacement(t1_slice.grid, max_mm=10.0, seed=3, smoothness_mm=25.0)
+    fixed = warp_with_displacement(t1_slice, truth)
+    config = make_config("default", {"similarity": "mse", "transform": kind, "affine": False,
+                                     "regularization": 0.01})
+    result = register(fixed, t1_slice, config)
+    tissue = fixed.array > 0.2 * fixed.array.max()
+    before = np.linalg.norm(truth, axis=-1)[tissue].mean()
+    after = np.linalg.norm(result.displacement - truth, axis=-1)[tissue].mean()
+    assert after < 0.35 * before, (before, after)
+
+
+def test_constant_velocity_integrates_to_the_same_translation():
+    grid = Grid((12, 10, 8), (2.0, 1.5, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    velocity = torch.zeros(1, 3, *grid.shape)
+    velocity[:, 0], velocity[:, 1], velocity[:, 2] = 1.5, -0.5, 0.25
+    displacement = integrate_velocity(velocity, grid, steps=6)
+    assert torch.allclose(displacement, velocity, atol=1e-5)
+
+
+def test_rotational_velocity_integrates_to_the_matrix_exponential():
+    grid = Grid((41, 41), (1.0, 1.0), (-20.0, -20.0), (1, 0, 0, 1))
+    generator = np.array([[0.0, -0.2], [0.2, 0.0]])  # v(x) = W x, exp(W) a rotation by 0.2 rad
+    points = physical_points(grid, dtype=torch.float32)
+    velocity = channels_first(points @ torch.as_tensor(generator, dtype=torch.float32).T)
+    displacement = channels_last(integrate_velocity(velocity, grid, steps=8))[0].numpy()
+    expected = points[0].numpy() @ (expm(generator) - np.eye(2)).T
+    centre = np.linalg.norm(points[0].numpy(), axis=-1) < 10
+    assert np.abs(displacement - expected)[centre].max() < 0.02
+
+
+def test_inverse_of_a_smooth_field_composes_to_identity():
+    grid = Grid((32, 32), (1.0, 1.0), (0.0, 0.0), (1, 0, 0, 1))
+    field = torch.as_tensor(random_smooth_displacement(grid, 3.0, seed=1, smoothness_mm=8.0), dtype=torch.float32)
+    forward = channels_first(field[None])
+    inverse = invert_displacement(forward, grid, iterations=40)
+    points = physical_points(grid)
+    composed = channels_last(inverse) + sample_field(forward, grid, points + channels_last(inverse))
+    interior = (slice(None), slice(6, -6), slice(6, -6))
+    assert composed[interior].abs().max() < 0.05
+
+
+def test_cancel_from_the_progress_callback_stops_the_run(t1_slice):
+    seen = []
+
+    def cancel_after_a_few(event):
+        seen.append(event)
+        if len(seen) >= 3:
+            raise Cancelled()
+
+    with pytest.raises(Cancelled):
+        register(t1_slice, t1_slice, make_config("fast", {"similarity": "mse"}), progress=cancel_after_a_few)
+    assert len(seen) == 3
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("dimension", "2D"), ("empty mask", "empty"), ("mask grid", "another grid")])
+def test_bad_pairs_and_masks_raise_a_clear_error(t1_slice, colin_small, problem, message):
+    moving, mask = t1_slice, None
+    if problem == "dimension":
+        moving = colin_small
+    elif problem == "empty mask":
+        mask = t1_slice.with_array(np.zeros_like(t1_slice.array))
+    else:
+        mask = Image(np.ones((5, 5), np.float32), Grid((5, 5), (1.0, 1.0), (0.0, 0.0), (1, 0, 0, 1)))
+    with pytest.raises(RegistrationError, match=message):
+        register(t1_slice, moving, make_config("fast", {"similarity": "mse"}), fixed_mask=mask)
+
+
+def test_cuda_without_a_gpu_is_an_error_not_a_silent_fallback(t1_slice):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(RegistrationError, match="no CUDA GPU"):
+        register(t1_slice, t1_slice, make_config("fast", {"device": "cuda"}))
