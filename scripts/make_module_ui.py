@@ -1,0 +1,162 @@
+"""Writes DiffusionRegistration/Resources/UI/DiffusionRegistration.ui (Qt Designer XML) from one table.
+
+The panel is described once here so every widget gets its SlicerParameterName (for connectGui) and the
+node selectors their scene connection; open the result in Slicer's Qt Designer to adjust the layout.
+Run: python scripts/make_module_ui.py
+"""
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+UI = Path(__file__).resolve().parents[1] / "DiffusionRegistration" / "Resources" / "UI" / "DiffusionRegistration.ui"
+
+
+def prop(parent: ET.Element, name: str, kind: str, value: str, stdset: bool = True) -> None:
+    element = ET.SubElement(parent, "property", {"name": name} if stdset else {"name": name, "stdset": "0"})
+    if kind == "stringlist":
+        holder = ET.SubElement(element, "stringlist")
+        for item in value.split(","):
+            ET.SubElement(holder, "string").text = item
+    else:
+        ET.SubElement(element, kind).text = value
+
+
+def widget(parent: ET.Element, cls: str, name: str, parameter: str = "", **properties) -> ET.Element:
+    element = ET.SubElement(parent, "widget", {"class": cls, "name": name})
+    for key, (kind, value) in properties.items():
+        prop(element, key, kind, value)
+    if parameter:
+        prop(element, "SlicerParameterName", "string", parameter, stdset=False)
+    return element
+
+
+def row(layout: ET.Element, index: int, label: str, child_cls: str, name: str, parameter: str = "",
+        **properties) -> ET.Element:
+    if label:
+        item = ET.SubElement(layout, "item", {"row": str(index), "column": "0"})
+        widget(item, "QLabel", f"{name}Label", text=("string", label))
+        item = ET.SubElement(layout, "item", {"row": str(index), "column": "1"})
+    else:
+        item = ET.SubElement(layout, "item", {"row": str(index), "column": "0", "colspan": "2"})
+    return widget(item, child_cls, name, parameter, **properties)
+
+
+def node_selector(layout, index, label, name, parameter, node_types, tooltip, none=False, add=False,
+                  children=False):
+    return row(layout, index, label, "qMRMLNodeComboBox", name, parameter, toolTip=("string", tooltip),
+               nodeTypes=("stringlist", node_types), showChildNodeTypes=("bool", str(children).lower()),
+               noneEnabled=("bool", str(none).lower()), addEnabled=("bool", str(add).lower()),
+               removeEnabled=("bool", str(add).lower()), renameEnabled=("bool", str(add).lower()),
+               selectNodeUponCreation=("bool", "true"))
+
+
+def section(vbox: ET.Element, name: str, title: str, collapsed: bool = False) -> ET.Element:
+    item = ET.SubElement(vbox, "item")
+    box = widget(item, "ctkCollapsibleButton", name, text=("string", title),
+                 collapsed=("bool", str(collapsed).lower()))
+    return ET.SubElement(box, "layout", {"class": "QFormLayout", "name": f"{name}Layout"})
+
+
+def build() -> ET.ElementTree:
+    root = ET.Element("ui", {"version": "4.0"})
+    ET.SubElement(root, "class").text = "DiffusionRegistration"
+    top = widget(root, "qMRMLWidget", "DiffusionRegistration")
+    vbox = ET.SubElement(top, "layout", {"class": "QVBoxLayout", "name": "verticalLayout"})
+    selectors = []
+
+    inputs = section(vbox, "inputsCollapsibleButton", "Inputs")
+    selectors += [
+        node_selector(inputs, 0, "Fixed volume:", "fixedSelector", "fixed", "vtkMRMLScalarVolumeNode",
+                      "The reference volume; the result lies on its grid."),
+        node_selector(inputs, 1, "Moving volume:", "movingSelector", "moving", "vtkMRMLScalarVolumeNode",
+                      "The volume to align onto the fixed one; any grid or orientation."),
+        node_selector(inputs, 2, "Fixed mask:", "fixedMaskSelector", "fixedMask", "vtkMRMLScalarVolumeNode",
+                      "Optional: similarity is measured only inside this mask (on the fixed grid).", none=True,
+                      children=True),
+        node_selector(inputs, 3, "Moving mask:", "movingMaskSelector", "movingMask", "vtkMRMLScalarVolumeNode",
+                      "Optional: a mask on the moving volume's grid.", none=True, children=True),
+    ]
+
+    method = section(vbox, "methodCollapsibleButton", "Method")
+    row(method, 0, "Preset:", "QComboBox", "presetComboBox", "preset",
+        toolTip=("string", "Named settings: default, fast, accurate, multimodal (different contrasts or "
+                           "anatomy missing in one image)."))
+    row(method, 1, "Similarity:", "QComboBox", "similarityComboBox", "similarity",
+        toolTip=("string", "What 'aligned' means. 'preset' keeps the preset's choice. 'diffusion' compares "
+                           "features of a pre-trained diffusion network and needs its weights."))
+    row(method, 2, "Backbone:", "QComboBox", "backboneComboBox", "backbone",
+        toolTip=("string", "Diffusion network for the 'diffusion' similarity (see the model catalog)."))
+    row(method, 3, "Mode:", "QComboBox", "modeComboBox", "mode",
+        toolTip=("string", "exact: features re-extracted from the warped image every step (as the paper); "
+                           "fast: feature maps cached and warped."))
+    row(method, 4, "Device:", "QComboBox", "deviceComboBox", "device",
+        toolTip=("string", "auto uses a CUDA GPU when PyTorch sees one."))
+    row(method, 5, "Steps per level:", "QSpinBox", "stepsSpinBox", "steps",
+        specialValueText=("string", "preset"), maximum=("number", "5000"),
+        toolTip=("string", "Optimisation steps at every resolution level; 'preset' keeps the preset's."))
+    row(method, 6, "Regularisation:", "QDoubleSpinBox", "regularizationSpinBox", "regularization",
+        specialValueText=("string", "preset"), decimals=("number", "3"), singleStep=("double", "0.1"),
+        maximum=("double", "100"),
+        toolTip=("string", "Weight of the smoothness term; larger gives smoother transforms. 'preset' keeps "
+                           "the preset's."))
+    row(method, 7, "Network checkpoint:", "ctkPathLineEdit", "networkPathLineEdit", "networkCheckpoint",
+        filters=("set", "ctkPathLineEdit::Files|ctkPathLineEdit::Readable"),
+        nameFilters=("stringlist", "Checkpoints (*.pt *.pth *.safetensors)"),
+        toolTip=("string", "Optional: a trained registration network (diffreg train); it predicts the "
+                           "transform instead of optimising from scratch."))
+    row(method, 8, "Fine-tune steps:", "QSpinBox", "finetuneStepsSpinBox", "finetuneSteps",
+        maximum=("number", "5000"),
+        toolTip=("string", "With a network: instance optimisation steps on this pair (0: none)."))
+
+    outputs = section(vbox, "outputsCollapsibleButton", "Outputs")
+    selectors += [
+        node_selector(outputs, 0, "Output transform:", "outputTransformSelector", "outputTransform",
+                      "vtkMRMLTransformNode", "The fixed-to-moving grid transform; it is applied to the moving "
+                      "volume. Create a new one or overwrite an existing one.", none=True, add=True),
+        node_selector(outputs, 1, "Output warped volume:", "outputVolumeSelector", "outputVolume",
+                      "vtkMRMLScalarVolumeNode", "Optional: the moving volume resampled on the fixed grid.",
+                      none=True, add=True),
+    ]
+    row(outputs, 2, "Checkerboard square:", "QDoubleSpinBox", "checkerboardSquareSpinBox", "checkerboardSquareMm",
+        suffix=("string", " mm"), decimals=("number", "1"), minimum=("double", "1"), maximum=("double", "200"),
+        value=("double", "10"), toolTip=("string", "Side of the checkerboard preview's squares."))
+
+    for name, cls, extra in (("applyButton", "QPushButton", {"text": ("string", "Apply"), "enabled": ("bool", "false"),
+                                                               "toolTip": ("string", "Run the registration.")}),
+                             ("progressBar", "QProgressBar", {"value": ("number", "0"),
+                                                             "visible": ("bool", "false")}),
+                             ("statusLabel", "QLabel", {"text": ("string", ""), "wordWrap": ("bool", "true")}),
+                             ("logTextEdit", "QPlainTextEdit", {"readOnly": ("bool", "true"),
+                                                                "maximumBlockCount": ("number", "2000")})):
+        widget(ET.SubElement(vbox, "item"), cls, name, **extra)
+    spacer = ET.SubElement(ET.SubElement(vbox, "item"), "spacer", {"name": "verticalSpacer"})
+    prop(spacer, "orientation", "enum", "Qt::Vertical")
+
+    custom = ET.SubElement(root, "customwidgets")
+    for cls, base, header, container in (
+            ("qMRMLNodeComboBox", "QWidget", "qMRMLNodeComboBox.h", False),
+            ("qMRMLWidget", "QWidget", "qMRMLWidget.h", True),
+            ("ctkCollapsibleButton", "QWidget", "ctkCollapsibleButton.h", True),
+            ("ctkPathLineEdit", "QWidget", "ctkPathLineEdit.h", False)):
+        element = ET.SubElement(custom, "customwidget")
+        ET.SubElement(element, "class").text = cls
+        ET.SubElement(element, "extends").text = base
+        ET.SubElement(element, "header").text = header
+        ET.SubElement(element, "container").text = "1" if container else "0"
+    ET.SubElement(root, "resources")
+    connections = ET.SubElement(root, "connections")
+    for selector in selectors:
+        connection = ET.SubElement(connections, "connection")
+        for tag, text in (("sender", "DiffusionRegistration"), ("signal", "mrmlSceneChanged(vtkMRMLScene*)"),
+                          ("receiver", selector.get("name")), ("slot", "setMRMLScene(vtkMRMLScene*)")):
+            ET.SubElement(connection, tag).text = text
+    tree = ET.ElementTree(root)
+    ET.indent(tree, space=" ")
+    return tree
+
+
+if __name__ == "__main__":
+    UI.parent.mkdir(parents=True, exist_ok=True)
+    build().write(UI, encoding="UTF-8", xml_declaration=True)
+    print(f"wrote {UI}")
