@@ -88,7 +88,7 @@ def _bad_inputs(tmp_path, image: Image) -> dict:
                        "cannot be read"),
         "4d": (save4d(tmp_path / "4d.nii.gz"), "4D"),
         "constant": (save(np.full_like(image.array, 3.0), "const.nii.gz"), "constant"),
-        "nan": (save(nan, "nan.nii.gz"), "NaN"),
+        "nan": (save(nan, "nan.mha"), "NaN"),
     }
 
 

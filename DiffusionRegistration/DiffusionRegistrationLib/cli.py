@@ -84,7 +84,7 @@ def config_from_args(args: argparse.Namespace):
     if args.backbone or args.mode:
         params = dict(config.similarity_params)
         if args.backbone:
-            params["backbone"] = args.backbone
+            params["extractor"] = args.backbone
         if args.mode:
             params["mode"] = args.mode
         config = config.with_overrides({"similarity_params": params})

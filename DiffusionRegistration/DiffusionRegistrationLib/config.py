@@ -26,20 +26,23 @@ class RegistrationConfig:
     affine_iterations: tuple[int, ...] = (80, 40)
     affine_lr: float = 0.01  # per step, relative units: translation lr is this times 100 mm
     # deformable stage
-    transform: str = "displacement"  # displacement | svf | none
+    transform: str = "svf"  # svf (diffeomorphic) | displacement | none
     levels: tuple[float, ...] = (4.0, 2.0, 1.0)
-    iterations: tuple[int, ...] = (150, 100, 50)
+    iterations: tuple[int, ...] = (60, 40, 20)
     lr: float = 0.25  # Adam step in voxels of the level being optimised
-    control_spacing: float = 2.0  # control grid coarser than the level grid by this factor
+    control_spacing: float = 4.0  # control grid coarser than the level grid by this factor
     field_smoothing: float = 3.0  # Gaussian sigma (level voxels) applied to the field parameter
     regularizer: str = "diffusion"  # diffusion | bending
-    regularization: float = 1.0
+    regularization: float = 0.3
     integration_steps: int = 6
     # convergence: stop a level when the loss improved by less than `tolerance` (relative) over `patience` steps
     tolerance: float = 1e-4
     patience: int = 20
     # images and run
     normalize: bool = True
+    # measure similarity only where the moving image is non-zero (a skull-stripped or masked moving
+    # image against a fixed image that shows more anatomy); ignored when a moving mask is given
+    moving_foreground_mask: bool = False
     percentiles: tuple[float, float] = (0.5, 99.5)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0
@@ -81,10 +84,17 @@ class RegistrationConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     # Same-contrast pairs: local NCC, stationary velocity field, three levels.
     "default": {},
-    "fast": {"levels": (4.0, 2.0), "iterations": (100, 60), "affine_iterations": (50, 20)},
-    "accurate": {"levels": (4.0, 2.0, 1.0), "iterations": (200, 150, 100), "tolerance": 2e-5},
+    "fast": {"levels": (4.0, 2.0), "iterations": (60, 40), "affine_iterations": (50, 20)},
+    "accurate": {"iterations": (150, 100, 50), "control_spacing": 2.0, "tolerance": 2e-5},
+    # A skull-stripped (or otherwise masked) moving image against a fixed image with more anatomy.
+    "stripped": {"moving_foreground_mask": True},
     # Different contrasts or anatomy missing in one image: mutual information / MIND.
     "multimodal": {"similarity": "mind", "affine_similarity": "mi"},
+    # The paper's similarity on features of the catalog's default diffusion backbone (ADM, fast mode).
+    # Its regulariser weight is the paper's 3D lambda; it needs the weights (`diffreg models download`).
+    "diffusion": {"similarity": "diffusion", "similarity_params": {"extractor": "adm-256-uncond", "mode": "fast"},
+                  "affine_similarity": "mi", "levels": (2.0, 1.0), "iterations": (60, 30),
+                  "regularization": 0.5},
 }
 
 

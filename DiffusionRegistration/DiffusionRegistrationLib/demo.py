@@ -24,7 +24,7 @@ from .registration import register
 from .synthetic import random_smooth_displacement, warp_with_displacement
 
 SPACING_MM, MAX_DISPLACEMENT_MM = 2.0, 8.0
-INTENSITY_PRESET = "default"
+INTENSITY_PRESET = "stripped"
 DIFFUSION_PRESET = "diffusion"
 
 

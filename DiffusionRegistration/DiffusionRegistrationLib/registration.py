@@ -183,6 +183,8 @@ def register(fixed: Image, moving: Image, config: Optional[RegistrationConfig] =
                                     "onto the image grid.")
         if mask is not None and not (mask.array > 0).any():
             raise RegistrationError(f"{role} {mask.name} is empty; draw the region or leave the mask out.")
+    if moving_mask is None and config.moving_foreground_mask:
+        moving_mask = moving.with_array((moving.array != 0).astype(np.float32))
     device = resolve_device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)

@@ -103,21 +103,29 @@ class DenseTransform(torch.nn.Module):
         self.smoothing, self.integration_steps = smoothing, integration_steps
         self.field = torch.nn.Parameter(torch.zeros(batch, grid.dim, *control_grid.shape))
 
+    def _control_field(self) -> torch.Tensor:
+        """The parameter on the control grid, smoothed (sigma converted from `grid` voxels)."""
+        if self.smoothing <= 0:
+            return self.field
+        ratio = [n / c for n, c in zip(self.grid.shape, self.control_grid.shape)]
+        return gaussian_smooth(self.field, [self.smoothing / r for r in ratio])
+
     def parameter_field(self) -> torch.Tensor:
         """The displacement (or velocity) on `grid`, [B, D, *grid.shape]."""
-        field = self.field
-        if self.smoothing > 0:  # smoothing on the (coarser) control grid is cheaper and equivalent
-            ratio = [n / c for n, c in zip(self.grid.shape, self.control_grid.shape)]
-            field = gaussian_smooth(field, [self.smoothing / r for r in ratio])
-        return resize_field(field, self.grid.shape)
+        return resize_field(self._control_field(), self.grid.shape)
 
     def displacement(self) -> torch.Tensor:
-        field = self.parameter_field()
-        return integrate_velocity(field, self.grid, self.integration_steps) if self.kind == "svf" else field
+        """The displacement on `grid`. A velocity is integrated on the control grid, where it lives,
+        then upsampled: the same smooth map at a fraction of the cost of integrating on `grid`."""
+        if self.kind == "displacement":
+            return self.parameter_field()
+        return resize_field(integrate_velocity(self._control_field(), self.control_grid, self.integration_steps),
+                            self.grid.shape)
 
     def inverse_displacement(self) -> torch.Tensor:
         if self.kind == "svf":
-            return integrate_velocity(-self.parameter_field(), self.grid, self.integration_steps)
+            return resize_field(integrate_velocity(-self._control_field(), self.control_grid,
+                                                   self.integration_steps), self.grid.shape)
         return invert_displacement(self.displacement(), self.grid)
 
     @torch.no_grad()
