@@ -23,7 +23,7 @@ from slicer.util import VTKObservationMixin
 
 README_URL = "https://github.com/DiffusionRegistration/SlicerDiffusionRegistration#readme"
 
-PRESETS = ("default", "fast", "accurate", "multimodal")
+PRESETS = ("default", "fast", "accurate", "stripped", "multimodal", "diffusion")
 SIMILARITIES = ("preset", "lncc", "ncc", "mse", "mi", "ngf", "mind", "diffusion")
 BACKBONES = ("adm-256-uncond", "sd-2-1-base", "sd-2-1")  # model catalog ids (Resources/models.json)
 MODES = ("exact", "fast")

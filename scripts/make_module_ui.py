@@ -80,8 +80,9 @@ def build() -> ET.ElementTree:
 
     method = section(vbox, "methodCollapsibleButton", "Method")
     row(method, 0, "Preset:", "QComboBox", "presetComboBox", "preset",
-        toolTip=("string", "Named settings: default, fast, accurate, multimodal (different contrasts or "
-                           "anatomy missing in one image)."))
+        toolTip=("string", "Named settings: default, fast, accurate, stripped (a skull-stripped moving "
+                           "volume against a fixed one with skull), multimodal (different contrasts), "
+                           "diffusion (the diffusion-feature similarity; needs its weights)."))
     row(method, 1, "Similarity:", "QComboBox", "similarityComboBox", "similarity",
         toolTip=("string", "What 'aligned' means. 'preset' keeps the preset's choice. 'diffusion' compares "
                            "features of a pre-trained diffusion network and needs its weights."))
