@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from .images import Grid, Image
+from .metrics import field_mapping
 from .spatial import physical_points, sample, to_sampling_grid
 
 
@@ -37,12 +38,7 @@ class Result:
 
     def transform_points(self, points: np.ndarray) -> np.ndarray:
         """Maps physical fixed points [N, D] to moving space (linear interpolation of the field)."""
-        query = torch.as_tensor(np.asarray(points, dtype=np.float32))
-        shape = (1,) + (1,) * (self.fixed_grid.dim - 1) + query.shape
-        grid = to_sampling_grid(query.reshape(shape), self.fixed_grid)
-        field = torch.as_tensor(self.displacement).movedim(-1, 0)[None]
-        moved = sample(field, grid, padding_mode="border").reshape(self.fixed_grid.dim, -1).T
-        return points + moved.numpy().astype(np.asarray(points).dtype)
+        return field_mapping(self.displacement, self.fixed_grid)(points)
 
     def warp(self, image: Image, interpolation: str = "linear") -> Image:
         """Resamples `image` (on the moving grid or any grid in moving space) onto the fixed grid."""

@@ -15,6 +15,7 @@ from scipy import ndimage
 from .errors import RegistrationError
 from .images import Grid, Image
 from .metrics import jacobian_determinant
+from .transform_io import displacement_transform
 
 _COARSE_PER_SIGMA = 4  # noise samples per smoothing sigma: plenty for a band-limited field
 
@@ -64,15 +65,6 @@ def random_smooth_displacement(grid: Grid, max_mm: float, seed: int, smoothness_
                             "ask for a smaller max_mm or a larger smoothness_mm.")
 
 
-def displacement_to_sitk(field: np.ndarray, grid: Grid) -> sitk.Image:
-    """A [*shape, D] LPS mm field as a SimpleITK vector image (float64) on `grid`."""
-    field = np.asarray(field, dtype=np.float64)
-    if field.shape != (*grid.shape, grid.dim):
-        raise RegistrationError(f"displacement field shape {field.shape} does not match the grid "
-                                f"({(*grid.shape, grid.dim)} expected).")
-    return grid.apply_to(sitk.GetImageFromArray(field, isVector=True))
-
-
 def warp_with_displacement(image: Image, field: np.ndarray, interpolator: str = "linear",
                            grid: Optional[Grid] = None) -> Image:
     """output(x) = image(x + field(x)) for x on `grid` (default: the image's grid), by SimpleITK.
@@ -84,7 +76,7 @@ def warp_with_displacement(image: Image, field: np.ndarray, interpolator: str = 
     if interpolator not in modes:
         raise RegistrationError(f"warp: interpolator must be 'linear' or 'nearest', not '{interpolator}'.")
     grid = grid or image.grid
-    transform = sitk.DisplacementFieldTransform(displacement_to_sitk(field, grid))
+    transform = displacement_transform(np.asarray(field, dtype=np.float64), grid)
     source = image.to_sitk()
     if interpolator == "linear":
         source = sitk.Cast(source, sitk.sitkFloat32)

@@ -28,7 +28,8 @@ def _suffix(path: Path) -> str:
 def field_image(displacement: np.ndarray, grid: Grid) -> sitk.Image:
     """A float64 vector image of a displacement field [*grid.shape, D] on `grid`."""
     if tuple(displacement.shape) != grid.shape + (grid.dim,):
-        raise ValueError(f"displacement shape {displacement.shape} does not match grid {grid.shape}+({grid.dim},)")
+        raise RegistrationError(f"displacement field shape {displacement.shape} does not match the grid "
+                                f"({grid.shape + (grid.dim,)} expected).")
     return grid.apply_to(sitk.GetImageFromArray(displacement.astype(np.float64), isVector=True))
 
 
