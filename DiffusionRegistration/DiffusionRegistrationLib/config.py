@@ -92,7 +92,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "multimodal": {"similarity": "mind", "affine_similarity": "mi"},
     # The paper's similarity on features of the catalog's default diffusion backbone (ADM, fast mode).
     # Its regulariser weight is the paper's 3D lambda; it needs the weights (`diffreg models download`).
-    "diffusion": {"similarity": "diffusion", "similarity_params": {"extractor": "adm-256-uncond", "mode": "fast"},
+    "diffusion": {"similarity": "diffusion", "similarity_params": {"extractor": "adm-256-uncond", "mode": "fast",
+                                                                    "slice_stride": 8, "step_slices": 8},
                   "affine_similarity": "mi", "levels": (2.0, 1.0), "iterations": (60, 30),
                   "regularization": 0.5},
 }
