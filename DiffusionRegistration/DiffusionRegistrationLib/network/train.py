@@ -1,0 +1,279 @@
+"""Training the registration network: Adam on similarity + lambda * regulariser (+ inverse consistency).
+
+Reproducible and resumable: every sample is built from a seed drawn from one data generator; the
+checkpoint holds the weights, Adam's state, the step, the RNG states (torch, numpy, python, data
+generator), the training config, the network spec and the similarity/backbone used, written
+atomically. Resuming from step N and running to N + M gives the same weights as an uninterrupted run.
+
+Distributed: under torchrun (WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel (NCCL on
+GPUs, gloo on CPUs). Every rank draws the same global batch of seeds and builds only its share
+(items rank, rank + world, ...); DDP averages the gradients, so the global batch means the same thing
+as in one process. Rank 0 alone logs and saves.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ..atomic import atomic_path
+from ..errors import RegistrationError
+from ..progress import Progress, ProgressCallback, silent
+from ..registration import resolve_device
+from .data import NetworkDataset, ValidationCase, collate
+from .inference import CHECKPOINT_FORMAT, TrainedNetwork, evaluate, network_loss, read_checkpoint
+from .model import NetworkSpec, RegistrationNetwork
+
+
+@dataclass
+class TrainConfig:
+    """Training settings; stored in every checkpoint (and used by fine-tuning as its defaults)."""
+
+    similarity: str = "lncc"
+    similarity_params: dict[str, Any] = field(default_factory=dict)
+    regularizer: str = "diffusion"
+    regularization: float = 1.0
+    inverse_consistency: float = 0.0
+    steps: int = 1000
+    batch_size: int = 4
+    lr: float = 1e-4
+    finetune_lr: float = 1e-4
+    seed: int = 0
+    checkpoint_every: int = 500
+    log_every: int = 10
+    validate_every: int = 0  # 0: validate only at the end (when validation cases are given)
+    percentiles: tuple[float, float] = (0.5, 99.5)
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.percentiles = tuple(float(v) for v in self.percentiles)
+        for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
+            if int(getattr(self, name)) < 1:
+                raise RegistrationError(f"training: {name} must be >= 1, not {getattr(self, name)}.")
+        if self.lr <= 0:
+            raise RegistrationError(f"training: lr must be > 0, not {self.lr}.")
+
+
+@dataclass
+class TrainOutcome:
+    model: RegistrationNetwork
+    step: int
+    history: list[dict[str, float]]
+    checkpoint: Optional[Path]
+    validation: dict[str, float]
+
+
+class _Ranks:
+    """This process's place in a torchrun job (rank 0 of 1 without one)."""
+
+    def __init__(self, device_name: str):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.started_group = False
+        device = resolve_device(device_name)
+        if self.world > 1 and device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        self.device = device
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            self.started_group = True
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def mean(self, values: list[float]) -> list[float]:
+        """Averages logged numbers over ranks (each rank saw part of the batch)."""
+        if self.world == 1:
+            return values
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor)
+        return (tensor / self.world).tolist()
+
+    def close(self) -> None:
+        if self.started_group:
+            dist.destroy_process_group()
+
+
+def _rng_state(generator: torch.Generator) -> dict[str, Any]:
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    python_version, python_state, python_gauss = random.getstate()
+    state = {"torch": torch.get_rng_state(), "data": generator.get_state(),
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                       "has_gauss": int(has_gauss), "cached": float(cached)},
+             "python": {"version": python_version, "state": list(python_state), "gauss": python_gauss}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    generator.set_state(state["data"].cpu())
+    numpy = state["numpy"]
+    np.random.set_state((numpy["kind"], numpy["keys"].cpu().numpy().astype(np.uint32), numpy["position"],
+                         numpy["has_gauss"], numpy["cached"]))
+    python = state["python"]
+    random.setstate((python["version"], tuple(python["state"]), python["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def save_checkpoint(path: Path, model: RegistrationNetwork, optimizer: torch.optim.Optimizer, step: int,
+                    generator: torch.Generator, config: TrainConfig, spec: NetworkSpec) -> Path:
+    """Writes the full training state atomically (a crash never leaves a half checkpoint)."""
+    checkpoint = {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                  "step": step, "rng": _rng_state(generator), "config": asdict(config),
+                  "network": spec.to_dict(),
+                  "backbone": {"similarity": config.similarity, "params": dict(config.similarity_params)}}
+    with atomic_path(path) as temporary:
+        torch.save(checkpoint, temporary)
+    return path
+
+
+class _Logs:
+    """CSV and TensorBoard logs (rank 0 only)."""
+
+    def __init__(self, log_dir: Optional[Path]):
+        self.log_dir, self.writer = log_dir, None
+        if log_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            log_dir.mkdir(parents=True, exist_ok=True)
+            self.writer = SummaryWriter(str(log_dir))
+
+    def write(self, name: str, step: int, values: dict[str, float]) -> None:
+        if self.log_dir is None:
+            return
+        path = self.log_dir / f"{name}.csv"
+        new = not path.exists()
+        with open(path, "a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["step", *values])
+            if new:
+                writer.writeheader()
+            writer.writerow({"step": step, **values})
+        for key, value in values.items():
+            self.writer.add_scalar(f"{name}/{key}", value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _resume_state(resume: Optional[str | Path], spec: NetworkSpec, config: TrainConfig,
+                  device: torch.device) -> Optional[dict[str, Any]]:
+    if resume is None:
+        return None
+    checkpoint = read_checkpoint(resume, device)
+    if NetworkSpec.from_dict(checkpoint["network"]) != spec:
+        raise RegistrationError(f"--resume {checkpoint['path']}: the checkpoint's network {checkpoint['network']} "
+                                f"differs from the requested one {spec.to_dict()}; resume with the same "
+                                "--dim/--grid/--stages/--channels, or start a new training.")
+    if "optimizer" not in checkpoint or "rng" not in checkpoint:
+        raise RegistrationError(f"--resume {checkpoint['path']}: holds weights only (no optimizer/RNG state); "
+                                "it can be used for registration but not to resume training.")
+    saved = checkpoint["config"]
+    for key in ("batch_size", "similarity", "seed"):
+        if saved.get(key) != getattr(config, key):
+            raise RegistrationError(f"--resume {checkpoint['path']}: was trained with {key}={saved.get(key)!r}, "
+                                    f"not {getattr(config, key)!r}; resume with the same settings.")
+    return checkpoint
+
+
+def train(dataset: NetworkDataset, spec: NetworkSpec, config: TrainConfig,
+          checkpoint_dir: Optional[str | Path] = None, log_dir: Optional[str | Path] = None,
+          resume: Optional[str | Path] = None, validation: Optional[list[ValidationCase]] = None,
+          progress: ProgressCallback = silent, show_bar: bool = True) -> TrainOutcome:
+    """Trains (or resumes training of) a network to `config.steps` steps; returns the final model."""
+    ranks = _Ranks(config.device)
+    try:
+        return _train(dataset, spec, config, ranks, checkpoint_dir, log_dir, resume, validation, progress, show_bar)
+    finally:
+        ranks.close()
+
+
+def _train(dataset: NetworkDataset, spec: NetworkSpec, config: TrainConfig, ranks: _Ranks,
+           checkpoint_dir: Optional[str | Path], log_dir: Optional[str | Path], resume: Optional[str | Path],
+           validation: Optional[list[ValidationCase]], progress: ProgressCallback, show_bar: bool) -> TrainOutcome:
+    from torch.nn.parallel import DistributedDataParallel
+    from tqdm import tqdm
+
+    device = ranks.device
+    if config.batch_size % ranks.world:
+        raise RegistrationError(f"--batch-size {config.batch_size} must be a multiple of the number of ranks "
+                                f"({ranks.world}) so every rank gets the same share of the global batch.")
+    torch.manual_seed(config.seed)
+    model = RegistrationNetwork(spec).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    generator = torch.Generator().manual_seed(config.seed)
+    loss_fn = network_loss(asdict(config))
+    loss_fn.similarity.to(device)
+    start = 0
+    checkpoint = _resume_state(resume, spec, config, device)
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        _restore_rng(checkpoint["rng"], generator)
+        start = int(checkpoint["step"])
+    trained = DistributedDataParallel(model) if ranks.world > 1 else model
+    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    logs = _Logs(Path(log_dir) if (log_dir is not None and ranks.main) else None)
+    bar = tqdm(total=config.steps, initial=start, desc="train", disable=not (show_bar and ranks.main),
+               dynamic_ncols=True)
+    history: list[dict[str, float]] = []
+    saved: Optional[Path] = None
+    validation_result: dict[str, float] = {}
+    clock, pairs = time.perf_counter(), 0
+    share = config.batch_size // ranks.world
+
+    def save(step: int) -> Optional[Path]:
+        if ranks.main and checkpoint_dir is not None:
+            save_checkpoint(checkpoint_dir / f"step_{step:07d}.pt", model, optimizer, step, generator, config, spec)
+            save_checkpoint(checkpoint_dir / "latest.pt", model, optimizer, step, generator, config, spec)
+        if ranks.world > 1:
+            dist.barrier()
+        return checkpoint_dir / "latest.pt" if checkpoint_dir is not None else None
+
+    try:
+        for step in range(start + 1, config.steps + 1):
+            seeds = torch.randint(2 ** 62, (config.batch_size,), generator=generator).tolist()
+            samples = [dataset.sample(seed) for seed in seeds[ranks.rank::ranks.world]]
+            batch = {k: v.to(device) for k, v in collate(samples).items()}
+            optimizer.zero_grad(set_to_none=True)
+            loss, terms = loss_fn(trained, batch)
+            if not np.isfinite(terms["loss"]):
+                raise RegistrationError(f"training diverged at step {step} (loss is not finite); lower --lr or "
+                                        "raise the regularisation.")
+            loss.backward()
+            optimizer.step()
+            pairs += share * ranks.world
+            values = dict(zip(terms, ranks.mean(list(terms.values()))))
+            history.append({"step": step, **values})
+            if step % config.log_every == 0 or step == config.steps:
+                elapsed = time.perf_counter() - clock
+                speed = pairs / max(elapsed, 1e-9)
+                bar.set_postfix(loss=f"{values['loss']:.4f}", pairs_s=f"{speed:.1f}")
+                if ranks.main:
+                    logs.write("train", step, {**values, "pairs_per_s": speed, "lr": optimizer.param_groups[0]["lr"]})
+                progress(Progress("train", step / config.steps, f"step {step} loss {values['loss']:.5f}"))
+                clock, pairs = time.perf_counter(), 0
+            bar.update(1)
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                saved = save(step)
+            due = config.validate_every and step % config.validate_every == 0
+            if validation and ranks.main and (due or step == config.steps):
+                validation_result = evaluate(TrainedNetwork(model, spec, asdict(config), step), validation, device)
+                logs.write("validation", step, validation_result)
+    finally:
+        bar.close()
+        logs.close()
+    return TrainOutcome(model, config.steps, history, saved, validation_result)
