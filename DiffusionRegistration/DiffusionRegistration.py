@@ -83,7 +83,7 @@ class DiffusionRegistrationParameterNode:
     preset: Annotated[str, Choice(PRESETS)] = "default"
     similarity: Annotated[str, Choice(SIMILARITIES)] = "preset"
     backbone: Annotated[str, Choice(BACKBONES)] = "adm-256-uncond"
-    mode: Annotated[str, Choice(MODES)] = "exact"
+    mode: Annotated[str, Choice(MODES)] = "fast"
     device: Annotated[str, Choice(DEVICES)] = "auto"
     steps: Annotated[int, WithinRange(0, 5000)] = 0
     regularization: Annotated[float, WithinRange(0.0, 100.0)] = 0.0

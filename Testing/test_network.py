@@ -212,7 +212,7 @@ def _free_port() -> int:
 
 
 def test_two_gloo_ranks_match_one_process(slice_file, tmp_path):
-    arguments = ["-m", "DiffusionRegistrationLib.network.cli", "train", "--synthetic", slice_file, "--steps", "3",
+    arguments = ["-m", "DiffusionRegistrationLib.cli", "train", "--synthetic", slice_file, "--steps", "3",
                  "--batch-size", "4", "--similarity", "mse", "--grid", "32,32", "--stages", "2,1", "--channels", "4,8",
                  "--lr", "1e-3", "--max-deformation", str(MAX_MM), "--smoothness", str(SMOOTH_MM), "--threads", "1",
                  "--device", "cpu", "--progress", "none", "--validation-synthetic", "2"]

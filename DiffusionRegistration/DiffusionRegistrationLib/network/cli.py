@@ -1,14 +1,13 @@
 """`diffreg train` and `diffreg batch`: the network's subcommands, added to the main parser by
 `add_network_parsers(subparsers)`. Each subparser sets `handler` (a function of the parsed args that
-returns an exit code). Also runnable alone: `python -m DiffusionRegistrationLib.network.cli train ...`
-(which is what torchrun launches: `torchrun --nproc_per_node N -m DiffusionRegistrationLib.network.cli train ...`).
+returns an exit code). Under torchrun the same entry point runs on every rank:
+`torchrun --nproc_per_node N -m DiffusionRegistrationLib.cli train ...`.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from typing import Optional
 
 from ..errors import RegistrationError
 from ..progress import json_lines, progress_bar, silent
@@ -145,18 +144,3 @@ def run_batch_command(args: argparse.Namespace) -> int:
     for status in failed:
         print(f"failed: {status['name']}: {status['error']}", file=sys.stderr)
     return 1 if failed else 0
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="diffreg-network")
-    add_network_parsers(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.handler(args)
-    except RegistrationError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
