@@ -8,11 +8,16 @@ from pathlib import Path
 from typing import Iterator
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def _temporary_sibling(path: Path) -> Path:
     """A unique name in the same folder that keeps the suffixes, so writers pick the right format."""
     suffix = "".join(path.suffixes)
     handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=path.parent)
     os.close(handle)
+    os.chmod(name, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
     return Path(name)
 
 
