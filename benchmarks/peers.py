@@ -11,6 +11,7 @@ affine (or rigid: "elastix-rigid") then B-spline (elastix's default maps, 10 mm 
 """
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 from dataclasses import dataclass
@@ -117,7 +118,8 @@ def elastix_bspline(fixed_path: str, moving_path: str, grid_spacing_mm: float = 
     start, cpu = time.perf_counter(), time.process_time()
     warped, transform = register(fixed, moving, parameter_object=parameters, log_to_console=False)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    deformation = itk.transformix_deformation_field(moving, transform)
+    with tempfile.TemporaryDirectory(prefix="diffreg-transformix-") as folder, contextlib.chdir(folder):
+        deformation = itk.transformix_deformation_field(moving, transform)  # also writes a file into cwd
     vector = sitk.GetImageFromArray(np.asarray(itk.array_from_image(deformation), dtype=np.float64),
                                     isVector=True)
     vector.SetOrigin(tuple(deformation.GetOrigin()))
