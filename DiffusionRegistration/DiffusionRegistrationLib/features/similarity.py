@@ -42,7 +42,7 @@ from ..atomic import atomic_path
 from ..errors import RegistrationError
 from ..images import Grid
 from ..similarity.base import Similarity, build_similarity, register_similarity
-from ..spatial import gaussian_kernel1d, gaussian_smooth, sample
+from ..spatial import gaussian_smooth, sample
 from .base import FeatureExtractor
 from .loading import load_extractor
 
@@ -76,32 +76,10 @@ def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return (values * weights).sum() / total.clamp(min=1e-12)
 
 
-def _smoothing_matrix(length: int, sigma: float, device, dtype) -> torch.Tensor:
-    """[length, length] matrix of the truncated Gaussian (zero padding), rows renormalised to sum 1."""
-    kernel = gaussian_kernel1d(sigma, device, torch.float64)
-    radius = kernel.numel() // 2
-    offsets = torch.arange(length, device=device)[None, :] - torch.arange(length, device=device)[:, None]
-    inside = offsets.abs() <= radius
-    matrix = torch.where(inside, kernel[(offsets + radius).clamp(0, 2 * radius)], torch.zeros((), dtype=torch.float64,
-                                                                                             device=device))
-    return (matrix / matrix.sum(dim=1, keepdim=True)).to(dtype)
-
-
-def smooth_maps(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Gaussian smoothing of [N, C, h, w] with borders renormalised (as spatial.gaussian_smooth), done as
-    two small matrix products: much faster than depthwise convolutions on feature maps."""
-    height, width = maps.shape[-2:]
-    if max(height, width) > 256:
-        return gaussian_smooth(maps, sigma)
-    rows = _smoothing_matrix(height, sigma, maps.device, maps.dtype)
-    columns = _smoothing_matrix(width, sigma, maps.device, maps.dtype)
-    return torch.matmul(torch.matmul(rows, maps), columns.T)
-
-
 def fixed_statistics(fixed: torch.Tensor, sigma: float, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
     """The fixed side of LNCC, which does not change during a level: local mean and 1/sqrt(var + eps)."""
     fixed = fixed.float()
-    mu_f, ff = smooth_maps(torch.cat([fixed, fixed * fixed]), sigma).split(fixed.shape[0])
+    mu_f, ff = gaussian_smooth(torch.cat([fixed, fixed * fixed]), sigma).split(fixed.shape[0])
     return mu_f, torch.rsqrt((ff - mu_f * mu_f).clamp(min=0) + eps)
 
 
@@ -115,7 +93,7 @@ def lncc_loss(fixed: torch.Tensor, moving: torch.Tensor, weights: torch.Tensor, 
     fixed, moving = fixed.float(), moving.float()
     mu_f, inv_sd_f = fixed_stats if fixed_stats is not None else fixed_statistics(fixed, sigma, eps)
     n = fixed.shape[0]
-    mu_m, mm, fm = smooth_maps(torch.cat([moving, moving * moving, fixed * moving]), sigma).split(n)
+    mu_m, mm, fm = gaussian_smooth(torch.cat([moving, moving * moving, fixed * moving]), sigma).split(n)
     inv_sd_m = torch.rsqrt((mm - mu_m * mu_m).clamp(min=0) + eps)
     cc = (fm - mu_f * mu_m) * inv_sd_f * inv_sd_m
     return -_weighted_mean(cc, weights)
