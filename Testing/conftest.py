@@ -1,5 +1,4 @@
 """Shared fixtures: small real images from the Debian data packages (fetched by scripts/setup.sh)."""
-import numpy as np
 import pytest
 import SimpleITK as sitk
 

@@ -251,7 +251,7 @@ def build_registration_scene():
     transform.AddDefaultStorageNode()
     set_registration_references(transform, fixed, moving)
     moving.SetAndObserveTransformNodeID(transform.GetID())
-    board = checkerboard_volume(fixed, Image(moving_array, grid), 5.0, scene=scene, name="checkerboard")
+    checkerboard_volume(fixed, Image(moving_array, grid), 5.0, scene=scene, name="checkerboard")
     return scene, field
 
 

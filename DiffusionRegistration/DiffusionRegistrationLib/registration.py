@@ -20,7 +20,7 @@ from .progress import Progress, ProgressCallback, silent
 from .result import Result
 from .similarity import Similarity, build_similarity
 from .spatial import gaussian_smooth, physical_points, resample_to, sample, to_sampling_grid
-from .transforms import REGULARIZERS, AffineTransform, DenseTransform, channels_first, channels_last, \
+from .transforms import REGULARIZERS, AffineTransform, DenseTransform, channels_last, \
     resize_field, sample_field
 
 
