@@ -144,3 +144,19 @@ def test_a_failure_while_writing_outputs_leaves_no_file(tmp_path, pair, monkeypa
     with pytest.raises(OSError):
         main(["register", "--fixed", pair["fixed"], "--moving", pair["moving"], "--output-dir", str(out), *FAST])
     assert list(out.iterdir()) == []
+
+
+def test_progress_bar_draws_one_finished_bar_per_stage():
+    import io
+
+    from DiffusionRegistrationLib.progress import Progress, progress_bar
+
+    stream = io.StringIO()
+    report = progress_bar(stream)
+    for stage in ("affine", "deformable"):
+        for fraction in (0.0, 0.5, 1.0):
+            report(Progress(stage, fraction, "working"))
+        report(Progress(stage, 1.0, "done"))  # the engine's closing event repeats 100 %
+    finished = [line for line in stream.getvalue().split("\n") if line]
+    assert len(finished) == 2
+    assert finished[0].rsplit("\r", 1)[-1].startswith("affine") and "100%" in finished[0].rsplit("\r", 1)[-1]

@@ -41,8 +41,11 @@ def progress_bar(stream: Optional[TextIO] = None) -> ProgressCallback:
     from tqdm import tqdm
 
     state: dict[str, Optional[tqdm]] = {"bar": None, "stage": None}
+    finished: set[str] = set()
 
     def report(event: Progress) -> None:
+        if event.stage in finished:  # a stage that already reached 100% (e.g. its closing "done")
+            return
         if state["stage"] != event.stage:
             if state["bar"] is not None:
                 state["bar"].close()
@@ -55,6 +58,7 @@ def progress_bar(stream: Optional[TextIO] = None) -> ProgressCallback:
             bar.set_postfix_str(event.message, refresh=False)
         bar.refresh()
         if event.fraction >= 1.0:
+            finished.add(event.stage)
             bar.close()
             state["bar"], state["stage"] = None, None
 
