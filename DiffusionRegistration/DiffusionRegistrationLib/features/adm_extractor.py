@@ -8,7 +8,6 @@ t=50 (512 channels, stride 8; the decoder never runs).
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import zipfile
@@ -84,20 +83,6 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return loaded
 
 
-def weights_fingerprint(module: torch.nn.Module, budget: int = 1 << 20) -> str:
-    """A hash of the weights that reads at most about `budget` values (a strided sample of each tensor)."""
-    digest = hashlib.sha256()
-    state = module.state_dict()
-    total = sum(t.numel() for t in state.values()) or 1
-    for key, tensor in state.items():
-        flat = tensor.detach().reshape(-1)
-        step = max(1, total // budget)
-        sample = flat[::step].float().cpu().contiguous()
-        digest.update(f"{key}{tuple(tensor.shape)}{tensor.dtype}".encode())
-        digest.update(sample.numpy().tobytes())
-    return digest.hexdigest()[:24]
-
-
 class AdmExtractor(FeatureExtractor):
     """guided-diffusion ADM features at `tap` and `timestep` (the network's weights frozen)."""
 
@@ -163,13 +148,6 @@ class AdmExtractor(FeatureExtractor):
         return cls(model, **options)
 
     # -- the interface ------------------------------------------------------------------------------
-    def cache_key(self) -> str:
-        """Identifies these features (weights, tap, timestep, noise, ensemble) for on-disk caches."""
-        if self._backbone_id is None:
-            self._backbone_id = f"adm-weights:{weights_fingerprint(self.model)}"
-        return (f"{self._backbone_id}|tap={self.tap}|t={self.timestep}|ensemble={self.ensemble}"
-                f"|seed={self.noise_seed}|dtype={self.compute_dtype}")
-
     def extract(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         b, _, height, width = x.shape
         x0 = (x.float() * 2.0 - 1.0).expand(b, 3, height, width)

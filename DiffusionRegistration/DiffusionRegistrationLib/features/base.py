@@ -7,11 +7,25 @@ budget, averaging an ensemble of noise draws, reduced precision on a GPU. Subcla
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
+
+
+def weights_fingerprint(module: torch.nn.Module, budget: int = 1 << 20) -> str:
+    """A hash of the weights that reads at most about `budget` values (a strided sample of each tensor)."""
+    digest = hashlib.sha256()
+    state = module.state_dict()
+    total = sum(t.numel() for t in state.values()) or 1
+    for key, tensor in state.items():
+        flat = tensor.detach().reshape(-1)
+        sample = flat[::max(1, total // budget)].float().cpu().contiguous()
+        digest.update(f"{key}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(sample.numpy().tobytes())
+    return digest.hexdigest()[:24]
 
 
 class FeatureExtractor(torch.nn.Module):
@@ -21,6 +35,10 @@ class FeatureExtractor(torch.nn.Module):
     stride: int = 1
     #: the input size must be a multiple of this for the network to run (e.g. 32 for ADM at 256)
     size_multiple: int = 1
+    #: the feature tap (a block name); subclasses set it
+    tap: Optional[str] = None
+    #: what the weights are (a file, a folder, a catalog id); None: a fingerprint of the weights
+    _backbone_id: Optional[str] = None
 
     def __init__(self, timestep: int, ensemble: int = 1, noise_seed: int = 0, chunk_size: int = 8,
                  compute_dtype: Optional[torch.dtype] = None):
@@ -41,6 +59,17 @@ class FeatureExtractor(torch.nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    def cache_options(self) -> str:
+        """Settings beyond the common ones that change the features, as `|name=value` text."""
+        return ""
+
+    def cache_key(self) -> str:
+        """Identifies these features (weights, tap, timestep, noise, ensemble, precision) for on-disk caches."""
+        if self._backbone_id is None:
+            self._backbone_id = f"{type(self).__name__}-weights:{weights_fingerprint(self)}"
+        return (f"{self._backbone_id}|tap={self.tap}|t={self.timestep}{self.cache_options()}"
+                f"|ensemble={self.ensemble}|seed={self.noise_seed}|dtype={self.compute_dtype}")
 
     def extract(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """x [b, 1, H, W] in [0, 1], H and W multiples of size_multiple -> features [b, C, H/stride, W/stride]."""

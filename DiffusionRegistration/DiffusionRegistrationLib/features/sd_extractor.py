@@ -103,10 +103,8 @@ class StableDiffusionExtractor(FeatureExtractor):
         extractor = cls(vae.float(), unet.float(), scheduler, embedding, **options)
         return extractor.to(device) if device is not None else extractor
 
-    def cache_key(self) -> str:
-        """Identifies these features (weights, tap, timestep, noise, ensemble) for on-disk caches."""
-        return (f"{self._backbone_id or f'sd-object:{id(self)}'}|tap={self.tap}|t={self.timestep}"
-                f"|latent={self.latent}|ensemble={self.ensemble}|seed={self.noise_seed}|dtype={self.compute_dtype}")
+    def cache_options(self) -> str:
+        return f"|latent={self.latent}"
 
     def extract(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         b, _, height, width = x.shape

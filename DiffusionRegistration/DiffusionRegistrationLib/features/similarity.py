@@ -55,18 +55,6 @@ def feature_cache_dir() -> Path:
     return Path(folder).expanduser() if folder else Path.home() / ".cache" / "diffusionregistration" / "features"
 
 
-def extractor_identity(extractor: FeatureExtractor) -> str:
-    """What determines an extractor's features: its own cache_key() if it has one, else its class, a
-    sampled hash of its weights and its public settings."""
-    key = getattr(extractor, "cache_key", None)
-    if callable(key):
-        return str(key())
-    from .adm_extractor import weights_fingerprint
-    settings = {k: v for k, v in vars(extractor).items()
-                if not k.startswith("_") and isinstance(v, (int, float, str, bool, type(None)))}
-    return f"{type(extractor).__qualname__}:{weights_fingerprint(extractor)}:{sorted(settings.items())}"
-
-
 # ------------------------------------------------------------------------------------------------------
 # measures
 def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -234,7 +222,7 @@ class DiffusionFeatureSimilarity(Similarity):
         digest = hashlib.sha256()
         array = image.detach().float().cpu().contiguous()
         digest.update(f"v{CACHE_VERSION}|{tuple(array.shape)}|{layout}|".encode())
-        digest.update(extractor_identity(extractor).encode())
+        digest.update(extractor.cache_key().encode())
         digest.update(array.numpy().tobytes())
         return digest.hexdigest()[:40]
 

@@ -79,10 +79,8 @@ class PixelUNetExtractor(FeatureExtractor):
         extractor = cls(unet.float(), scheduler, **options)
         return extractor.to(device) if device is not None else extractor
 
-    def cache_key(self) -> str:
-        """Identifies these features (weights, tap, timestep, noise, ensemble) for on-disk caches."""
-        return (f"{self._backbone_id or f'unet2d-object:{id(self)}'}|tap={self.tap}|t={self.timestep}"
-                f"|class={self.class_label}|ensemble={self.ensemble}|seed={self.noise_seed}|dtype={self.compute_dtype}")
+    def cache_options(self) -> str:
+        return f"|class={self.class_label}"
 
     def extract(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         b, _, height, width = x.shape
