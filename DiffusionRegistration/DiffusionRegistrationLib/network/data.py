@@ -19,9 +19,10 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from .. import landmarks
 from ..errors import RegistrationError
 from ..images import Grid, Image, normalize, read_image
-from ..spatial import physical_points, sample, to_sampling_grid
+from ..spatial import resample_to, sample
 from ..synthetic import random_smooth_displacement, warp_with_displacement
 from ..transforms import resize_field
 from .model import NetworkSpec, identity_points, network_grid, normalised_to_mm, warp
@@ -128,20 +129,10 @@ def read_labels(path: str) -> Image:
 
 
 def read_landmarks(path: str, dim: int) -> np.ndarray:
-    """Points [N, D] in LPS mm from a CSV with one x,y[,z] row per landmark (an optional header)."""
-    if not Path(path).is_file():
-        raise RegistrationError(f"landmarks {path}: no such file. Check the path.")
-    rows = []
-    with open(path, newline="") as handle:
-        for row in csv.reader(handle):
-            try:
-                rows.append([float(v) for v in row[:dim]])
-            except ValueError:
-                if rows:
-                    raise RegistrationError(f"landmarks {path}: row {row} is not {dim} numbers (x,y[,z] mm).") from None
-    points = np.asarray(rows, dtype=np.float64)
-    if points.ndim != 2 or points.shape[1] != dim or len(points) == 0:
-        raise RegistrationError(f"landmarks {path}: expected rows of {dim} numbers (x,y[,z] in LPS mm).")
+    """Points [N, D] in LPS mm from any landmark file landmarks.py reads (.mrk.json, .fcsv, CSV)."""
+    points = landmarks.read_landmarks(path).points
+    if points.shape[1] != dim:
+        raise RegistrationError(f"landmarks {path}: are {points.shape[1]}D but the images are {dim}D.")
     return points
 
 
@@ -152,8 +143,7 @@ def read_landmarks(path: str, dim: int) -> np.ndarray:
 def pull_onto(image: Image, grid: Grid, mode: str = "bilinear") -> torch.Tensor:
     """An image resampled onto `grid` through physical space, [1, *grid.shape] float32 (0 outside)."""
     tensor = torch.as_tensor(np.ascontiguousarray(image.array), dtype=torch.float32)[None, None]
-    points = physical_points(grid)
-    return sample(tensor, to_sampling_grid(points, image.grid), mode=mode, padding_mode="zeros")[0]
+    return resample_to(tensor, image.grid, grid, mode=mode, padding_mode="zeros")[0]
 
 
 class NetworkDataset:
