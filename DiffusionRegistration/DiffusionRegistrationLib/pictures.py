@@ -9,13 +9,28 @@ import numpy as np
 from PIL import Image as PILImage, ImageDraw
 
 from .atomic import atomic_path
-from .images import Image
+from .errors import RegistrationError
+from .images import Grid, Image
 
 
-def checkerboard(a: np.ndarray, b: np.ndarray, square: int) -> np.ndarray:
-    """Alternates square tiles of two equally shaped arrays (a in the tile at index 0)."""
-    index = np.indices(a.shape) // max(int(square), 1)
-    return np.where(index.sum(axis=0) % 2 == 0, a, b)
+def checkerboard_array(first: np.ndarray, second: np.ndarray, grid: Grid, square_mm: float) -> np.ndarray:
+    """Voxels of `first` where the square parity is even and of `second` where it is odd.
+
+    Squares are `square_mm` wide along each grid axis, counted from voxel 0 (index * spacing), so they
+    stay aligned with the volume even when it is oblique.
+    """
+    if first.shape != second.shape or first.shape != grid.shape:
+        raise RegistrationError(f"checkerboard: volumes of shape {first.shape} and {second.shape} differ; "
+                                "both must lie on the fixed volume's grid.")
+    if not square_mm > 0:
+        raise RegistrationError(f"checkerboard square size {square_mm} mm: must be positive (e.g. 10 mm).")
+    parity = np.zeros(grid.shape, dtype=np.int64)
+    for axis, spacing in enumerate(reversed(grid.spacing)):  # array axes are (z, y, x)
+        index = np.floor(np.arange(grid.shape[axis]) * spacing / square_mm + 1e-9).astype(np.int64)
+        shape = [1] * len(grid.shape)
+        shape[axis] = -1
+        parity = parity + index.reshape(shape)
+    return np.where(parity % 2 == 0, first, second.astype(first.dtype, copy=False))
 
 
 def display_range(array: np.ndarray) -> np.ndarray:
@@ -55,8 +70,7 @@ def before_after_checkerboard(fixed: Image, before: Image, after: Image, path: s
     fixed_d, rows = display_range(fixed.array), []
     for title, moving in zip(titles, (before, after)):
         moving_d = display_range(moving.array)
-        square = max(int(round(square_mm / min(fixed.grid.spacing))), 1)
-        board = fixed.with_array(checkerboard(fixed_d, moving_d, square))
+        board = fixed.with_array(checkerboard_array(fixed_d, moving_d, fixed.grid, square_mm))
         rows.append((title, [_tile(p, s, height) for _, p, s in mid_planes(board)]))
     names = [name for name, _, _ in mid_planes(fixed)]
     label, gap = 18, 4

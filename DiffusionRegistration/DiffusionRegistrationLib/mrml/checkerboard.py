@@ -1,31 +1,10 @@
 """Checkerboard preview: squares alternating between the fixed and the registered moving volume."""
 from __future__ import annotations
 
-import numpy as np
-
 from ..errors import RegistrationError
-from ..images import Grid, Image
+from ..images import Image
+from ..pictures import checkerboard_array
 from .volumes import image_from_volume_node, volume_node_from_image
-
-
-def checkerboard_array(first: np.ndarray, second: np.ndarray, grid: Grid, square_mm: float) -> np.ndarray:
-    """Voxels of `first` where the square parity is even and of `second` where it is odd.
-
-    Squares are `square_mm` wide along each grid axis, counted from voxel 0 (index * spacing), so they
-    stay aligned with the volume even when it is oblique.
-    """
-    if first.shape != second.shape or first.shape != grid.shape:
-        raise RegistrationError(f"checkerboard: volumes of shape {first.shape} and {second.shape} differ; "
-                                "both must lie on the fixed volume's grid.")
-    if not square_mm > 0:
-        raise RegistrationError(f"checkerboard square size {square_mm} mm: must be positive (e.g. 10 mm).")
-    parity = np.zeros(grid.shape, dtype=np.int64)
-    for axis, spacing in enumerate(reversed(grid.spacing)):  # array axes are (z, y, x)
-        index = np.floor(np.arange(grid.shape[axis]) * spacing / square_mm + 1e-9).astype(np.int64)
-        shape = [1] * len(grid.shape)
-        shape[axis] = -1
-        parity = parity + index.reshape(shape)
-    return np.where(parity % 2 == 0, first, second.astype(first.dtype, copy=False))
 
 
 def checkerboard_volume(fixed, warped, square_mm: float, scene=None, name: str = "Checkerboard", node=None):
