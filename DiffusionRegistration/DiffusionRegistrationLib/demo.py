@@ -21,6 +21,7 @@ from .metrics import dice_per_label, field_tre, mask_dice, mean_dice
 from .outputs import write_outputs
 from .progress import Progress, ProgressCallback, silent
 from .registration import register
+from .result import Result
 from .synthetic import random_smooth_displacement, warp_with_displacement
 
 SPACING_MM, MAX_DISPLACEMENT_MM = 2.0, 8.0
@@ -83,9 +84,7 @@ def run_demo(output_dir: str | Path, seed: int = 0, preset: Optional[str] = None
                   f"      Running the best intensity preset ('{preset}') instead.", file=log)
     config = make_config(preset)
     result = register(pair["fixed"], pair["moving"], config, progress=progress)
-    from .result import Result
-
-    identity = Result(result.fixed_grid, result.moving_grid, np.zeros_like(result.displacement))
+    identity = Result.identity(result.fixed_grid, result.moving_grid)
     extra = {"demo": {"pair": "moving Colin27 skull-stripped (ch2bet) -> fixed Colin27 with skull (ch2) "
                               f"warped by a known smooth field, max {MAX_DISPLACEMENT_MM} mm, seed {seed}, "
                               f"{SPACING_MM} mm voxels", "preset": preset, "similarity": config.similarity,

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-import numpy as np
 import SimpleITK as sitk
 
 from .errors import RegistrationError
@@ -38,7 +37,7 @@ def evaluate(transform: str, reference: Optional[str] = None, fixed_labels: Opti
     if fixed_label_image is not None:
         moving_label_image = _labels(moving_labels, "moving labels")
         warped = Result(grid, moving_label_image.grid, field).warp(moving_label_image, "nearest")
-        identity = Result(grid, moving_label_image.grid, np.zeros_like(field)).warp(moving_label_image, "nearest")
+        identity = Result.identity(grid, moving_label_image.grid).warp(moving_label_image, "nearest")
         after = dice_per_label(fixed_label_image.array, warped.array)
         before = dice_per_label(fixed_label_image.array, identity.array)
         report["dice"] = {"mean_before": mean_dice(before), "mean_after": mean_dice(after),

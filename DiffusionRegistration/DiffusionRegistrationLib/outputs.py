@@ -31,9 +31,8 @@ class OutputRequest:
     report: str = "report.json"
 
 
-def summary(result: Result) -> dict[str, Any]:
+def summary(result: Result, determinant: np.ndarray) -> dict[str, Any]:
     """Numbers every run reports: time, folding and the Jacobian range, the optimisation history."""
-    determinant = jacobian_determinant(result.displacement, result.fixed_grid)
     return {"seconds": round(result.seconds, 3), **folding(determinant),
             "max_displacement_mm": float(np.linalg.norm(result.displacement, axis=-1).max()),
             "history": result.history, "config": result.config}
@@ -46,6 +45,8 @@ def write_outputs(result: Result, fixed: Image, moving: Image, output_dir: str |
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     written: dict[str, str] = {}
+    warped = result.warped if result.warped is not None else result.warp(moving)
+    determinant = jacobian_determinant(result.displacement, result.fixed_grid)
     with OutputSet() as outputs:
         def target(role: str, name: str) -> Path:
             final = folder / name
@@ -56,20 +57,17 @@ def write_outputs(result: Result, fixed: Image, moving: Image, output_dir: str |
         if request.vector_field:
             write_displacement(result.displacement, result.fixed_grid, target("vector_field", request.vector_field))
         if request.warped:
-            warped = result.warped if result.warped is not None else result.warp(moving)
             write_image(warped, target("warped", request.warped))
         if request.jacobian:
-            determinant = jacobian_determinant(result.displacement, result.fixed_grid).astype(np.float32)
-            write_image(Image(determinant, result.fixed_grid), target("jacobian", request.jacobian))
+            write_image(Image(determinant.astype(np.float32), result.fixed_grid), target("jacobian", request.jacobian))
         if request.affine and result.affine is not None:
             write_affine(result.affine, target("affine", request.affine))
         if request.inverse and result.inverse is not None:
             write_displacement(result.inverse, result.moving_grid, target("inverse", request.inverse))
         if request.checkerboard:
-            identity = Result(result.fixed_grid, result.moving_grid, np.zeros_like(result.displacement))
-            after = result.warped if result.warped is not None else result.warp(moving)
-            before_after_checkerboard(fixed, identity.warp(moving), after, target("checkerboard", request.checkerboard))
-        report = {**summary(result), **(extra or {}), "fixed": fixed.path, "moving": moving.path}
+            before = Result.identity(result.fixed_grid, result.moving_grid).warp(moving)
+            before_after_checkerboard(fixed, before, warped, target("checkerboard", request.checkerboard))
+        report = {**summary(result, determinant), **(extra or {}), "fixed": fixed.path, "moving": moving.path}
         report["outputs"] = dict(written, report=str((folder / request.report).resolve()))
         report_path = target("report", request.report)
         report_path.write_text(json.dumps(report, indent=2, default=_json_default))

@@ -31,6 +31,11 @@ class Result:
     config: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
 
+    @classmethod
+    def identity(cls, fixed_grid: Grid, moving_grid: Grid) -> "Result":
+        """The mapping x -> x: resamples a moving-space image onto the fixed grid as it lies (no registration)."""
+        return cls(fixed_grid, moving_grid, np.zeros((*fixed_grid.shape, fixed_grid.dim), dtype=np.float32))
+
     def points(self, device=None) -> torch.Tensor:
         """Mapped physical points of every fixed voxel, [1, *shape, D]."""
         base = physical_points(self.fixed_grid, device)
