@@ -245,8 +245,7 @@ def register(fixed: Image, moving: Image, config: Optional[RegistrationConfig] =
             base, to_normalised = _affine_sampling(affine, f_grid, m_grid, device)
 
             def dense_step() -> torch.Tensor:
-                field = dense.parameter_field()
-                displacement = field if dense.kind == "displacement" else dense.displacement()
+                field, displacement = dense.fields()
                 sampling = base + channels_last(displacement) @ to_normalised
                 loss = similarity.mapped_loss(f_image, m_image, sampling, _mask_at(f_mask, m_mask, sampling))
                 return loss + config.regularization * regularizer(field, f_grid)

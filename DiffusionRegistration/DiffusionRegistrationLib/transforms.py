@@ -114,13 +114,22 @@ class DenseTransform(torch.nn.Module):
         """The displacement (or velocity) on `grid`, [B, D, *grid.shape]."""
         return resize_field(self._control_field(), self.grid.shape)
 
-    def displacement(self) -> torch.Tensor:
-        """The displacement on `grid`. A velocity is integrated on the control grid, where it lives,
-        then upsampled: the same smooth map at a fraction of the cost of integrating on `grid`."""
+    def fields(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(parameter field, displacement) on `grid`, from one smoothing of the control field.
+
+        A velocity is integrated on the control grid, where it lives, then upsampled: the same smooth
+        map at a fraction of the cost of integrating on `grid`.
+        """
+        control = self._control_field()
+        parameter = resize_field(control, self.grid.shape)
         if self.kind == "displacement":
-            return self.parameter_field()
-        return resize_field(integrate_velocity(self._control_field(), self.control_grid, self.integration_steps),
-                            self.grid.shape)
+            return parameter, parameter
+        return parameter, resize_field(integrate_velocity(control, self.control_grid, self.integration_steps),
+                                       self.grid.shape)
+
+    def displacement(self) -> torch.Tensor:
+        """The displacement on `grid`, [B, D, *grid.shape]."""
+        return self.fields()[1]
 
     def inverse_displacement(self) -> torch.Tensor:
         if self.kind == "svf":
