@@ -8,10 +8,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from .errors import Cancelled, RegistrationError
+from .models_cli import add_models_parser
+from .network.cli import add_network_parsers
 from .progress import ProgressCallback, json_lines, progress_bar, silent
 
 EPILOG = """examples:
@@ -114,7 +115,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
                           inverse=bool(args.inverse))
     request = OutputRequest(transform=args.transform, warped=args.warped, affine=args.affine, inverse=args.inverse)
     written = write_outputs(result, fixed, moving, args.output_dir, request)
-    progress(Progress("done", 1.0, written["report"] if "report" in written else str(Path(args.output_dir))))
+    progress(Progress("done", 1.0, written["report"]))
     if args.progress != "json":
         _print_outputs(written)
     return 0
@@ -136,19 +137,13 @@ def _apply_parser(subparsers) -> None:
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:
-    import SimpleITK as sitk
-
-    from .images import Image, read_image, write_image
+    from .images import read_image, read_labels, write_image
     from .result import Result
     from .transform_io import read_displacement
 
     reference = read_image(args.reference, "reference image")
     field, _ = read_displacement(args.transform, reference.grid)
-    source = Path(args.input)
-    if not source.exists():
-        raise RegistrationError(f"input {source}: no such file. Check the path.")
-    image = Image.from_sitk(sitk.ReadImage(str(source)), str(source)) if args.labels else \
-        read_image(source, "input image")
+    image = read_labels(args.input, "input label map") if args.labels else read_image(args.input, "input image")
     result = Result(reference.grid, image.grid, field)
     write_image(result.warp(image, "nearest" if args.labels else "linear"), args.output)
     print(f"wrote {args.output}")
@@ -222,12 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_register_parser, _apply_parser, _evaluate_parser, _demo_parser, _presets_parser):
         add(subparsers)
-    for module, function in (("models_cli", "add_models_parser"), ("network.cli", "add_network_parsers")):
-        try:
-            add_more = getattr(__import__(f"DiffusionRegistrationLib.{module}", fromlist=[function]), function)
-        except ImportError:
-            continue
-        add_more(subparsers)
+    add_models_parser(subparsers)
+    add_network_parsers(subparsers)
     return parser
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from .config import make_config
 from .data import COLIN_AAL, COLIN_BET, COLIN_T1, data_file, resample_isotropic
 from .errors import RegistrationError
-from .images import Image, read_image, write_image
+from .images import Image, read_image, read_labels, write_image
 from .metrics import dice_per_label, field_tre, mask_dice, mean_dice
 from .outputs import write_outputs
 from .progress import Progress, ProgressCallback, silent
@@ -33,8 +33,7 @@ def demo_pair(seed: int = 0) -> dict[str, Image | np.ndarray]:
     """The 2 mm pair with its ground truth: fixed, moving, labels of both, brain mask, true field."""
     moving = resample_isotropic(read_image(data_file(COLIN_BET), "Colin27 skull-stripped"), SPACING_MM)
     skull = resample_isotropic(read_image(data_file(COLIN_T1), "Colin27 with skull"), SPACING_MM)
-    labels = resample_isotropic(Image.from_sitk(__import__("SimpleITK").ReadImage(str(data_file(COLIN_AAL)))),
-                                SPACING_MM, labels=True)
+    labels = resample_isotropic(read_labels(data_file(COLIN_AAL), "AAL labels"), SPACING_MM, labels=True)
     if not labels.grid.same_as(moving.grid, tolerance=1e-3) or not skull.grid.same_as(moving.grid, 1e-3):
         raise RegistrationError("the Colin27 files do not share one grid; re-run `bash scripts/setup.sh`.")
     field = random_smooth_displacement(moving.grid, MAX_DISPLACEMENT_MM, seed)

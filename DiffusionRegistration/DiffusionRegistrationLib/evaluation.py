@@ -3,21 +3,13 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-import SimpleITK as sitk
 
 from .errors import RegistrationError
-from .images import Image, read_image
+from .images import read_image, read_labels
 from .landmarks import match_landmarks, read_landmarks
 from .metrics import dice_per_label, field_mapping, folding, jacobian_determinant, landmark_tre, mean_dice
 from .result import Result
 from .transform_io import read_displacement
-
-
-def _labels(path: str, role: str) -> Image:
-    try:
-        return Image.from_sitk(sitk.ReadImage(str(path)), str(path))
-    except RuntimeError:
-        raise RegistrationError(f"{role} {path}: cannot be read as a label map.") from None
 
 
 def evaluate(transform: str, reference: Optional[str] = None, fixed_labels: Optional[str] = None,
@@ -28,14 +20,14 @@ def evaluate(transform: str, reference: Optional[str] = None, fixed_labels: Opti
         raise RegistrationError("give both --fixed-labels and --moving-labels, or neither.")
     if (fixed_landmarks is None) != (moving_landmarks is None):
         raise RegistrationError("give both --fixed-landmarks and --moving-landmarks, or neither.")
-    fixed_label_image = _labels(fixed_labels, "fixed labels") if fixed_labels else None
+    fixed_label_image = read_labels(fixed_labels, "fixed labels") if fixed_labels else None
     grid = read_image(reference, "reference image").grid if reference else \
         (fixed_label_image.grid if fixed_label_image is not None else None)
     field, grid = read_displacement(transform, grid)
     report: dict[str, Any] = {"transform": str(transform)}
     report["folding"] = folding(jacobian_determinant(field, grid))
     if fixed_label_image is not None:
-        moving_label_image = _labels(moving_labels, "moving labels")
+        moving_label_image = read_labels(moving_labels, "moving labels")
         warped = Result(grid, moving_label_image.grid, field).warp(moving_label_image, "nearest")
         identity = Result.identity(grid, moving_label_image.grid).warp(moving_label_image, "nearest")
         after = dice_per_label(fixed_label_image.array, warped.array)

@@ -170,12 +170,20 @@ def check_image(image: Image, role: str = "image") -> None:
                                 "empty or constant and has nothing to align.")
 
 
+def read_labels(path: str | os.PathLike, role: str = "label map") -> Image:
+    """Reads a label map or mask as stored (integer type kept, no intensity checks)."""
+    if not Path(path).is_file():
+        raise RegistrationError(f"{role} {path}: no such file. Check the path.")
+    try:
+        return Image.from_sitk(sitk.ReadImage(str(path)), str(path))
+    except RuntimeError:
+        raise RegistrationError(f"{role} {path}: cannot be read as a label map. Give a NIfTI, NRRD or MHA "
+                                "file.") from None
+
+
 def read_mask(path: str | os.PathLike, reference: Image, role: str = "mask") -> Image:
     """Reads a binary mask that must lie on the grid of `reference` and must not be empty."""
-    image = sitk.ReadImage(str(path)) if Path(path).is_file() else None
-    if image is None:
-        raise RegistrationError(f"{role} {path}: no such file. Check the path.")
-    mask = Image.from_sitk(image, str(path))
+    mask = read_labels(path, role)
     if not mask.grid.same_as(reference.grid, tolerance=1e-3):
         raise RegistrationError(f"{role} {path}: lies on another grid than {reference.name} (size "
                                 f"{mask.grid.size} vs {reference.grid.size}, or origin/spacing/direction "

@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 
 from .. import landmarks
 from ..errors import RegistrationError
-from ..images import Grid, Image, normalize, read_image
+from ..images import Grid, Image, normalize, read_image, read_labels
 from ..spatial import resample_to, sample
 from ..synthetic import random_smooth_displacement, warp_with_displacement
 from ..transforms import resize_field
@@ -120,12 +119,6 @@ def folder_pairs(folder: str | Path, mode: str = "all") -> list[PairRecord]:
     if mode == "consecutive":
         return [PairRecord(a, b) for a, b in zip(files[:-1], files[1:])]
     raise RegistrationError(f"folder pairing must be 'all' or 'consecutive', not '{mode}'.")
-
-
-def read_labels(path: str) -> Image:
-    if not Path(path).is_file():
-        raise RegistrationError(f"label map {path}: no such file. Check the path.")
-    return Image.from_sitk(sitk.ReadImage(path), path)
 
 
 def read_landmarks(path: str, dim: int) -> np.ndarray:
