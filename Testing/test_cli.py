@@ -103,7 +103,7 @@ def test_bad_moving_image_exits_2_naming_the_file_and_writes_nothing(tmp_path, p
     assert not out.exists() or list(out.iterdir()) == []
 
 
-@pytest.mark.parametrize("problem, message", [("empty", "empty"), ("grid", "another grid")])
+@pytest.mark.parametrize("problem, message", [("empty", "empty"), ("grid", "another voxel grid")])
 def test_bad_masks_exit_2(tmp_path, pair, capsys, problem, message, write_image_file):
     image = pair["fixed_image"]
     if problem == "empty":

@@ -103,7 +103,7 @@ def test_cancel_from_the_progress_callback_stops_the_run(t1_slice):
 
 
 @pytest.mark.parametrize("problem, message", [
-    ("dimension", "2D"), ("empty mask", "empty"), ("mask grid", "another grid")])
+    ("dimension", "2D"), ("empty mask", "empty"), ("mask grid", "another voxel grid")])
 def test_bad_pairs_and_masks_raise_a_clear_error(t1_slice, colin_small, problem, message):
     moving, mask = t1_slice, None
     if problem == "dimension":

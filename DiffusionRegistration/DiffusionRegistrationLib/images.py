@@ -181,19 +181,25 @@ def read_labels(path: str | os.PathLike, role: str = "label map") -> Image:
                                 "file.") from None
 
 
-def read_mask(path: str | os.PathLike, reference: Image, role: str = "mask") -> Image:
-    """Reads a binary mask that must lie on the grid of `reference` and must not be empty."""
-    mask = read_labels(path, role)
+def check_mask(mask: Image, reference: Image, role: str = "mask", label: Optional[str] = None) -> Image:
+    """The mask as binary float32 weights; RegistrationError when it lies on another grid than
+    `reference` or selects no voxel. `label` names it in messages (default: its path)."""
+    label = label or mask.name
     if not mask.grid.same_as(reference.grid, tolerance=1e-3):
-        raise RegistrationError(f"{role} {path}: lies on another grid than {reference.name} (size "
-                                f"{mask.grid.size} vs {reference.grid.size}, or origin/spacing/direction "
-                                "differ). Resample the mask onto the image grid, e.g. in Slicer's Resample "
-                                "Scalar/Vector/DWI Volume.")
+        raise RegistrationError(f"{role} {label}: lies on another voxel grid than {reference.name} ({mask.grid.size} "
+                                f"vs {reference.grid.size} voxels, or another origin/spacing/direction). Resample "
+                                "it onto the image grid (in Slicer: Resample Scalar/Vector/DWI Volume, or export "
+                                "the segment with the volume as reference geometry).")
     binary = mask.array > 0
     if not binary.any():
-        raise RegistrationError(f"{role} {path}: the mask is empty (no voxel above 0). Draw the region "
-                                "to use, or leave the mask out.")
+        raise RegistrationError(f"{role} {label}: is empty (no voxel above 0). Draw the region to use, or leave "
+                                "the mask out.")
     return mask.with_array(binary.astype(np.float32))
+
+
+def read_mask(path: str | os.PathLike, reference: Image, role: str = "mask") -> Image:
+    """Reads a binary mask that must lie on the grid of `reference` and must not be empty."""
+    return check_mask(read_labels(path, role), reference, role)
 
 
 def write_image(image: Image | sitk.Image, path: str | os.PathLike) -> Path:

@@ -15,7 +15,7 @@ import torch
 
 from .config import RegistrationConfig
 from .errors import RegistrationError
-from .images import Grid, Image, normalize
+from .images import Grid, Image, check_mask, normalize
 from .progress import Progress, ProgressCallback, silent
 from .result import Result
 from .similarity import Similarity, build_similarity
@@ -177,12 +177,8 @@ def register(fixed: Image, moving: Image, config: Optional[RegistrationConfig] =
     if fixed.dim != moving.dim:
         raise RegistrationError(f"fixed {fixed.name} is {fixed.dim}D but moving {moving.name} is {moving.dim}D; "
                                 "register images of the same dimension.")
-    for mask, image, role in ((fixed_mask, fixed, "fixed mask"), (moving_mask, moving, "moving mask")):
-        if mask is not None and not mask.grid.same_as(image.grid, tolerance=1e-3):
-            raise RegistrationError(f"{role} {mask.name} lies on another grid than {image.name}; resample it "
-                                    "onto the image grid.")
-        if mask is not None and not (mask.array > 0).any():
-            raise RegistrationError(f"{role} {mask.name} is empty; draw the region or leave the mask out.")
+    fixed_mask = None if fixed_mask is None else check_mask(fixed_mask, fixed, "fixed mask")
+    moving_mask = None if moving_mask is None else check_mask(moving_mask, moving, "moving mask")
     if moving_mask is None and config.moving_foreground_mask:
         moving_mask = moving.with_array((moving.array != 0).astype(np.float32))
     device = resolve_device(config.device)

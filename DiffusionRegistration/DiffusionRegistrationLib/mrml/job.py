@@ -17,10 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
-
 from ..errors import Cancelled, RegistrationError
-from ..images import Image, read_image, write_image
+from ..images import Image, check_mask, read_image, write_image
 from ..process_runner import Event, Finished, ProcessRunner, backend_environment, python_executable
 from ..progress import Progress
 from .checkerboard import checkerboard_volume
@@ -79,15 +77,7 @@ class JobResult:
 
 
 def _check_mask(mask_node, image: Image, role: str) -> Image:
-    mask = image_from_volume_node(mask_node, role)
-    if not mask.grid.same_as(image.grid, tolerance=1e-3):
-        raise RegistrationError(f"{role} '{mask_node.GetName()}': lies on another voxel grid than its volume "
-                                f"({mask.grid.size} vs {image.grid.size} voxels, or another origin/spacing/"
-                                "direction). Resample it onto the volume (Resample Image (BRAINS), or export "
-                                "the segment with the volume as reference geometry).")
-    if not (mask.array > 0).any():
-        raise RegistrationError(f"{role} '{mask_node.GetName()}': is empty. Paint the region or leave the mask out.")
-    return mask.with_array((mask.array > 0).astype(np.uint8))
+    return check_mask(image_from_volume_node(mask_node, role), image, role, f"'{mask_node.GetName()}'")
 
 
 class RegistrationJob:
