@@ -101,6 +101,7 @@ class _Ranks:
 
     def close(self) -> None:
         if self.started_group:
+            dist.barrier()  # rank 0 may still be validating or saving: no rank leaves the group early
             dist.destroy_process_group()
 
 
