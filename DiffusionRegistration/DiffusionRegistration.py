@@ -205,7 +205,7 @@ class DiffusionRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
 
     def onPollJob(self) -> None:
         """Timer slot: drains the job's events without blocking; imports the result when it ended."""
-        from DiffusionRegistrationLib.process_runner import Finished
+        from DiffusionRegistrationLib.slicer.process_runner import Finished
         from DiffusionRegistrationLib.progress import Progress
 
         job = self._job
@@ -294,7 +294,7 @@ class DiffusionRegistrationLogic(ScriptedLoadableModuleLogic):
                 networkCheckpoint=None, finetuneSteps: int = 0, checkerboardSquareMm: float = 10.0,
                 seed: Optional[int] = None):
         """The backend options for these panel values (backbone and mode only with a diffusion similarity)."""
-        from DiffusionRegistrationLib.mrml.job import RegistrationOptions
+        from DiffusionRegistrationLib.slicer.job import RegistrationOptions
 
         diffusion = cls.usesDiffusion(preset, similarity)
         return RegistrationOptions(
@@ -314,7 +314,7 @@ class DiffusionRegistrationLogic(ScriptedLoadableModuleLogic):
               outputVolume=None, python: Optional[str] = None):
         """Writes the inputs to a temporary folder and starts the backend process; returns the job."""
         from DiffusionRegistrationLib.errors import RegistrationError
-        from DiffusionRegistrationLib.mrml.job import RegistrationJob
+        from DiffusionRegistrationLib.slicer.job import RegistrationJob
 
         problem = self.inputProblem(fixed, moving)
         if problem:
@@ -419,8 +419,8 @@ class DiffusionRegistrationLogic(ScriptedLoadableModuleLogic):
         folder, never the install folder) behind a progress dialog whose Cancel kills it.
         """
         from DiffusionRegistrationLib import weights
-        from DiffusionRegistrationLib.mrml.job import LIBRARY_PARENT
-        from DiffusionRegistrationLib.process_runner import Finished, ProcessRunner, backend_environment
+        from DiffusionRegistrationLib.slicer.job import LIBRARY_PARENT
+        from DiffusionRegistrationLib.slicer.process_runner import Finished, ProcessRunner, backend_environment
         from DiffusionRegistrationLib.progress import Progress
 
         if weights.status(backbone) in ("verified", "not verified"):  # present: the backend verifies on load
@@ -429,7 +429,7 @@ class DiffusionRegistrationLogic(ScriptedLoadableModuleLogic):
                 _("The weights of the diffusion network '{backbone}' are not in the model cache ({folder}). "
                   "Download them now?").format(backbone=backbone, folder=weights.model_dir(backbone))):
             return False
-        runner = ProcessRunner([self.pythonExecutable(), "-m", "DiffusionRegistrationLib.cli", "models", "download",
+        runner = ProcessRunner([self.pythonExecutable(), "-m", "DiffusionRegistrationLib.cli.main", "models", "download",
                                 backbone, "--progress", "json"], env=backend_environment(LIBRARY_PARENT)).start()
         dialog = slicer.util.createProgressDialog(labelText=_("Downloading {backbone}...").format(backbone=backbone),
                                                   maximum=100)
@@ -468,8 +468,8 @@ class DiffusionRegistrationTest(ScriptedLoadableModuleTest):
 
     def test_RegistrationImprovesOverlay(self):
         import numpy as np
-        from DiffusionRegistrationLib.images import Grid, Image
-        from DiffusionRegistrationLib.mrml import image_from_volume_node, volume_node_from_image
+        from DiffusionRegistrationLib.io.images import Grid, Image
+        from DiffusionRegistrationLib.slicer import image_from_volume_node, volume_node_from_image
 
         self.delayDisplay("Creating a blob volume and a copy shifted by (3, -2, 2) voxels")
         grid = Grid((40, 40, 32), (2.0, 2.0, 2.0), (-40.0, -40.0, -32.0), tuple(np.eye(3).ravel()))

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from DiffusionRegistrationLib.atomic import OutputSet, atomic_path
+from DiffusionRegistrationLib.io.atomic import OutputSet, atomic_path
 
 
 def test_a_written_file_gets_the_permissions_of_a_normal_file(tmp_path):

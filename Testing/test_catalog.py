@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from DiffusionRegistrationLib import catalog, weights
-from DiffusionRegistrationLib.cli import main as diffreg
+from DiffusionRegistrationLib.features import catalog, weights
+from DiffusionRegistrationLib.cli.main import main as diffreg
 from DiffusionRegistrationLib.errors import Cancelled, RegistrationError
 
-REPO_CATALOG = Path(__file__).resolve().parents[1] / "Resources" / "models.json"
+REPO_CATALOG = Path(__file__).resolve().parents[1] / "DiffusionRegistration" / "DiffusionRegistrationLib" / "features" / "models.json"
 BIG = 3 * (1 << 20) + 12345  # more than one download chunk, so a cancel can land mid-file
 
 

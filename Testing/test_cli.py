@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from DiffusionRegistrationLib.cli import main
-from DiffusionRegistrationLib.images import Image
-from DiffusionRegistrationLib.synthetic import random_smooth_displacement, warp_with_displacement
+from DiffusionRegistrationLib.cli.main import main
+from DiffusionRegistrationLib.io.images import Image
+from DiffusionRegistrationLib.geometry.synthetic import random_smooth_displacement, warp_with_displacement
 
 FAST = ["--preset", "fast", "--similarity", "mse", "--set", "affine=false", "--set", "regularization=0.01"]
 
@@ -134,7 +134,7 @@ def test_unknown_flag_is_an_argparse_error_with_exit_2(capsys):
 
 
 def test_a_failure_while_writing_outputs_leaves_no_file(tmp_path, pair, monkeypatch):
-    import DiffusionRegistrationLib.outputs as outputs
+    import DiffusionRegistrationLib.engine.outputs as outputs
 
     def broken(*args, **kwargs):
         raise OSError("disk full")

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from DiffusionRegistrationLib.data import COLIN_BET, data_file, data_root, resample_isotropic
+from DiffusionRegistrationLib.io.data import COLIN_BET, data_file, data_root, resample_isotropic
 from DiffusionRegistrationLib.errors import RegistrationError
-from DiffusionRegistrationLib.images import Grid, Image
+from DiffusionRegistrationLib.io.images import Grid, Image
 
 
 def test_missing_data_names_the_setup_command(tmp_path, monkeypatch):

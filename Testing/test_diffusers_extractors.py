@@ -295,7 +295,7 @@ def test_catalog_model_is_downloaded_verified_and_loaded_by_id(tmp_path, monkeyp
     monkeypatch.setenv("DIFFREG_CACHE", str(tmp_path / "cache"))
     with pytest.raises(RegistrationError, match="diffreg models download my-ct-ddpm"):
         load_extractor({"backbone": "my-ct-ddpm"})
-    from DiffusionRegistrationLib.weights import download
+    from DiffusionRegistrationLib.features.weights import download
     download("my-ct-ddpm")
     extractor = load_extractor({"backbone": "my-ct-ddpm", "timestep": 40})
     assert isinstance(extractor, PixelUNetExtractor)

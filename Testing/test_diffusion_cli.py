@@ -11,9 +11,9 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from DiffusionRegistrationLib.cli import main
+from DiffusionRegistrationLib.cli.main import main
 from DiffusionRegistrationLib.features.adm import ADM_SMALL_FLAGS, build_adm, random_init_
-from DiffusionRegistrationLib.synthetic import random_smooth_displacement, warp_with_displacement
+from DiffusionRegistrationLib.geometry.synthetic import random_smooth_displacement, warp_with_displacement
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from DiffusionRegistrationLib.features.adm_extractor import AdmExtractor
-from DiffusionRegistrationLib.features.similarity import (DiffusionFeatureSimilarity, feature_weights,
+from DiffusionRegistrationLib.similarity.diffusion import (DiffusionFeatureSimilarity, feature_weights,
                                                           lncc_loss)
-from DiffusionRegistrationLib.images import Grid
+from DiffusionRegistrationLib.io.images import Grid
 from DiffusionRegistrationLib.similarity import build_similarity
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from DiffusionRegistrationLib.errors import RegistrationError
-from DiffusionRegistrationLib.landmarks import Landmarks, match_landmarks, read_landmarks, write_mrk_json
+from DiffusionRegistrationLib.io.landmarks import Landmarks, match_landmarks, read_landmarks, write_mrk_json
 
 RAS = np.array([[10.0, 20.0, 30.0], [-1.5, 2.5, -3.5]])
 LPS = np.array([[-10.0, -20.0, 30.0], [1.5, -2.5, -3.5]])

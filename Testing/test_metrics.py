@@ -4,8 +4,8 @@ import pytest
 import SimpleITK as sitk
 
 from DiffusionRegistrationLib.errors import RegistrationError
-from DiffusionRegistrationLib.images import Grid
-from DiffusionRegistrationLib.metrics import (dice_per_label, field_mapping, field_tre, folding,
+from DiffusionRegistrationLib.io.images import Grid
+from DiffusionRegistrationLib.geometry.metrics import (dice_per_label, field_mapping, field_tre, folding,
                                               jacobian_determinant, landmark_tre, mask_dice, mean_dice)
 
 

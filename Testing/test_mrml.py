@@ -7,12 +7,12 @@ import pytest
 sitk = pytest.importorskip("SimpleITK")
 slicer = pytest.importorskip("slicer", reason="slicer-core (the MRML library from PyPI) is not installed")
 
-from DiffusionRegistrationLib.images import Grid, Image  # noqa: E402
-from DiffusionRegistrationLib.mrml import (  # noqa: E402
+from DiffusionRegistrationLib.io.images import Grid, Image  # noqa: E402
+from DiffusionRegistrationLib.slicer import (  # noqa: E402
     checkerboard_array, checkerboard_volume, displacement_from_grid_transform, grid_transform_from_displacement,
     image_from_volume_node, load_scene, load_transform, save_scene, set_registration_references,
     volume_node_from_image)
-from DiffusionRegistrationLib.mrml.transforms import FIXED_ROLE, MOVING_ROLE  # noqa: E402
+from DiffusionRegistrationLib.slicer.transforms import FIXED_ROLE, MOVING_ROLE  # noqa: E402
 
 RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0])
 

@@ -17,10 +17,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from DiffusionRegistrationLib.data import ITK_T1_SLICE, data_file
+from DiffusionRegistrationLib.io.data import ITK_T1_SLICE, data_file
 from DiffusionRegistrationLib.errors import RegistrationError
-from DiffusionRegistrationLib.images import Grid, Image, normalize, read_image, write_image
-from DiffusionRegistrationLib.metrics import field_tre
+from DiffusionRegistrationLib.io.images import Grid, Image, normalize, read_image, write_image
+from DiffusionRegistrationLib.geometry.metrics import field_tre
 from DiffusionRegistrationLib.network.batch import run_batch
 from DiffusionRegistrationLib.network.data import Augmentation, SyntheticPairDataset, pull_onto, synthetic_cases
 from DiffusionRegistrationLib.network.inference import (TrainedNetwork, load_network, network_loss,
@@ -28,7 +28,7 @@ from DiffusionRegistrationLib.network.inference import (TrainedNetwork, load_net
 from DiffusionRegistrationLib.network.model import (NetworkSpec, RegistrationNetwork, compose, inverse_consistency,
                                                     network_grid, normalised_to_mm)
 from DiffusionRegistrationLib.network.train import TrainConfig, train
-from DiffusionRegistrationLib.transform_io import read_displacement
+from DiffusionRegistrationLib.io.transform_files import read_displacement
 
 SIZE = (32, 32)
 MAX_MM, SMOOTH_MM = 12.0, 60.0
@@ -212,7 +212,7 @@ def _free_port() -> int:
 
 
 def test_two_gloo_ranks_match_one_process(slice_file, tmp_path):
-    arguments = ["-m", "DiffusionRegistrationLib.cli", "train", "--synthetic", slice_file, "--steps", "3",
+    arguments = ["-m", "DiffusionRegistrationLib.cli.main", "train", "--synthetic", slice_file, "--steps", "3",
                  "--batch-size", "4", "--similarity", "mse", "--grid", "32,32", "--stages", "2,1", "--channels", "4,8",
                  "--lr", "1e-3", "--max-deformation", str(MAX_MM), "--smoothness", str(SMOOTH_MM), "--threads", "1",
                  "--device", "cpu", "--progress", "none", "--validation-synthetic", "2"]

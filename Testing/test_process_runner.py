@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from DiffusionRegistrationLib.process_runner import (Finished, LogLine, ProcessRunner, backend_environment,
+from DiffusionRegistrationLib.slicer.process_runner import (Finished, LogLine, ProcessRunner, backend_environment,
                                                      parse_line)
 from DiffusionRegistrationLib.progress import Progress
 

@@ -5,13 +5,13 @@ import SimpleITK as sitk
 import torch
 from scipy.linalg import expm
 
-from DiffusionRegistrationLib.config import make_config
+from DiffusionRegistrationLib.engine.config import make_config
 from DiffusionRegistrationLib.errors import Cancelled, RegistrationError
-from DiffusionRegistrationLib.images import Grid, Image
-from DiffusionRegistrationLib.registration import register
-from DiffusionRegistrationLib.spatial import physical_points
-from DiffusionRegistrationLib.synthetic import random_smooth_displacement, warp_with_displacement
-from DiffusionRegistrationLib.transforms import channels_first, channels_last, integrate_velocity, \
+from DiffusionRegistrationLib.io.images import Grid, Image
+from DiffusionRegistrationLib.engine.registration import register
+from DiffusionRegistrationLib.geometry.spatial import physical_points
+from DiffusionRegistrationLib.geometry.synthetic import random_smooth_displacement, warp_with_displacement
+from DiffusionRegistrationLib.geometry.transforms import channels_first, channels_last, integrate_velocity, \
     invert_displacement, sample_field
 
 

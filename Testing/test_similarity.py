@@ -13,11 +13,11 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
-from DiffusionRegistrationLib.data import COLIN_T1, ITK_PD_SLICE, ITK_T1_SLICE, data_file
+from DiffusionRegistrationLib.io.data import COLIN_T1, ITK_PD_SLICE, ITK_T1_SLICE, data_file
 from DiffusionRegistrationLib.errors import RegistrationError
-from DiffusionRegistrationLib.similarity import available_similarities, build_similarity
+from DiffusionRegistrationLib.similarity import build_similarity, similarity_names
 from DiffusionRegistrationLib.similarity.intensity import MINDSSC
-from DiffusionRegistrationLib.spatial import sample
+from DiffusionRegistrationLib.geometry.spatial import sample
 
 MEASURES = ["mse", "ncc", "lncc", "mi", "ngf", "mind"]
 DIMS = [2, 3]
@@ -335,7 +335,7 @@ def test_cached_fixed_quantities_follow_in_place_changes(name):
 
 
 def test_all_measures_registered():
-    assert set(MEASURES) <= set(available_similarities())
+    assert set(MEASURES) <= set(similarity_names())
 
 
 @pytest.mark.parametrize("name,params,word", [

@@ -108,8 +108,8 @@ def test_every_parameter_has_a_bindable_widget(module):
 
 
 def test_choices_match_what_the_backend_accepts(module):
-    from DiffusionRegistrationLib.catalog import default_backbone_id, load_catalog
-    from DiffusionRegistrationLib.config import PRESETS
+    from DiffusionRegistrationLib.features.catalog import default_backbone_id, load_catalog
+    from DiffusionRegistrationLib.engine.config import PRESETS
     assert set(module.PRESETS) == set(PRESETS)
     assert set(module.BACKBONES) == set(load_catalog())
     assert module.DiffusionRegistrationParameterNode.defaults["backbone"] == default_backbone_id()
@@ -117,7 +117,7 @@ def test_choices_match_what_the_backend_accepts(module):
 
 
 def test_parameter_node_round_trips_through_a_saved_scene(module, tmp_path):
-    from DiffusionRegistrationLib.mrml import load_scene, save_scene
+    from DiffusionRegistrationLib.slicer import load_scene, save_scene
     scene = slicer.mrmlScene
     volumes = {name: scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
                for name in ("fixed", "moving", "fixedMask", "movingMask", "outputVolume")}

@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from DiffusionRegistrationLib.data import COLIN_AAL, COLIN_BET, data_file, resample_isotropic
+from DiffusionRegistrationLib.io.data import COLIN_AAL, COLIN_BET, data_file, resample_isotropic
 from DiffusionRegistrationLib.errors import RegistrationError
-from DiffusionRegistrationLib.images import Grid, Image, read_image
-from DiffusionRegistrationLib.synthetic import random_smooth_displacement, warp_with_displacement
+from DiffusionRegistrationLib.io.images import Grid, Image, read_image
+from DiffusionRegistrationLib.geometry.synthetic import random_smooth_displacement, warp_with_displacement
 
 LPS_FLIPPED = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)  # how a NIfTI in RAS reads in ITK
 GRID = Grid((36, 40, 30), (2.5, 2.0, 3.0), (40.0, 30.0, -40.0), LPS_FLIPPED)

@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from DiffusionRegistrationLib.images import Grid, Image
-from DiffusionRegistrationLib.result import Result
-from DiffusionRegistrationLib.spatial import physical_points
-from DiffusionRegistrationLib.transform_io import read_displacement, write_affine, write_displacement
+from DiffusionRegistrationLib.io.images import Grid, Image
+from DiffusionRegistrationLib.engine.result import Result
+from DiffusionRegistrationLib.geometry.spatial import physical_points
+from DiffusionRegistrationLib.io.transform_files import read_displacement, write_affine, write_displacement
 
 ANGLE = np.deg2rad(20)
 OBLIQUE = (np.cos(ANGLE), -np.sin(ANGLE), 0.0, np.sin(ANGLE), np.cos(ANGLE), 0.0, 0.0, 0.0, 1.0)

@@ -19,11 +19,11 @@ import time
 
 import torch
 
-from DiffusionRegistrationLib.atomic import atomic_path
-from DiffusionRegistrationLib.config import PRESETS, make_config
-from DiffusionRegistrationLib.demo import demo_pair
+from DiffusionRegistrationLib.io.atomic import atomic_path
+from DiffusionRegistrationLib.engine.config import PRESETS, make_config
+from DiffusionRegistrationLib.cli.demo import demo_pair
 from DiffusionRegistrationLib.features.adm import ADM_256_UNCOND_FLAGS
-from DiffusionRegistrationLib.registration import register
+from DiffusionRegistrationLib.engine.registration import register
 
 
 def run(mode: str, steps: int, device: str) -> dict:

@@ -152,7 +152,7 @@ def run_similarity(args: argparse.Namespace) -> dict:
     from DiffusionRegistrationLib.features.adm import ADM_256_UNCOND_FLAGS, build_adm, random_init_
     from DiffusionRegistrationLib.features.adm_extractor import AdmExtractor
     from DiffusionRegistrationLib.features.base import FeatureExtractor
-    from DiffusionRegistrationLib.features.similarity import DiffusionFeatureSimilarity, _slice_positions
+    from DiffusionRegistrationLib.similarity.diffusion import DiffusionFeatureSimilarity, _slice_positions
 
     torch.set_num_threads(args.threads)
 

@@ -34,16 +34,16 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "DiffusionRegistration"))
 
-from DiffusionRegistrationLib.config import make_config  # noqa: E402
-from DiffusionRegistrationLib.data import COLIN_AAL, COLIN_BET, COLIN_T1, ITK_HEAD, MNI152, data_file  # noqa: E402
-from DiffusionRegistrationLib.images import Grid, Image, write_image  # noqa: E402
-from DiffusionRegistrationLib.metrics import dice_per_label, field_tre, mean_dice  # noqa: E402
+from DiffusionRegistrationLib.engine.config import make_config  # noqa: E402
+from DiffusionRegistrationLib.io.data import COLIN_AAL, COLIN_BET, COLIN_T1, ITK_HEAD, MNI152, data_file  # noqa: E402
+from DiffusionRegistrationLib.io.images import Grid, Image, write_image  # noqa: E402
+from DiffusionRegistrationLib.geometry.metrics import dice_per_label, field_tre, mean_dice  # noqa: E402
 from DiffusionRegistrationLib.network.data import Augmentation, SyntheticPairDataset  # noqa: E402
 from DiffusionRegistrationLib.network.inference import load_network, register_with_network  # noqa: E402
 from DiffusionRegistrationLib.network.model import NetworkSpec  # noqa: E402
 from DiffusionRegistrationLib.network.train import TrainConfig, train  # noqa: E402
-from DiffusionRegistrationLib.registration import register  # noqa: E402
-from DiffusionRegistrationLib.synthetic import random_smooth_displacement, warp_with_displacement  # noqa: E402
+from DiffusionRegistrationLib.engine.registration import register  # noqa: E402
+from DiffusionRegistrationLib.geometry.synthetic import random_smooth_displacement, warp_with_displacement  # noqa: E402
 
 HEADS = {"ch2": COLIN_T1, "ch2bet": COLIN_BET, "mni152": MNI152, "itk_head": ITK_HEAD}
 SPACING = 2.0

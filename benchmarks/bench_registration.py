@@ -28,12 +28,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from DiffusionRegistrationLib.data import COLIN_AAL, COLIN_BET, COLIN_T1, data_file, resample_isotropic  # noqa: E402
+from DiffusionRegistrationLib.io.data import COLIN_AAL, COLIN_BET, COLIN_T1, data_file, resample_isotropic  # noqa: E402
 from DiffusionRegistrationLib.errors import RegistrationError  # noqa: E402
-from DiffusionRegistrationLib.images import Image, read_image, write_image  # noqa: E402
-from DiffusionRegistrationLib.metrics import (dice_per_label, field_tre, folding, jacobian_determinant,  # noqa: E402
+from DiffusionRegistrationLib.io.images import Image, read_image, write_image  # noqa: E402
+from DiffusionRegistrationLib.geometry.metrics import (dice_per_label, field_tre, folding, jacobian_determinant,  # noqa: E402
                                               mask_dice, mean_dice)
-from DiffusionRegistrationLib.synthetic import random_smooth_displacement, warp_with_displacement  # noqa: E402
+from DiffusionRegistrationLib.geometry.synthetic import random_smooth_displacement, warp_with_displacement  # noqa: E402
 from peers import PEERS  # noqa: E402
 
 SPACING_MM = 2.0
@@ -97,8 +97,8 @@ def evaluate(pair: Pair, field: np.ndarray) -> dict[str, float]:
 def preset_runner(name: str) -> Optional[Callable[[Pair], tuple[np.ndarray, float, dict]]]:
     """A runner for this project's preset `name`, or None when the engine is not importable yet."""
     try:
-        from DiffusionRegistrationLib.config import PRESETS, RegistrationConfig
-        from DiffusionRegistrationLib.registration import register
+        from DiffusionRegistrationLib.engine.config import PRESETS, RegistrationConfig
+        from DiffusionRegistrationLib.engine.registration import register
     except ImportError as error:
         print(f"note: preset '{name}' skipped: the registration engine cannot be imported ({error})")
         return None
@@ -186,7 +186,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     else:
         try:
-            from DiffusionRegistrationLib.config import PRESETS
+            from DiffusionRegistrationLib.engine.config import PRESETS
             presets = list(PRESETS)
         except ImportError:
             presets = []

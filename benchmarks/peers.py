@@ -22,8 +22,8 @@ from typing import Callable
 import numpy as np
 import SimpleITK as sitk
 
-from DiffusionRegistrationLib.images import Grid, Image, read_image
-from DiffusionRegistrationLib.synthetic import warp_with_displacement
+from DiffusionRegistrationLib.io.images import Grid, Image, read_image
+from DiffusionRegistrationLib.geometry.synthetic import warp_with_displacement
 
 
 @dataclass

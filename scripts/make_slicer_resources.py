@@ -22,8 +22,8 @@ from PIL import Image as PILImage, ImageDraw, ImageFont
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "DiffusionRegistration"))
 
-from DiffusionRegistrationLib.data import ITK_PD_SLICE, ITK_T1_SLICE, data_file  # noqa: E402
-from DiffusionRegistrationLib.images import Image  # noqa: E402
+from DiffusionRegistrationLib.io.data import ITK_PD_SLICE, ITK_T1_SLICE, data_file  # noqa: E402
+from DiffusionRegistrationLib.io.images import Image  # noqa: E402
 
 ICONS = [ROOT / "DiffusionRegistration" / "Resources" / "Icons" / "DiffusionRegistration.png",
          ROOT / "Resources" / "Icons" / "DiffusionRegistration.png"]
@@ -73,8 +73,8 @@ def known_field(shape: tuple[int, int], spacing: float) -> np.ndarray:
 def register_like_slicer(fixed: sitk.Image, moving: sitk.Image, square_mm: float):
     """Volume nodes -> the module's background job -> (checkerboard array, seconds)."""
     import slicer
-    from DiffusionRegistrationLib.mrml import image_from_volume_node, volume_node_from_image
-    from DiffusionRegistrationLib.mrml.job import RegistrationJob, RegistrationOptions
+    from DiffusionRegistrationLib.slicer import image_from_volume_node, volume_node_from_image
+    from DiffusionRegistrationLib.slicer.job import RegistrationJob, RegistrationOptions
 
     scene = slicer.vtkMRMLScene()
     fixed_node = volume_node_from_image(Image.from_sitk(fixed), scene=scene, name="T1")
@@ -95,7 +95,7 @@ def label(picture: PILImage.Image, text: str) -> PILImage.Image:
 
 
 def draw_screenshot() -> PILImage.Image:
-    from DiffusionRegistrationLib.mrml import checkerboard_array
+    from DiffusionRegistrationLib.slicer import checkerboard_array
 
     fixed = sitk.ReadImage(str(data_file(ITK_T1_SLICE)), sitk.sitkFloat32)
     pd = sitk.ReadImage(str(data_file(ITK_PD_SLICE)), sitk.sitkFloat32)

@@ -1,6 +1,6 @@
 """`python -m DiffusionRegistrationLib` is the `diffreg` command."""
 import sys
 
-from .cli import main
+from .cli.main import main
 
 sys.exit(main())

@@ -86,8 +86,8 @@ def model_folder(model: str | os.PathLike | None, what: str, needs: Iterable[str
                                 "(see `diffreg models list`).")
     folder = Path(model).expanduser()
     if not folder.is_dir():
-        from ..catalog import is_catalog_id
-        from ..weights import path as weights_path
+        from .catalog import is_catalog_id
+        from .weights import path as weights_path
         if is_catalog_id(str(model)):
             folder = weights_path(str(model))
     if not folder.is_dir():

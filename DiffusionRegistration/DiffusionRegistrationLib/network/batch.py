@@ -15,13 +15,13 @@ from typing import Any, Optional
 
 import torch
 
-from ..atomic import OutputSet, atomic_path
-from ..config import RegistrationConfig
+from ..io.atomic import OutputSet, atomic_path
+from ..engine.config import RegistrationConfig
 from ..errors import RegistrationError
-from ..images import read_image, write_image
+from ..io.images import read_image, write_image
 from ..progress import Progress, ProgressCallback, silent
-from ..registration import register, resolve_device
-from ..transform_io import write_displacement
+from ..engine.registration import register, resolve_device
+from ..io.transform_files import write_displacement
 from .data import read_csv_rows
 from .inference import load_network, register_with_network
 
@@ -43,8 +43,11 @@ def _device_for_rank(device: str) -> str:
 
 def run_batch(pairs_csv: str | Path, output_dir: str | Path, config: Optional[RegistrationConfig] = None,
               network: Optional[str | Path] = None, finetune_steps: int = 0, device: str = "auto",
-              progress: ProgressCallback = silent) -> list[dict[str, Any]]:
+              progress: ProgressCallback = silent,
+              finetune: Optional[dict[str, Any]] = None) -> list[dict[str, Any]]:
     """Registers every pair of `pairs_csv` (columns fixed, moving[, name]) that this rank owns.
+
+    With a `network`, `finetune` holds similarity settings for fine-tuning (empty: the network's own).
 
     Returns one status per owned pair: done, skipped (outputs exist) or failed (with the error).
     A failing pair does not stop the others. Rank r also writes batch_rank<r>.json with the statuses.
@@ -68,7 +71,8 @@ def run_batch(pairs_csv: str | Path, output_dir: str | Path, config: Optional[Re
         try:
             fixed, moving = read_image(row["fixed"], "fixed"), read_image(row["moving"], "moving")
             if trained is not None:
-                result = register_with_network(fixed, moving, trained, finetune_steps=finetune_steps, device=device)
+                result = register_with_network(fixed, moving, trained, finetune_steps=finetune_steps, device=device,
+                                               **(finetune or {}))
             else:
                 result = register(fixed, moving, config)
             summary = {**status, "status": "done", "seconds": result.seconds, "method": result.config.get(

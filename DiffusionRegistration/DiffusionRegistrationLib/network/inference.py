@@ -18,14 +18,14 @@ import numpy as np
 import torch
 
 from ..errors import RegistrationError
-from ..images import Grid, Image, normalize
-from ..metrics import dice_per_label, field_tre, landmark_tre, mean_dice
+from ..io.images import Grid, Image, normalize
+from ..geometry.metrics import dice_per_label, field_tre, landmark_tre, mean_dice
 from ..progress import Progress, ProgressCallback, silent
-from ..registration import resolve_device
-from ..result import Result
+from ..engine.registration import resolve_device
+from ..engine.result import Result
 from ..similarity import build_similarity
-from ..spatial import physical_points, sample, to_sampling_grid
-from ..transforms import invert_displacement, sample_field
+from ..geometry.spatial import physical_points, sample, to_sampling_grid
+from ..geometry.transforms import invert_displacement, sample_field
 from .data import ValidationCase, pull_onto
 from .loss import NetworkLoss
 from .model import NetworkSpec, RegistrationNetwork, network_grid, normalised_to_mm, to_millimetres

@@ -24,10 +24,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..atomic import atomic_path
+from ..io.atomic import atomic_path
 from ..errors import RegistrationError
 from ..progress import Progress, ProgressCallback, silent
-from ..registration import resolve_device
+from ..engine.registration import resolve_device
 from .data import NetworkDataset, ValidationCase, collate
 from .inference import CHECKPOINT_FORMAT, TrainedNetwork, evaluate, network_loss, read_checkpoint
 from .model import NetworkSpec, RegistrationNetwork

@@ -1,4 +1,4 @@
-"""Similarity measures behind one interface (see base.py)."""
-from .base import Similarity, available_similarities, build_similarity, register_similarity
+"""Similarity measures behind one interface (base.py), named in one torch-free table (registry.py)."""
+from .registry import SIMILARITIES, build_similarity, check_similarity_name, similarity_names
 
-__all__ = ["Similarity", "available_similarities", "build_similarity", "register_similarity"]
+__all__ = ["SIMILARITIES", "build_similarity", "check_similarity_name", "similarity_names"]

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import RegistrationError
-from ..spatial import gaussian_kernel1d, sample, separable_filter
-from .base import Similarity, register_similarity
+from ..geometry.spatial import gaussian_kernel1d, sample, separable_filter
+from .base import Similarity
 
 Tensor = torch.Tensor
 
@@ -107,7 +107,6 @@ class _FixedCache:
         return self._value
 
 
-@register_similarity("mse")
 class MeanSquaredError(Similarity):
     """Mean squared intensity difference; for images of the same contrast."""
 
@@ -116,7 +115,6 @@ class MeanSquaredError(Similarity):
         return _masked_mean((fixed - warped) ** 2, mask)
 
 
-@register_similarity("ncc")
 class NormalizedCrossCorrelation(Similarity):
     """Global normalised cross-correlation per pair and channel; loss = -NCC (-1 for identical images).
 
@@ -143,7 +141,6 @@ class NormalizedCrossCorrelation(Similarity):
         return -(cov * torch.rsqrt(var_f * var_w + self.eps)).mean()
 
 
-@register_similarity("lncc")
 class LocalNormalizedCrossCorrelation(Similarity):
     """Local NCC in a Gaussian (`sigma`, voxels) or box (`radius`, voxels) window; loss = -mean local NCC.
 
@@ -217,7 +214,6 @@ def _entropy(p: Tensor) -> Tensor:
     return -(p * torch.log(p.clamp_min(1e-12))).sum()
 
 
-@register_similarity("mi")
 class MutualInformation(Similarity):
     """Mutual information from a Parzen-window joint histogram; loss = -MI (or -NMI with `normalized`).
 
@@ -319,7 +315,6 @@ def _spatial_gradient(image: Tensor) -> Tensor:
                         for axis in range(2, image.dim())], 0)
 
 
-@register_similarity("ngf")
 class NormalizedGradientFields(Similarity):
     """Normalised gradient fields (Haber & Modersitzki 2006): loss = mean(1 - (n_f . n_w)^2).
 
@@ -374,7 +369,6 @@ def _canonical(vector: tuple[int, ...]) -> bool:
     return next(x for x in vector if x != 0) > 0
 
 
-@register_similarity("mind")
 class MINDSSC(Similarity):
     """MIND self-similarity context (Heinrich et al., MICCAI 2013); loss = mean |MIND_f - MIND_w| (or squared).
 

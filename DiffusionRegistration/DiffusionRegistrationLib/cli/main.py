@@ -1,0 +1,221 @@
+"""`diffreg`: register, apply, evaluate, demo, models, train and batch from the command line.
+
+Bad input exits with code 2 and one line `error: ...` on stderr; nothing half-written is left.
+With `--progress json` every progress event is one JSON object per line on stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Optional, Sequence
+
+from ..errors import Cancelled, RegistrationError
+from .models import add_models_parser
+from .network import add_network_parsers
+from .settings import add_settings_arguments, config_from_args, finetune_settings, settings_given
+from ..progress import ProgressCallback, json_lines, progress_bar, silent
+
+EPILOG = """examples:
+  diffreg register --fixed fixed.nii.gz --moving moving.nii.gz --output-dir out
+  diffreg register --fixed f.nii.gz --moving m.nii.gz --output-dir out --preset multimodal --set lr=0.3
+  diffreg apply --transform out/transform.h5 --input labels.nii.gz --reference f.nii.gz --output l.nii.gz --labels
+  diffreg evaluate --transform out/transform.h5 --fixed-labels fl.nii.gz --moving-labels ml.nii.gz
+  diffreg demo --output-dir out/demo
+The transform maps fixed-space points to moving space (ITK/Slicer/ANTs resampling direction):
+apply it to the moving image to overlay it on the fixed one."""
+
+
+def _progress(kind: str) -> ProgressCallback:
+    if kind == "auto":
+        kind = "bar" if sys.stderr.isatty() else "json"
+    return {"json": json_lines, "bar": progress_bar, "none": lambda: silent}[kind]()
+
+
+def _add_progress(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--progress", choices=("auto", "json", "bar", "none"), default="auto",
+                        help="json: one JSON object per line on stdout (for programs); bar: a progress bar on "
+                             "stderr; auto: bar at a terminal, json otherwise")
+
+
+def _register_parser(subparsers) -> None:
+    parser = subparsers.add_parser("register", help="register a moving image onto a fixed image",
+                                   formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    parser.add_argument("--fixed", required=True, help="fixed image (NIfTI, NRRD, MHA, PNG, DICOM folder)")
+    parser.add_argument("--moving", required=True, help="moving image, any grid or orientation")
+    parser.add_argument("--output-dir", required=True, help="folder for the outputs (created)")
+    parser.add_argument("--fixed-mask", help="binary mask on the fixed grid: measure similarity only there")
+    parser.add_argument("--moving-mask", help="binary mask on the moving grid")
+    add_settings_arguments(parser)
+    parser.add_argument("--network", help="registration network checkpoint (diffreg train); skips optimisation")
+    parser.add_argument("--finetune-steps", type=int, default=0, help="fine-tune the network on this pair")
+    parser.add_argument("--transform", default="transform.h5", help="transform file name (.h5, .nii.gz, .mha)")
+    parser.add_argument("--warped", default="warped.nii.gz", help="warped moving image file name")
+    parser.add_argument("--affine", help="also write the affine part alone (e.g. affine.tfm)")
+    parser.add_argument("--inverse", help="also write the inverse (moving->fixed) field (e.g. inverse.h5)")
+    _add_progress(parser)
+    parser.set_defaults(handler=_cmd_register)
+
+
+def _cmd_register(args: argparse.Namespace) -> int:
+    from ..io.images import read_image, read_mask
+    from ..engine.outputs import OutputRequest, write_outputs
+    from ..progress import Progress
+
+    progress = _progress(args.progress)
+    config = config_from_args(args)
+    fixed = read_image(args.fixed, "fixed image")
+    moving = read_image(args.moving, "moving image")
+    fixed_mask = read_mask(args.fixed_mask, fixed, "fixed mask") if args.fixed_mask else None
+    moving_mask = read_mask(args.moving_mask, moving, "moving mask") if args.moving_mask else None
+    if args.network:
+        from ..network.inference import register_with_network
+
+        _check_network_settings(args)
+        result = register_with_network(fixed, moving, args.network, finetune_steps=args.finetune_steps,
+                                       device=config.device, progress=progress, inverse=bool(args.inverse),
+                                       **finetune_settings(args, config))
+    else:
+        from ..engine.registration import register
+
+        result = register(fixed, moving, config, fixed_mask, moving_mask, progress=progress,
+                          inverse=bool(args.inverse))
+    request = OutputRequest(transform=args.transform, warped=args.warped, affine=args.affine, inverse=args.inverse)
+    written = write_outputs(result, fixed, moving, args.output_dir, request)
+    progress(Progress("done", 1.0, written["report"]))
+    if args.progress != "json":
+        _print_outputs(written)
+    return 0
+
+
+def _check_network_settings(args: argparse.Namespace) -> None:
+    """`--network` predicts the transform; only fine-tuning uses the similarity settings, and no step uses masks."""
+    refused = [flag for flag, value in (("--fixed-mask", args.fixed_mask), ("--moving-mask", args.moving_mask))
+               if value]
+    if not args.finetune_steps:
+        refused += [flag for flag in settings_given(args) if flag not in ("--seed",)]
+    if refused:
+        raise RegistrationError(f"--network cannot honour {', '.join(refused)}: the network predicts the transform "
+                                "without masks, and similarity settings only apply with --finetune-steps N. Drop "
+                                "them, add --finetune-steps, or register without --network.")
+
+
+def _print_outputs(written: dict[str, str]) -> None:
+    for role, path in written.items():
+        print(f"{role:>13}: {path}")
+
+
+def _apply_parser(subparsers) -> None:
+    parser = subparsers.add_parser("apply", help="resample an image or label map with a transform")
+    parser.add_argument("--transform", required=True, help="fixed->moving transform (.h5, .nii.gz, .tfm)")
+    parser.add_argument("--input", required=True, help="image in moving space")
+    parser.add_argument("--reference", required=True, help="image that defines the output grid (the fixed)")
+    parser.add_argument("--output", required=True, help="output file")
+    parser.add_argument("--labels", action="store_true", help="label map: nearest neighbour, keep the type")
+    parser.set_defaults(handler=_cmd_apply)
+
+
+def _cmd_apply(args: argparse.Namespace) -> int:
+    from ..io.images import read_image, read_labels, write_image
+    from ..engine.result import Result
+    from ..io.transform_files import read_displacement
+
+    reference = read_image(args.reference, "reference image")
+    field, _ = read_displacement(args.transform, reference.grid)
+    image = read_labels(args.input, "input label map") if args.labels else read_image(args.input, "input image")
+    result = Result(reference.grid, image.grid, field)
+    write_image(result.warp(image, "nearest" if args.labels else "linear"), args.output)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _evaluate_parser(subparsers) -> None:
+    parser = subparsers.add_parser("evaluate", help="Dice, landmark TRE and folding of a transform")
+    parser.add_argument("--transform", required=True, help="fixed->moving transform")
+    parser.add_argument("--reference", help="fixed image (grid for the field); default: the fixed labels")
+    parser.add_argument("--fixed-labels", help="label map on the fixed grid")
+    parser.add_argument("--moving-labels", help="label map in moving space")
+    parser.add_argument("--fixed-landmarks", help=".mrk.json, .fcsv or .csv landmarks in fixed space")
+    parser.add_argument("--moving-landmarks", help="matching landmarks in moving space")
+    parser.add_argument("--output", help="write the numbers as JSON here too")
+    parser.set_defaults(handler=_cmd_evaluate)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from ..engine.evaluation import evaluate
+
+    report = evaluate(args.transform, reference=args.reference, fixed_labels=args.fixed_labels,
+                      moving_labels=args.moving_labels, fixed_landmarks=args.fixed_landmarks,
+                      moving_landmarks=args.moving_landmarks)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.output:
+        from ..io.atomic import atomic_path
+
+        with atomic_path(args.output) as temporary:
+            temporary.write_text(text)
+    return 0
+
+
+def _demo_parser(subparsers) -> None:
+    parser = subparsers.add_parser("demo", help="the main job: register Colin27 skull-stripped to Colin27 with "
+                                                "skull under a known deformation, and report")
+    parser.add_argument("--output-dir", default="out/demo", help="folder for the outputs")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the known deformation")
+    parser.add_argument("--preset", help="override the automatic choice of preset")
+    _add_progress(parser)
+    parser.set_defaults(handler=_cmd_demo)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    written = run_demo(args.output_dir, seed=args.seed, preset=args.preset, progress=_progress(args.progress))
+    _print_outputs(written)
+    return 0
+
+
+def _presets_parser(subparsers) -> None:
+    parser = subparsers.add_parser("presets", help="list the named settings and what they change")
+    parser.set_defaults(handler=_cmd_presets)
+
+
+def _cmd_presets(args: argparse.Namespace) -> int:
+    from ..engine.config import PRESETS, RegistrationConfig
+
+    print("defaults:", json.dumps(RegistrationConfig().to_dict()))
+    for name, preset in PRESETS.items():
+        print(f"{name}: {preset.summary}\n    {json.dumps(preset.settings) if preset.settings else '(the defaults)'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diffreg", description="Medical image registration guided by "
+                                     "features of pre-trained diffusion models.",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_register_parser, _apply_parser, _evaluate_parser, _demo_parser, _presets_parser):
+        add(subparsers)
+    add_models_parser(subparsers)
+    add_network_parsers(subparsers)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except RegistrationError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except Cancelled:
+        print("cancelled: no outputs were written", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted: no outputs were written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""`diffreg models list | download ID | verify [ID] | path ID | check ID`: the model catalog and cache.
+
+`check` is the quiet form of `path` for programs (the Slicer module): exit code 0 when the weights are
+cached and verified, otherwise 2 with the reason and the fix on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..progress import ProgressCallback, json_lines, progress_bar, silent
+
+
+def _progress(kind: str) -> ProgressCallback:
+    if kind == "auto":
+        kind = "bar" if sys.stderr.isatty() else "none"
+    return {"json": json_lines, "bar": progress_bar, "none": lambda: silent}[kind]()
+
+
+def _size(size) -> str:
+    if size is None:
+        return "?"
+    return f"{size / 1e9:.2f} GB" if size >= 1e8 else f"{size / 1e6:.1f} MB"
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """A table: id, kind, backbone, size, cache status; then the cache folder."""
+    from ..features.catalog import load_catalog
+    from ..features.weights import cache_dir, status
+
+    rows = [("ID", "KIND", "BACKBONE", "SIZE", "STATUS")]
+    for entry in load_catalog().values():
+        rows.append((entry.id, entry.kind, entry.backbone, _size(entry.total_size), status(entry)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    print(f"\ncache folder: {cache_dir()}  (set DIFFREG_CACHE to change it)")
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from ..features.weights import download
+
+    location = download(args.id, _progress(args.progress), force=args.force)
+    print(location)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Re-hashes one model, or every model that is (partly) in the cache."""
+    from ..features.catalog import load_catalog
+    from ..features.weights import status, verify
+
+    ids = [args.id] if args.id else [e.id for e in load_catalog().values() if status(e) != "missing"]
+    if not ids:
+        print("no model is in the cache yet (see `diffreg models list`).")
+    for model_id in ids:
+        print(f"{model_id}: verified, {verify(model_id, _progress(args.progress))}")
+    return 0
+
+
+def cmd_path(args: argparse.Namespace) -> int:
+    from ..features.weights import path
+
+    print(path(args.id))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from ..features.weights import path
+
+    path(args.id)
+    return 0
+
+
+def add_models_parser(subparsers) -> argparse.ArgumentParser:
+    """Adds `models` and its sub-commands to a `diffreg` subparsers object."""
+    parser = subparsers.add_parser("models", help="list, download and verify diffusion model weights",
+                                   description="The model catalog and the local weight cache.")
+    commands = parser.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    listing = commands.add_parser("list", help="every catalog model with its size and cache status")
+    listing.set_defaults(handler=cmd_list)
+    for name, handler, text in (("download", cmd_download, "fetch a model's weights into the cache (checksummed)"),
+                                ("path", cmd_path, "print the verified local path of a model's weights"),
+                                ("check", cmd_check, "exit 0 if a model's weights are cached and verified")):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("id", help="model id from `diffreg models list`")
+        sub.set_defaults(handler=handler)
+        if name == "download":
+            sub.add_argument("--force", action="store_true", help="fetch again even if already verified")
+            sub.add_argument("--progress", choices=("auto", "json", "bar", "none"), default="auto",
+                             help="json: one JSON object per line on stdout; bar: a bar on stderr")
+    verify = commands.add_parser("verify", help="re-check sizes and SHA-256 of cached weights")
+    verify.add_argument("id", nargs="?", help="model id (default: every cached model)")
+    verify.add_argument("--progress", choices=("auto", "json", "bar", "none"), default="auto")
+    verify.set_defaults(handler=cmd_verify)
+    return parser

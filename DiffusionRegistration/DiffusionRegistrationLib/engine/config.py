@@ -1,0 +1,202 @@
+"""Registration settings: one dataclass, the named presets, and `resolve_config`, the one function that turns
+a preset, a settings file, `key=value` overrides and dedicated flags into a RegistrationConfig. The command
+line, the Python API and the Slicer job all go through it; a RegistrationConfig saved with `save` is a
+settings file that gives back the same config. Importing this module imports no torch."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, NamedTuple, Optional, Union
+
+from ..errors import RegistrationError
+from ..similarity.registry import check_similarity_name
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python < 3.11 (Slicer 5.8 ships 3.9): the same parser as a package
+    try:
+        import tomli as tomllib
+    except ModuleNotFoundError:
+        tomllib = None
+
+
+@dataclass
+class RegistrationConfig:
+    """Everything `register()` needs besides the images. Lengths of `levels` and `iterations` match."""
+
+    similarity: str = "lncc"
+    similarity_params: dict[str, Any] = field(default_factory=dict)
+    # affine stage
+    affine: bool = True
+    affine_similarity: Optional[str] = None  # None: the deformable similarity (if it is an intensity one)
+    affine_similarity_params: dict[str, Any] = field(default_factory=dict)
+    init: str = "moments"  # moments | centers | none
+    affine_levels: tuple[float, ...] = (4.0, 2.0)
+    affine_iterations: tuple[int, ...] = (80, 40)
+    affine_lr: float = 0.01  # per step, relative units: translation lr is this times 100 mm
+    # deformable stage
+    transform: str = "svf"  # svf (diffeomorphic) | displacement | none
+    levels: tuple[float, ...] = (4.0, 2.0, 1.0)
+    iterations: tuple[int, ...] = (60, 40, 20)
+    lr: float = 0.25  # Adam step in voxels of the level being optimised
+    control_spacing: float = 4.0  # control grid coarser than the level grid by this factor
+    field_smoothing: float = 3.0  # Gaussian sigma (level voxels) applied to the field parameter
+    regularizer: str = "diffusion"  # diffusion | bending
+    regularization: float = 0.3
+    integration_steps: int = 6
+    # convergence: stop a level when the loss improved by less than `tolerance` (relative) over `patience` steps
+    tolerance: float = 1e-4
+    patience: int = 20
+    # images and run
+    normalize: bool = True
+    # measure similarity only where the moving image is non-zero (a skull-stripped or masked moving
+    # image against a fixed image that shows more anatomy); ignored when a moving mask is given
+    moving_foreground_mask: bool = False
+    percentiles: tuple[float, float] = (0.5, 99.5)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = 0
+    threads: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        self.levels = tuple(float(v) for v in self.levels)
+        self.iterations = tuple(int(v) for v in self.iterations)
+        self.affine_levels = tuple(float(v) for v in self.affine_levels)
+        self.affine_iterations = tuple(int(v) for v in self.affine_iterations)
+        self.percentiles = tuple(float(v) for v in self.percentiles)
+        if len(self.levels) != len(self.iterations):
+            raise RegistrationError(f"config: levels {self.levels} and iterations {self.iterations} must have "
+                                    "the same length (one iteration count per level).")
+        if len(self.affine_levels) != len(self.affine_iterations):
+            raise RegistrationError(f"config: affine_levels {self.affine_levels} and affine_iterations "
+                                    f"{self.affine_iterations} must have the same length.")
+        choices = {"transform": ("svf", "displacement", "none"), "init": ("moments", "centers", "none"),
+                   "regularizer": ("diffusion", "bending")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise RegistrationError(f"config: {name} must be one of {', '.join(allowed)}, "
+                                        f"not '{getattr(self, name)}'.")
+        for name in (self.similarity, self.affine_similarity):
+            if name is not None:
+                check_similarity_name(name)
+        if any(v < 1 for v in self.levels + self.affine_levels):
+            raise RegistrationError("config: resolution levels are shrink factors and must be >= 1.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "RegistrationConfig":
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise RegistrationError(f"config: unknown option(s) {', '.join(unknown)}. Known options: "
+                                    f"{', '.join(sorted(known))}.")
+        return dataclasses.replace(self, **overrides)
+
+
+class Preset(NamedTuple):
+    """Named settings: what they are for, and what they change from the RegistrationConfig defaults."""
+    summary: str
+    settings: dict[str, Any]
+
+
+PRESETS: dict[str, Preset] = {
+    "default": Preset("same contrast: local NCC, stationary velocity field, three levels", {}),
+    "fast": Preset("same contrast, two levels and fewer steps",
+                   {"levels": (4.0, 2.0), "iterations": (60, 40), "affine_iterations": (50, 20)}),
+    "accurate": Preset("same contrast, more steps and a finer control grid",
+                       {"iterations": (150, 100, 50), "control_spacing": 2.0, "tolerance": 2e-5}),
+    "stripped": Preset("a skull-stripped (or masked) moving image against a fixed image with more anatomy: "
+                       "similarity only where the moving image is non-zero", {"moving_foreground_mask": True}),
+    "multimodal": Preset("different contrasts: MIND descriptors, mutual information for the affine stage",
+                         {"similarity": "mind", "affine_similarity": "mi"}),
+    # The regulariser weight is the paper's 3D lambda; it needs the weights (`diffreg models download`).
+    "diffusion": Preset("the paper's similarity on diffusion-model features (ADM, fast mode; needs the weights)",
+                        {"similarity": "diffusion",
+                         "similarity_params": {"extractor": "adm-256-uncond", "mode": "fast", "slice_stride": 8,
+                                               "step_slices": 8},
+                         "affine_similarity": "mi", "levels": (2.0, 1.0), "iterations": (60, 30),
+                         "regularization": 0.5}),
+}
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`["lr=0.5", "levels=[4,2,1]"]` -> dict; values are JSON where they parse, else strings."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise RegistrationError(f"option '{item}' must look like key=value (e.g. lr=0.5).")
+        out[key.strip().replace("-", "_")] = _parse_value(value.strip())
+    return out
+
+
+def load_config_file(path: Union[str, Path]) -> dict[str, Any]:
+    """Reads settings from a JSON or TOML file (a whole saved RegistrationConfig or a few keys)."""
+    path = Path(path)
+    if not path.is_file():
+        raise RegistrationError(f"config file {path}: no such file.")
+    if path.suffix == ".toml" and tomllib is None:
+        raise RegistrationError(f"config file {path}: reading TOML needs Python 3.11 or the package 'tomli' "
+                                "(pip install tomli); or write the settings as JSON.")
+    try:
+        text = path.read_text(encoding="utf-8")
+        values = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError and TOMLDecodeError are ValueErrors
+        raise RegistrationError(f"config file {path}: cannot be parsed ({error}). Use JSON or TOML.") from None
+    if not isinstance(values, dict):
+        raise RegistrationError(f"config file {path}: must hold an object of settings (key: value), "
+                                f"not a {type(values).__name__}.")
+    return values
+
+
+def preset_names() -> list[str]:
+    """The named presets, in the order they are offered."""
+    return list(PRESETS)
+
+
+def make_config(preset: str = "default", overrides: Optional[dict[str, Any]] = None) -> RegistrationConfig:
+    """The named preset with overrides applied on top."""
+    if preset not in PRESETS:
+        raise RegistrationError(f"unknown preset '{preset}'. Choose one of: {', '.join(PRESETS)}.")
+    return RegistrationConfig().with_overrides({**PRESETS[preset].settings, **(overrides or {})})
+
+
+def resolve_config(preset: str = "default", config_file: Union[str, Path, None] = None,
+                   overrides: Optional[dict[str, Any]] = None, *, similarity: Optional[str] = None,
+                   backbone: Optional[str] = None, mode: Optional[str] = None, steps: Optional[int] = None,
+                   regularization: Optional[float] = None, device: Optional[str] = None,
+                   seed: Optional[int] = None) -> RegistrationConfig:
+    """Preset, then the settings file, then `overrides` (`--set`), then the dedicated flags: the one order.
+
+    `steps` sets the iterations of every deformable level; `backbone` and `mode` are the diffusion
+    similarity's `extractor` and `mode` parameters.
+    """
+    settings: dict[str, Any] = {}
+    if config_file:
+        settings.update(load_config_file(config_file))
+    settings.update(overrides or {})
+    flags = {"similarity": similarity, "regularization": regularization, "device": device, "seed": seed}
+    settings.update({key: value for key, value in flags.items() if value is not None})
+    config = make_config(preset, settings)
+    changes: dict[str, Any] = {}
+    if steps is not None:
+        changes["iterations"] = (steps,) * len(config.levels)
+    if backbone is not None or mode is not None:
+        params = dict(config.similarity_params)
+        params.update({key: value for key, value in (("extractor", backbone), ("mode", mode)) if value is not None})
+        changes["similarity_params"] = params
+    return config.with_overrides(changes) if changes else config
+
+
+def save_config(config: RegistrationConfig, path: Union[str, Path]) -> None:
+    """Writes `config` as a JSON settings file that `resolve_config(config_file=path)` reads back unchanged."""
+    Path(path).write_text(json.dumps(config.to_dict(), indent=2), encoding="utf-8")

@@ -1,0 +1,181 @@
+"""The model catalog: which diffusion backbones exist, where their weights come from, their files with
+sizes and checksums, licence and extractor defaults. It is one JSON file, package data beside this module
+(features/models.json, read with importlib.resources: the same place in a wheel, an editable install and
+the Slicer extension). $DIFFREG_CATALOG points to another file.
+"""
+from __future__ import annotations
+
+import json
+import os
+from importlib import resources
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from ..errors import RegistrationError
+
+KINDS = ("file", "hub")  # file: plain files at URLs; hub: a Hugging Face repository snapshot
+_HEX = set("0123456789abcdef")
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """One file of a model: its name (a relative path), expected size and SHA-256 (None: see `reason`)."""
+    name: str
+    size: Optional[int]
+    sha256: Optional[str]
+    url: Optional[str] = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One backbone of the catalog."""
+    id: str
+    kind: str
+    backbone: str
+    source: dict[str, Any]
+    files: tuple[ModelFile, ...]
+    licence: str
+    description: str = ""
+    extractor: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total_size(self) -> Optional[int]:
+        """Sum of the file sizes, None when any size is unknown."""
+        sizes = [f.size for f in self.files]
+        return None if any(s is None for s in sizes) else sum(sizes)
+
+
+def catalog_candidates() -> list[Path]:
+    """The places the catalog is looked for, in order."""
+    if os.environ.get("DIFFREG_CATALOG"):
+        return [Path(os.environ["DIFFREG_CATALOG"]).expanduser()]
+    return [Path(str(resources.files(__package__) / "models.json"))]
+
+
+def catalog_path() -> Path:
+    """The catalog file in use; RegistrationError naming the places looked in when there is none."""
+    candidates = catalog_candidates()
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise RegistrationError(f"model catalog not found (looked in: {', '.join(map(str, candidates))}). Set "
+                            "DIFFREG_CATALOG to the path of models.json, or reinstall the extension.")
+
+
+def _problem(path: Path, where: str, what: str) -> RegistrationError:
+    return RegistrationError(f"model catalog {path}: {where} {what}. Fix the file or reinstall the extension.")
+
+
+def _parse_file(path: Path, model_id: str, index: int, raw: Any, kind: str) -> ModelFile:
+    where = f"model '{model_id}' file {index + 1}"
+    if not isinstance(raw, dict) or not isinstance(raw.get("name"), str) or not raw["name"]:
+        raise _problem(path, where, "needs a 'name'")
+    name = raw["name"]
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        raise _problem(path, where, f"name '{name}' must be a relative path inside the model folder")
+    for key in ("size", "sha256"):
+        if key not in raw:
+            raise _problem(path, where, f"('{name}') lacks '{key}' (give null and a 'reason' when unknown)")
+    size, sha256 = raw["size"], raw["sha256"]
+    if size is not None and (not isinstance(size, int) or size < 0):
+        raise _problem(path, where, f"('{name}') has a bad size {size!r}")
+    if sha256 is not None and (not isinstance(sha256, str) or len(sha256) != 64 or set(sha256.lower()) - _HEX):
+        raise _problem(path, where, f"('{name}') has a bad sha256 {sha256!r} (64 hex digits)")
+    reason = str(raw.get("reason", ""))
+    if sha256 is None and not reason:
+        raise _problem(path, where, f"('{name}') has sha256 null without a 'reason'")
+    url = raw.get("url")
+    if kind == "file" and not url:
+        raise _problem(path, where, f"('{name}') needs a 'url' to download it from")
+    return ModelFile(name, size, sha256.lower() if sha256 else None, url, reason)
+
+
+def _parse_entry(path: Path, model_id: str, raw: Any) -> ModelEntry:
+    where = f"model '{model_id}'"
+    if not isinstance(raw, dict):
+        raise _problem(path, where, "is not an object")
+    kind = raw.get("kind")
+    if kind not in KINDS:
+        raise _problem(path, where, f"has kind {kind!r}; use one of {', '.join(KINDS)}")
+    source = raw.get("source")
+    if not isinstance(source, dict) or not (source.get("url") or source.get("repo")):
+        raise _problem(path, where, "needs a 'source' with a 'url' or a 'repo'")
+    if kind == "hub" and not (source.get("repo") and source.get("revision")):
+        raise _problem(path, where, "is a hub model: its source needs 'repo' and 'revision'")
+    files = raw.get("files")
+    if not isinstance(files, list) or not files:
+        raise _problem(path, where, "needs a non-empty 'files' list")
+    for key in ("backbone", "licence"):
+        if not isinstance(raw.get(key), str) or not raw[key]:
+            raise _problem(path, where, f"needs '{key}'")
+    return ModelEntry(id=model_id, kind=kind, backbone=raw["backbone"], source=dict(source),
+                      files=tuple(_parse_file(path, model_id, i, f, kind) for i, f in enumerate(files)),
+                      licence=raw["licence"], description=str(raw.get("description", "")),
+                      extractor=dict(raw.get("extractor") or {}))
+
+
+def load_catalog(path: Optional[str | os.PathLike] = None) -> dict[str, ModelEntry]:
+    """id -> ModelEntry, validated; RegistrationError naming the file and the entry that is wrong."""
+    path = Path(path).expanduser() if path else catalog_path()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise RegistrationError(f"model catalog {path}: cannot be read ({error.strerror}).") from None
+    except json.JSONDecodeError as error:
+        raise RegistrationError(f"model catalog {path}: not valid JSON (line {error.lineno}: {error.msg}).") from None
+    models = data.get("models") if isinstance(data, dict) else None
+    if not isinstance(models, dict) or not models:
+        raise _problem(path, "the top level", "needs a non-empty 'models' object")
+    return {model_id: _parse_entry(path, model_id, raw) for model_id, raw in models.items()}
+
+
+def default_backbone_id(path: Optional[str | os.PathLike] = None) -> str:
+    """The catalog's default backbone (the paper's ADM)."""
+    path = Path(path).expanduser() if path else catalog_path()
+    models = load_catalog(path)  # validated first, so the read below cannot fail
+    default = json.loads(path.read_text(encoding="utf-8")).get("default_backbone")
+    if default is not None and default not in models:
+        raise _problem(path, "default_backbone", f"'{default}' is not one of its models")
+    return str(default or next(iter(models)))
+
+
+def get_model(model: str | ModelEntry) -> ModelEntry:
+    """The catalog entry of an id (an entry is returned as is); RegistrationError listing the known ids."""
+    if isinstance(model, ModelEntry):
+        return model
+    catalog = load_catalog()
+    if model not in catalog:
+        raise RegistrationError(f"'{model}' is not in the model catalog. Known models: {', '.join(catalog)} "
+                                "(see `diffreg models list`).")
+    return catalog[model]
+
+
+def is_catalog_id(name: str) -> bool:
+    """Whether `name` is an id of the catalog (False when no catalog can be found)."""
+    try:
+        return name in load_catalog()
+    except RegistrationError:
+        return False
+
+
+def extractor_spec(model: str | ModelEntry, dim: int = 2) -> dict[str, Any]:
+    """The load_extractor spec for a cached catalog model: its backbone, verified weights and defaults.
+    RegistrationError (with the download command) when the weights are not in the cache."""
+    from .weights import path as weights_path
+
+    entry = get_model(model)
+    defaults = entry.extractor.get(f"{int(dim)}d", entry.extractor)
+    defaults = {k: v for k, v in defaults.items() if not k.endswith("d") or not k[:-1].isdigit()}
+    location = weights_path(entry)
+    if entry.backbone == "adm":
+        return {"backbone": "adm", "checkpoint": str(location), **defaults}
+    return {"backbone": entry.backbone, "model": str(location), **defaults}
+
+
+def default_backbone_path() -> Path:
+    """The verified local weights of the default backbone, or RegistrationError saying how to get them."""
+    from .weights import path as weights_path
+
+    return weights_path(default_backbone_id())

@@ -1,0 +1,222 @@
+"""Images with their physical geometry, read and written through SimpleITK.
+
+Conventions (ITK's): physical space is LPS in millimetres; `Grid.size`, `spacing` and `origin` are in
+(x, y, z) order; `direction` has the axis directions as columns; arrays are numpy/torch order
+(z, y, x). An index (i, j, k) maps to the physical point origin + direction @ (spacing * index).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import SimpleITK as sitk
+
+from .atomic import atomic_path
+from ..errors import RegistrationError
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A regular sampling grid in physical space (2D or 3D)."""
+
+    size: tuple[int, ...]
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]  # row-major D x D, as SimpleITK stores it
+
+    @property
+    def dim(self) -> int:
+        return len(self.size)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Array shape, (z, y, x) order."""
+        return tuple(reversed(self.size))
+
+    @property
+    def direction_matrix(self) -> np.ndarray:
+        return np.asarray(self.direction, dtype=np.float64).reshape(self.dim, self.dim)
+
+    def index_to_physical(self) -> np.ndarray:
+        """Homogeneous (D+1)x(D+1) matrix from continuous index (x, y, z order) to physical LPS mm."""
+        matrix = np.eye(self.dim + 1)
+        matrix[: self.dim, : self.dim] = self.direction_matrix @ np.diag(self.spacing)
+        matrix[: self.dim, self.dim] = self.origin
+        return matrix
+
+    def physical_to_index(self) -> np.ndarray:
+        return np.linalg.inv(self.index_to_physical())
+
+    def center(self) -> np.ndarray:
+        """Physical position of the grid's centre."""
+        index = (np.asarray(self.size, dtype=np.float64) - 1) / 2
+        return self.index_to_physical()[: self.dim] @ np.append(index, 1.0)
+
+    def scaled(self, factor: float) -> "Grid":
+        """A coarser (factor > 1) grid covering the same physical extent, voxel centres re-aligned."""
+        size = tuple(max(int(round(s / factor)), 2) for s in self.size)
+        spacing = tuple(sp * (s - 1) / (n - 1) for sp, s, n in zip(self.spacing, self.size, size))
+        return replace(self, size=size, spacing=spacing)
+
+    @classmethod
+    def from_sitk(cls, image: sitk.Image) -> "Grid":
+        return cls(tuple(int(s) for s in image.GetSize()), tuple(image.GetSpacing()),
+                   tuple(image.GetOrigin()), tuple(image.GetDirection()))
+
+    def apply_to(self, image: sitk.Image) -> sitk.Image:
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        return image
+
+    def same_as(self, other: "Grid", tolerance: float = 1e-4) -> bool:
+        return (self.size == other.size
+                and np.allclose(self.spacing, other.spacing, atol=tolerance)
+                and np.allclose(self.origin, other.origin, atol=tolerance)
+                and np.allclose(self.direction, other.direction, atol=tolerance))
+
+
+@dataclass
+class Image:
+    """A scalar image: array in (z, y, x) order plus its grid."""
+
+    array: np.ndarray
+    grid: Grid
+    path: Optional[str] = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if tuple(self.array.shape) != self.grid.shape:
+            raise ValueError(f"array shape {self.array.shape} does not match grid shape {self.grid.shape}")
+
+    @property
+    def dim(self) -> int:
+        return self.grid.dim
+
+    @property
+    def name(self) -> str:
+        return self.path or "<in-memory image>"
+
+    def with_array(self, array: np.ndarray) -> "Image":
+        return Image(array, self.grid, self.path)
+
+    def to_sitk(self) -> sitk.Image:
+        return self.grid.apply_to(sitk.GetImageFromArray(self.array))
+
+    @classmethod
+    def from_sitk(cls, image: sitk.Image, path: Optional[str] = None) -> "Image":
+        return cls(sitk.GetArrayFromImage(image), Grid.from_sitk(image), path)
+
+
+def _read_sitk(path: Path) -> sitk.Image:
+    if path.is_dir():
+        reader = sitk.ImageSeriesReader()
+        series = reader.GetGDCMSeriesIDs(str(path))
+        if not series:
+            raise RegistrationError(f"{path}: the folder holds no DICOM series. Give an image file or a "
+                                    "folder with the DICOM files of one series.")
+        if len(series) > 1:
+            raise RegistrationError(f"{path}: the folder holds {len(series)} DICOM series "
+                                    f"({', '.join(series[:4])}...). Put one series per folder.")
+        reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
+        return reader.Execute()
+    return sitk.ReadImage(str(path))
+
+
+def read_image(path: str | os.PathLike, role: str = "image", dtype=np.float32) -> Image:
+    """Reads a 2D or 3D scalar image (NIfTI, NRRD, MHA/MHD, PNG/TIFF, DICOM folder) and checks it.
+
+    Colour 2D images are converted to grey. Raises RegistrationError naming the file and the fix.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise RegistrationError(f"{role} {path}: no such file or folder. Check the path.")
+    try:
+        image = _read_sitk(path)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown reason"
+        raise RegistrationError(f"{role} {path}: cannot be read as an image ({first}). Give a NIfTI, NRRD, "
+                                "MHA/MHD, PNG/TIFF file or a DICOM series folder.") from None
+    if image.GetNumberOfComponentsPerPixel() in (3, 4) and image.GetDimension() == 2:
+        channels = [sitk.VectorIndexSelectionCast(image, c, sitk.sitkFloat32) for c in range(3)]
+        image = channels[0] * 0.299 + channels[1] * 0.587 + channels[2] * 0.114
+    elif image.GetNumberOfComponentsPerPixel() != 1:
+        raise RegistrationError(f"{role} {path}: has {image.GetNumberOfComponentsPerPixel()} components per "
+                                "voxel; registration needs a scalar (grey) image.")
+    if image.GetDimension() == 3 and image.GetSize()[2] == 1:
+        image = image[:, :, 0]
+    if image.GetDimension() not in (2, 3):
+        raise RegistrationError(f"{role} {path}: is {image.GetDimension()}D; give a 2D or 3D image "
+                                "(extract one volume of a 4D series first).")
+    result = Image(sitk.GetArrayFromImage(image).astype(dtype, copy=False), Grid.from_sitk(image), str(path))
+    check_image(result, role)
+    return result
+
+
+def check_image(image: Image, role: str = "image") -> None:
+    """Rejects images that cannot be registered: NaN/inf voxels, constant or empty images."""
+    array = image.array
+    if array.size == 0 or min(array.shape) < 4:
+        raise RegistrationError(f"{role} {image.name}: is too small ({'x'.join(map(str, image.grid.size))} "
+                                "voxels); each side needs at least 4 voxels.")
+    finite = np.isfinite(array)
+    if not finite.all():
+        raise RegistrationError(f"{role} {image.name}: {int((~finite).sum())} voxels are NaN or infinite. "
+                                "Fix or mask them before registering.")
+    if float(array.max()) == float(array.min()):
+        raise RegistrationError(f"{role} {image.name}: every voxel is {float(array.max()):g}; the image is "
+                                "empty or constant and has nothing to align.")
+
+
+def read_labels(path: str | os.PathLike, role: str = "label map") -> Image:
+    """Reads a label map or mask as stored (integer type kept, no intensity checks)."""
+    if not Path(path).is_file():
+        raise RegistrationError(f"{role} {path}: no such file. Check the path.")
+    try:
+        return Image.from_sitk(sitk.ReadImage(str(path)), str(path))
+    except RuntimeError:
+        raise RegistrationError(f"{role} {path}: cannot be read as a label map. Give a NIfTI, NRRD or MHA "
+                                "file.") from None
+
+
+def check_mask(mask: Image, reference: Image, role: str = "mask", label: Optional[str] = None) -> Image:
+    """The mask as binary float32 weights; RegistrationError when it lies on another grid than
+    `reference` or selects no voxel. `label` names it in messages (default: its path)."""
+    label = label or mask.name
+    if not mask.grid.same_as(reference.grid, tolerance=1e-3):
+        raise RegistrationError(f"{role} {label}: lies on another voxel grid than {reference.name} ({mask.grid.size} "
+                                f"vs {reference.grid.size} voxels, or another origin/spacing/direction). Resample "
+                                "it onto the image grid (in Slicer: Resample Scalar/Vector/DWI Volume, or export "
+                                "the segment with the volume as reference geometry).")
+    binary = mask.array > 0
+    if not binary.any():
+        raise RegistrationError(f"{role} {label}: is empty (no voxel above 0). Draw the region to use, or leave "
+                                "the mask out.")
+    return mask.with_array(binary.astype(np.float32))
+
+
+def read_mask(path: str | os.PathLike, reference: Image, role: str = "mask") -> Image:
+    """Reads a binary mask that must lie on the grid of `reference` and must not be empty."""
+    return check_mask(read_labels(path, role), reference, role)
+
+
+def write_image(image: Image | sitk.Image, path: str | os.PathLike) -> Path:
+    """Writes an image atomically; the format follows the file name (.nii.gz, .nrrd, .mha, .png ...)."""
+    sitk_image = image.to_sitk() if isinstance(image, Image) else image
+    with atomic_path(path) as temporary:
+        sitk.WriteImage(sitk_image, str(temporary), useCompression=True)
+    return Path(path)
+
+
+def normalize(image: Image, low: float = 0.5, high: float = 99.5, mask: Optional[np.ndarray] = None) -> Image:
+    """Robust intensity normalisation: clip to the [low, high] percentiles (of the mask if given), map to [0, 1]."""
+    values = image.array[mask > 0] if mask is not None else image.array
+    lo, hi = np.percentile(values, [low, high])
+    if hi <= lo:
+        lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:
+        raise RegistrationError(f"{image.name}: intensities inside the region are constant; cannot normalise.")
+    scaled = np.clip((image.array.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0)
+    return image.with_array(scaled.astype(np.float32))

@@ -1,0 +1,210 @@
+"""Runs a backend command in a background process and follows its JSON progress lines, without Qt.
+
+The Slicer panel polls `poll()` from a timer, so the GUI never blocks; scripts call `wait()`. Each
+stdout line that is a JSON object with a "stage" becomes a Progress event; every other line of stdout
+or stderr goes to the log. `cancel()` kills the whole process tree (the child runs in its own process
+group on POSIX, `taskkill /T` on Windows) and removes the run's temporary folder.
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Optional, Sequence, Union
+
+from ..progress import Progress
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """A line of output that is not a progress event; `stream` is "stdout" or "stderr"."""
+
+    text: str
+    stream: str = "stdout"
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The process ended with `returncode` (negative: killed by that signal on POSIX)."""
+
+    returncode: int
+    cancelled: bool = False
+
+
+Event = Union[Progress, LogLine, Finished]
+
+
+def parse_line(line: str) -> Union[Progress, LogLine]:
+    """A JSON progress line ({"stage", "fraction", "message"}) as Progress; anything else as a log line."""
+    text = line.rstrip("\r\n")
+    if text.startswith("{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            data = None
+        if isinstance(data, dict) and isinstance(data.get("stage"), str):
+            try:
+                fraction = float(data.get("fraction", 0.0))
+            except (TypeError, ValueError):
+                fraction = 0.0
+            return Progress(data["stage"], fraction, str(data.get("message", "")))
+    return LogLine(text, "stdout")
+
+
+def backend_environment(library_parent: Union[str, os.PathLike], base: Optional[dict] = None) -> dict:
+    """The environment for `python -m DiffusionRegistrationLib.`: the module folder first on PYTHONPATH."""
+    environment = dict(os.environ if base is None else base)
+    parts = [str(library_parent)] + [p for p in environment.get("PYTHONPATH", "").split(os.pathsep) if p]
+    environment["PYTHONPATH"] = os.pathsep.join(parts)
+    environment["PYTHONUNBUFFERED"] = "1"
+    return environment
+
+
+class ProcessRunner:
+    """One background process: start it, poll its events, wait for it or cancel it."""
+
+    def __init__(self, command: Sequence[str], env: Optional[dict] = None, cwd: Optional[str] = None,
+                 temporary_folder: Optional[Union[str, os.PathLike]] = None, keep_stderr_lines: int = 200):
+        self.command = [str(part) for part in command]
+        self.env, self.cwd = env, cwd
+        self.temporary_folder = Path(temporary_folder) if temporary_folder is not None else None
+        self.events: "queue.Queue[Event]" = queue.Queue()
+        self.stderr_lines: list[str] = []
+        self._keep = keep_stderr_lines
+        self._process: Optional[subprocess.Popen] = None
+        self._readers: list[threading.Thread] = []
+        self._finished: Optional[Finished] = None
+        self._cancelled = False
+        self._lock = threading.Lock()
+
+    # -- running -------------------------------------------------------------------------------------
+    def start(self) -> "ProcessRunner":
+        if self._process is not None:
+            raise RuntimeError("the process was already started")
+        options: dict = {}
+        if os.name == "nt":
+            options["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)
+        else:
+            options["start_new_session"] = True
+        self._process = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, env=self.env, cwd=self.cwd, text=True,
+                                         encoding="utf-8", errors="replace", bufsize=1, **options)
+        self._readers = [threading.Thread(target=self._read, args=(self._process.stdout, "stdout"), daemon=True),
+                         threading.Thread(target=self._read, args=(self._process.stderr, "stderr"), daemon=True)]
+        for reader in self._readers:
+            reader.start()
+        threading.Thread(target=self._watch, daemon=True).start()
+        return self
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._finished is None
+
+    @property
+    def returncode(self) -> Optional[int]:
+        return self._finished.returncode if self._finished is not None else None
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def _read(self, stream: IO[str], name: str) -> None:
+        for line in stream:
+            if name == "stdout":
+                self.events.put(parse_line(line))
+            else:
+                text = line.rstrip("\r\n")
+                with self._lock:
+                    self.stderr_lines.append(text)
+                    del self.stderr_lines[:-self._keep]
+                self.events.put(LogLine(text, "stderr"))
+        stream.close()
+
+    def _watch(self) -> None:
+        returncode = self._process.wait()
+        for reader in self._readers:
+            reader.join()
+        self._finished = Finished(returncode, self._cancelled)
+        self.events.put(self._finished)
+
+    # -- following -----------------------------------------------------------------------------------
+    def poll(self) -> list[Event]:
+        """Every event queued since the last call, without blocking (for a GUI timer)."""
+        drained: list[Event] = []
+        while True:
+            try:
+                drained.append(self.events.get_nowait())
+            except queue.Empty:
+                return drained
+
+    def wait(self, timeout: Optional[float] = None) -> int:
+        """Blocks until the process and its readers are done; returns the exit code."""
+        if self._process is None:
+            raise RuntimeError("the process was not started")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._process.wait(timeout=timeout)
+        while self._finished is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(self.command, timeout)
+            time.sleep(0.01)
+        return self._finished.returncode
+
+    def error_message(self) -> str:
+        """The backend's "error: ..." line if it printed one, else the last lines of its stderr."""
+        with self._lock:
+            lines = list(self.stderr_lines)
+        for line in reversed(lines):
+            if line.startswith("error: "):
+                return line[len("error: "):]
+        tail = "\n".join(line for line in lines[-15:] if line.strip())
+        return tail or f"the process exited with code {self.returncode}"
+
+    # -- stopping ------------------------------------------------------------------------------------
+    def cancel(self, grace_seconds: float = 3.0) -> None:
+        """Kills the process and everything it started, waits for it, and removes the temporary folder."""
+        self._cancelled = True
+        process = self._process
+        if process is not None and process.poll() is None:
+            if os.name == "nt":
+                subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)], capture_output=True)
+            else:
+                self._signal_group(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(timeout=grace_seconds)
+                except subprocess.TimeoutExpired:
+                    pass
+        if process is not None and os.name != "nt":
+            # the child may be gone while its children still run in its group: always kill the group
+            self._signal_group(process.pid, signal.SIGKILL)
+        if process is not None:
+            process.wait()
+            self.wait()
+        self.remove_temporary_folder()
+
+    @staticmethod
+    def _signal_group(pgid: int, sig: int) -> None:
+        try:
+            os.killpg(pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def remove_temporary_folder(self) -> None:
+        if self.temporary_folder is not None and self.temporary_folder.exists():
+            shutil.rmtree(self.temporary_folder, ignore_errors=True)
+
+
+def python_executable(preferred: Optional[str] = None) -> str:
+    """The Python to run the backend with: the caller's choice (Slicer's PythonSlicer) or this one."""
+    return preferred or sys.executable
