@@ -282,7 +282,7 @@ def test_batch_splits_across_ranks_skips_done_pairs_and_writes_itk_transforms(tr
 def test_pair_sources_labels_and_validation_metrics(slice_file, tmp_path):
     from DiffusionRegistrationLib.network.data import (PairDataset, RandomPairDataset, cases_from_records,
                                                        folder_pairs, images_from_csv, pairs_from_csv)
-    from DiffusionRegistrationLib.network.inference import evaluate
+    from DiffusionRegistrationLib.network.inference import validate_network
 
     image = read_image(slice_file)
     labels = image.with_array((normalize(image).array * 3).round().astype(np.int16))  # classes 0..3
@@ -309,7 +309,7 @@ def test_pair_sources_labels_and_validation_metrics(slice_file, tmp_path):
     assert not torch.allclose(first["fixed"], sample["fixed"], atol=1e-3)  # and augmentation did something
     spec = _spec()
     network = TrainedNetwork(RegistrationNetwork(spec), spec, {}, 0)  # identity
-    metrics = evaluate(network, cases_from_records(records), torch.device("cpu"))
+    metrics = validate_network(network, cases_from_records(records), torch.device("cpu"))
     assert metrics["dice"] == 1.0 and metrics["tre_mm"] == pytest.approx(5.0, abs=1e-5)
     (tmp_path / "bad.csv").write_text("source,target\na,b\n")
     with pytest.raises(RegistrationError, match="fixed, moving"):

@@ -65,15 +65,13 @@ def progress_bar(stream: Optional[TextIO] = None) -> ProgressCallback:
     return report
 
 
-class StageReporter:
-    """Maps the fraction of one sub-task into a slice [start, end] of an overall stage."""
+def progress_kind(kind: str, piped: str) -> str:
+    """`auto` resolved: a bar when stderr is a terminal, else `piped` ("json" or "none"); other kinds as given."""
+    if kind == "auto":
+        return "bar" if sys.stderr.isatty() else piped
+    return kind
 
-    def __init__(self, callback: ProgressCallback, stage: str, start: float = 0.0, end: float = 1.0):
-        self.callback, self.stage, self.start, self.end = callback, stage, start, end
 
-    def __call__(self, fraction: float, message: str = "") -> None:
-        self.callback(Progress(self.stage, self.start + (self.end - self.start) * fraction, message))
-
-    def part(self, start: float, end: float) -> "StageReporter":
-        span = self.end - self.start
-        return StageReporter(self.callback, self.stage, self.start + span * start, self.start + span * end)
+def progress_reporter(kind: str) -> ProgressCallback:
+    """The callback for a resolved kind: "json" (JSON lines on stdout), "bar" (stderr) or "none"."""
+    return {"json": json_lines, "bar": progress_bar, "none": lambda: silent}[kind]()

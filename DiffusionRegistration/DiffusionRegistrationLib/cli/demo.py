@@ -47,10 +47,8 @@ def demo_pair(seed: int = 0) -> dict[str, Image | np.ndarray]:
 
 def diffusion_weights_status() -> Optional[str]:
     """None when the diffusion backbone's weights are cached and verified, else the reason and the fix."""
-    try:
-        from ..features.catalog import default_backbone_path
-    except ImportError:
-        return "the diffusion backbone loader is not installed in this build."
+    from ..features.catalog import default_backbone_path
+
     try:
         default_backbone_path()
     except RegistrationError as error:

@@ -13,8 +13,8 @@ from typing import Any, Optional, Sequence
 from ..errors import Cancelled, RegistrationError
 from .models import add_models_parser
 from .network import add_network_parsers
-from .settings import add_settings_arguments, config_from_args, finetune_settings, settings_given
-from ..progress import ProgressCallback, json_lines, progress_bar, silent
+from .settings import (add_progress_argument, add_settings_arguments, config_from_args, finetune_settings,
+                       progress_from_args, settings_given)
 
 EPILOG = """examples:
   diffreg register --fixed fixed.nii.gz --moving moving.nii.gz --output-dir out
@@ -24,18 +24,6 @@ EPILOG = """examples:
   diffreg demo --output-dir out/demo
 The transform maps fixed-space points to moving space (ITK/Slicer/ANTs resampling direction):
 apply it to the moving image to overlay it on the fixed one."""
-
-
-def _progress(kind: str) -> ProgressCallback:
-    if kind == "auto":
-        kind = "bar" if sys.stderr.isatty() else "json"
-    return {"json": json_lines, "bar": progress_bar, "none": lambda: silent}[kind]()
-
-
-def _add_progress(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--progress", choices=("auto", "json", "bar", "none"), default="auto",
-                        help="json: one JSON object per line on stdout (for programs); bar: a progress bar on "
-                             "stderr; auto: bar at a terminal, json otherwise")
 
 
 def _register_parser(subparsers) -> None:
@@ -53,7 +41,7 @@ def _register_parser(subparsers) -> None:
     parser.add_argument("--warped", default="warped.nii.gz", help="warped moving image file name")
     parser.add_argument("--affine", help="also write the affine part alone (e.g. affine.tfm)")
     parser.add_argument("--inverse", help="also write the inverse (moving->fixed) field (e.g. inverse.h5)")
-    _add_progress(parser)
+    add_progress_argument(parser)
     parser.set_defaults(handler=_cmd_register)
 
 
@@ -62,7 +50,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
     from ..engine.outputs import OutputRequest, write_outputs
     from ..progress import Progress
 
-    progress = _progress(args.progress)
+    progress_shown, progress = progress_from_args(args)
     config = config_from_args(args)
     fixed = read_image(args.fixed, "fixed image")
     moving = read_image(args.moving, "moving image")
@@ -83,7 +71,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
     request = OutputRequest(transform=args.transform, warped=args.warped, affine=args.affine, inverse=args.inverse)
     written = write_outputs(result, fixed, moving, args.output_dir, request)
     progress(Progress("done", 1.0, written["report"]))
-    if args.progress != "json":
+    if progress_shown != "json":
         _print_outputs(written)
     return 0
 
@@ -142,9 +130,9 @@ def _evaluate_parser(subparsers) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from ..engine.evaluation import evaluate
+    from ..engine.evaluation import evaluate_transform
 
-    report = evaluate(args.transform, reference=args.reference, fixed_labels=args.fixed_labels,
+    report = evaluate_transform(args.transform, reference=args.reference, fixed_labels=args.fixed_labels,
                       moving_labels=args.moving_labels, fixed_landmarks=args.fixed_landmarks,
                       moving_landmarks=args.moving_landmarks)
     text = json.dumps(report, indent=2)
@@ -163,14 +151,14 @@ def _demo_parser(subparsers) -> None:
     parser.add_argument("--output-dir", default="out/demo", help="folder for the outputs")
     parser.add_argument("--seed", type=int, default=0, help="seed of the known deformation")
     parser.add_argument("--preset", help="override the automatic choice of preset")
-    _add_progress(parser)
+    add_progress_argument(parser)
     parser.set_defaults(handler=_cmd_demo)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    written = run_demo(args.output_dir, seed=args.seed, preset=args.preset, progress=_progress(args.progress))
+    written = run_demo(args.output_dir, seed=args.seed, preset=args.preset, progress=progress_from_args(args)[1])
     _print_outputs(written)
     return 0
 

@@ -8,13 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..progress import ProgressCallback, json_lines, progress_bar, silent
-
-
-def _progress(kind: str) -> ProgressCallback:
-    if kind == "auto":
-        kind = "bar" if sys.stderr.isatty() else "none"
-    return {"json": json_lines, "bar": progress_bar, "none": lambda: silent}[kind]()
+from .settings import add_progress_argument, progress_from_args
 
 
 def _size(size) -> str:
@@ -41,7 +35,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_download(args: argparse.Namespace) -> int:
     from ..features.weights import download
 
-    location = download(args.id, _progress(args.progress), force=args.force)
+    location = download(args.id, progress_from_args(args)[1], force=args.force)
     print(location)
     return 0
 
@@ -55,7 +49,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if not ids:
         print("no model is in the cache yet (see `diffreg models list`).")
     for model_id in ids:
-        print(f"{model_id}: verified, {verify(model_id, _progress(args.progress))}")
+        print(f"{model_id}: verified, {verify(model_id, progress_from_args(args)[1])}")
     return 0
 
 
@@ -88,10 +82,9 @@ def add_models_parser(subparsers) -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         if name == "download":
             sub.add_argument("--force", action="store_true", help="fetch again even if already verified")
-            sub.add_argument("--progress", choices=("auto", "json", "bar", "none"), default="auto",
-                             help="json: one JSON object per line on stdout; bar: a bar on stderr")
+            add_progress_argument(sub, piped="none")
     verify = commands.add_parser("verify", help="re-check sizes and SHA-256 of cached weights")
     verify.add_argument("id", nargs="?", help="model id (default: every cached model)")
-    verify.add_argument("--progress", choices=("auto", "json", "bar", "none"), default="auto")
+    add_progress_argument(verify, piped="none")
     verify.set_defaults(handler=cmd_verify)
     return parser

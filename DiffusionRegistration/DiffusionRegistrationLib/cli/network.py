@@ -11,7 +11,8 @@ import sys
 
 from ..errors import RegistrationError
 from ..progress import json_lines, progress_bar, silent
-from .settings import add_settings_arguments, config_from_args, finetune_settings, settings_given
+from .settings import (add_progress_argument, add_settings_arguments, config_from_args, finetune_settings,
+                       progress_from_args, settings_given)
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -84,12 +85,8 @@ def add_network_parsers(subparsers: argparse._SubParsersAction) -> None:
     batch.add_argument("--network", help="trained network checkpoint (default: instance optimisation)")
     batch.add_argument("--finetune-steps", type=int, default=0)
     add_settings_arguments(batch)
-    batch.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
+    add_progress_argument(batch)
     batch.set_defaults(handler=run_batch_command)
-
-
-def _progress(kind: str):
-    return {"bar": progress_bar, "json": json_lines}.get(kind, lambda: silent)()
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -140,7 +137,7 @@ def run_batch_command(args: argparse.Namespace) -> int:
         raise RegistrationError(f"batch --network cannot honour {', '.join(settings_given(args))}: similarity "
                                 "settings only apply with --finetune-steps N.")
     statuses = run_batch(args.pairs_csv, args.output_dir, None if args.network else config, args.network,
-                         args.finetune_steps, config.device, _progress(args.progress), finetune_settings(args, config))
+                         args.finetune_steps, config.device, progress_from_args(args)[1], finetune_settings(args, config))
     failed = [s for s in statuses if s["status"] == "failed"]
     for status in failed:
         print(f"failed: {status['name']}: {status['error']}", file=sys.stderr)

@@ -1,11 +1,13 @@
-"""The registration settings arguments, the same in every command that registers (`register`, `batch`):
-a preset, a settings file, `--set key=value` (repeatable) and the dedicated flags, resolved by
-`engine.config.resolve_config` in that order. The choices shown come from the registries themselves."""
+"""Arguments shared by the commands: the registration settings, the same in every command that registers
+(`register`, `batch`: a preset, a settings file, `--set key=value` (repeatable) and the dedicated flags,
+resolved by `engine.config.resolve_config` in that order; the choices shown come from the registries
+themselves), and `--progress`."""
 from __future__ import annotations
 
 import argparse
 
 from ..engine.config import PRESETS, RegistrationConfig, parse_overrides, resolve_config
+from ..progress import ProgressCallback, progress_kind, progress_reporter
 from ..similarity.registry import SIMILARITIES
 
 
@@ -52,3 +54,17 @@ def finetune_settings(args: argparse.Namespace, config: RegistrationConfig) -> d
         return {}
     return {"similarity": config.similarity, "similarity_params": config.similarity_params,
             "regularization": config.regularization}
+
+
+def add_progress_argument(parser: argparse.ArgumentParser, piped: str = "json") -> None:
+    """`--progress auto|json|bar|none`; auto is a bar at a terminal and `piped` otherwise."""
+    parser.add_argument("--progress", choices=("auto", "json", "bar", "none"), default="auto",
+                        help="json: one JSON object per line on stdout (for programs); bar: a progress bar on "
+                             f"stderr; none; auto: bar at a terminal, {piped} otherwise")
+    parser.set_defaults(progress_when_piped=piped)
+
+
+def progress_from_args(args: argparse.Namespace) -> tuple[str, ProgressCallback]:
+    """The resolved progress kind and its callback."""
+    kind = progress_kind(args.progress, args.progress_when_piped)
+    return kind, progress_reporter(kind)

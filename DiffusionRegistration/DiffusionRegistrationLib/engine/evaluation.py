@@ -12,7 +12,7 @@ from .result import Result
 from ..io.transform_files import read_displacement
 
 
-def evaluate(transform: str, reference: Optional[str] = None, fixed_labels: Optional[str] = None,
+def evaluate_transform(transform: str, reference: Optional[str] = None, fixed_labels: Optional[str] = None,
              moving_labels: Optional[str] = None, fixed_landmarks: Optional[str] = None,
              moving_landmarks: Optional[str] = None) -> dict[str, Any]:
     """Numbers for one fixed->moving transform; each part is computed when its inputs are given."""

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -417,8 +417,3 @@ def random_init_(model: nn.Module, seed: int = 0, gain: float = 1.0) -> nn.Modul
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def expected_tap_names(model: AdmUNet) -> Sequence[str]:
-    return ([f"input_blocks.{i}" for i in range(len(model.input_blocks))] + ["middle_block"]
-            + [f"output_blocks.{i}" for i in range(len(model.output_blocks))] + ["out"])

@@ -52,7 +52,7 @@ def check_state_dict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tens
             "the model flags it was trained with.")
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def read_adm_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Reads a state dict saved with torch.save; RegistrationError for a missing, truncated or corrupt file."""
     path = Path(path).expanduser()
     if not path.is_file():
@@ -127,7 +127,7 @@ class AdmExtractor(FeatureExtractor):
                         device: torch.device | str | None = None, **options) -> "AdmExtractor":
         """Loads a guided-diffusion checkpoint (default flags: the 256x256 unconditional model)."""
         path = Path(path).expanduser()
-        state_dict = read_checkpoint(path)
+        state_dict = read_adm_weights(path)
         stat = path.stat()
         options.setdefault("backbone_id", f"adm:{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
         return cls.from_state_dict(flags or ADM_256_UNCOND_FLAGS, state_dict, f"ADM checkpoint {path}",

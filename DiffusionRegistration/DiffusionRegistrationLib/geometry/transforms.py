@@ -110,10 +110,6 @@ class DenseTransform(torch.nn.Module):
         ratio = [n / c for n, c in zip(self.grid.shape, self.control_grid.shape)]
         return gaussian_smooth(self.field, [self.smoothing / r for r in ratio])
 
-    def parameter_field(self) -> torch.Tensor:
-        """The displacement (or velocity) on `grid`, [B, D, *grid.shape]."""
-        return resize_field(self._control_field(), self.grid.shape)
-
     def fields(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(parameter field, displacement) on `grid`, from one smoothing of the control field.
 

@@ -121,7 +121,7 @@ def folder_pairs(folder: str | Path, mode: str = "all") -> list[PairRecord]:
     raise RegistrationError(f"folder pairing must be 'all' or 'consecutive', not '{mode}'.")
 
 
-def read_landmarks(path: str, dim: int) -> np.ndarray:
+def landmark_points(path: str, dim: int) -> np.ndarray:
     """Points [N, D] in LPS mm from any landmark file landmarks.py reads (.mrk.json, .fcsv, CSV)."""
     points = landmarks.read_landmarks(path).points
     if points.shape[1] != dim:
@@ -301,8 +301,8 @@ def cases_from_records(records: list[PairRecord]) -> list[ValidationCase]:
             fixed, moving,
             read_labels(record.fixed_labels) if record.fixed_labels else None,
             read_labels(record.moving_labels) if record.moving_labels else None,
-            read_landmarks(record.fixed_landmarks, fixed.dim) if record.fixed_landmarks else None,
-            read_landmarks(record.moving_landmarks, fixed.dim) if record.moving_landmarks else None,
+            landmark_points(record.fixed_landmarks, fixed.dim) if record.fixed_landmarks else None,
+            landmark_points(record.moving_landmarks, fixed.dim) if record.moving_landmarks else None,
             name=f"{Path(record.fixed).name}<-{Path(record.moving).name}"))
     return cases
 

@@ -44,7 +44,7 @@ class TrainedNetwork:
     path: Optional[str] = None
 
 
-def read_checkpoint(path: Union[str, Path], device: torch.device) -> dict[str, Any]:
+def read_network_checkpoint(path: Union[str, Path], device: torch.device) -> dict[str, Any]:
     """Loads a checkpoint dict (tensors only, no pickled code); any damage -> RegistrationError."""
     path = Path(path)
     if path.is_dir():
@@ -68,7 +68,7 @@ def read_checkpoint(path: Union[str, Path], device: torch.device) -> dict[str, A
 
 
 def load_network(checkpoint: Union[str, Path, dict], device: torch.device) -> TrainedNetwork:
-    data = checkpoint if isinstance(checkpoint, dict) else read_checkpoint(checkpoint, device)
+    data = checkpoint if isinstance(checkpoint, dict) else read_network_checkpoint(checkpoint, device)
     spec = NetworkSpec.from_dict(data["network"])
     model = RegistrationNetwork(spec).to(device)
     try:
@@ -194,7 +194,7 @@ def register_with_network(fixed: Image, moving: Image, checkpoint: Union[str, Pa
                   seconds=time.perf_counter() - start, config=config, history=history)
 
 
-def evaluate(network: TrainedNetwork, cases: list[ValidationCase], device: torch.device) -> dict[str, float]:
+def validate_network(network: TrainedNetwork, cases: list[ValidationCase], device: torch.device) -> dict[str, float]:
     """Mean Dice (labels), TRE (known displacement or landmarks, mm) and seconds per pair over cases."""
     dice, tre, seconds = [], [], []
     for case in cases:
@@ -215,5 +215,5 @@ def evaluate(network: TrainedNetwork, cases: list[ValidationCase], device: torch
     return out
 
 
-__all__ = ["TrainedNetwork", "register_with_network", "load_network", "read_checkpoint", "evaluate", "predict",
-           "finetune", "CHECKPOINT_FORMAT"]
+__all__ = ["TrainedNetwork", "register_with_network", "load_network", "read_network_checkpoint", "validate_network",
+           "predict", "finetune", "CHECKPOINT_FORMAT"]

@@ -29,7 +29,7 @@ from ..errors import RegistrationError
 from ..progress import Progress, ProgressCallback, silent
 from ..engine.registration import resolve_device
 from .data import NetworkDataset, ValidationCase, collate
-from .inference import CHECKPOINT_FORMAT, TrainedNetwork, evaluate, network_loss, read_checkpoint
+from .inference import CHECKPOINT_FORMAT, TrainedNetwork, network_loss, read_network_checkpoint, validate_network
 from .model import NetworkSpec, RegistrationNetwork
 
 
@@ -174,7 +174,7 @@ def _resume_state(resume: Optional[str | Path], spec: NetworkSpec, config: Train
                   device: torch.device) -> Optional[dict[str, Any]]:
     if resume is None:
         return None
-    checkpoint = read_checkpoint(resume, device)
+    checkpoint = read_network_checkpoint(resume, device)
     if NetworkSpec.from_dict(checkpoint["network"]) != spec:
         raise RegistrationError(f"--resume {checkpoint['path']}: the checkpoint's network {checkpoint['network']} "
                                 f"differs from the requested one {spec.to_dict()}; resume with the same "
@@ -272,7 +272,7 @@ def _train(dataset: NetworkDataset, spec: NetworkSpec, config: TrainConfig, rank
                 saved = save(step)
             due = config.validate_every and step % config.validate_every == 0
             if validation and ranks.main and (due or step == config.steps):
-                validation_result = evaluate(TrainedNetwork(model, spec, asdict(config), step), validation, device)
+                validation_result = validate_network(TrainedNetwork(model, spec, asdict(config), step), validation, device)
                 logs.write("validation", step, validation_result)
     finally:
         bar.close()
