@@ -104,15 +104,10 @@ def _apply_parser(subparsers) -> None:
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:
-    from ..io.images import read_image, read_labels, write_image
-    from ..engine.result import Result
-    from ..io.transform_files import read_displacement
+    from ..api import apply
+    from ..io.images import write_image
 
-    reference = read_image(args.reference, "reference image")
-    field, _ = read_displacement(args.transform, reference.grid)
-    image = read_labels(args.input, "input label map") if args.labels else read_image(args.input, "input image")
-    result = Result(reference.grid, image.grid, field)
-    write_image(result.warp(image, "nearest" if args.labels else "linear"), args.output)
+    write_image(apply(args.transform, args.input, args.reference, labels=args.labels), args.output)
     print(f"wrote {args.output}")
     return 0
 

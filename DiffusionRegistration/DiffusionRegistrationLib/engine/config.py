@@ -158,9 +158,9 @@ def load_config_file(path: Union[str, Path]) -> dict[str, Any]:
     return values
 
 
-def preset_names() -> list[str]:
-    """The named presets, in the order they are offered."""
-    return list(PRESETS)
+def presets() -> dict[str, str]:
+    """The named presets, in the order they are offered, and what each is for."""
+    return {name: preset.summary for name, preset in PRESETS.items()}
 
 
 def make_config(preset: str = "default", overrides: Optional[dict[str, Any]] = None) -> RegistrationConfig:

@@ -13,8 +13,8 @@ from ..io.transform_files import read_displacement
 
 
 def evaluate_transform(transform: str, reference: Optional[str] = None, fixed_labels: Optional[str] = None,
-             moving_labels: Optional[str] = None, fixed_landmarks: Optional[str] = None,
-             moving_landmarks: Optional[str] = None) -> dict[str, Any]:
+                       moving_labels: Optional[str] = None, fixed_landmarks: Optional[str] = None,
+                       moving_landmarks: Optional[str] = None) -> dict[str, Any]:
     """Numbers for one fixed->moving transform; each part is computed when its inputs are given."""
     if (fixed_labels is None) != (moving_labels is None):
         raise RegistrationError("give both --fixed-labels and --moving-labels, or neither.")

@@ -1,0 +1,154 @@
+"""The Python API, one call per task, exported lazily from the package root:
+
+    import DiffusionRegistrationLib as dr
+    result = dr.register("fixed.nii.gz", "moving.nii.gz", preset="default", lr=0.5)
+    result.save("out")
+
+Images and masks may be file paths, SimpleITK images or the project's `Image`; they are checked as the
+command line checks files. Settings resolve exactly as on the command line: the preset, then the keyword
+overrides (any RegistrationConfig field).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional, Union
+
+from .engine.config import resolve_config
+from .engine.outputs import OutputRequest, write_outputs
+from .engine.result import Result
+from .io.images import Image, check_image, check_mask, read_image, read_labels, read_mask
+from .progress import ProgressCallback, silent
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
+
+ImageLike = Union[str, "os.PathLike[str]", "sitk.Image", Image]
+
+
+def _image(value: Any, argument: str) -> Image:
+    """A checked Image from a path, a SimpleITK image or an Image; TypeError naming `argument` otherwise."""
+    import SimpleITK as sitk
+
+    if isinstance(value, (str, os.PathLike)):
+        return read_image(value, argument)
+    if isinstance(value, sitk.Image):
+        value = Image.from_sitk(sitk.Cast(value, sitk.sitkFloat32))
+    if not isinstance(value, Image):
+        raise TypeError(f"{argument} must be a file path, a SimpleITK image or a DiffusionRegistrationLib Image, "
+                        f"not {type(value).__name__}")
+    check_image(value, argument)
+    return value
+
+
+def _mask(value: Any, reference: Image, argument: str) -> Optional[Image]:
+    """A binary mask on `reference`'s grid, or None."""
+    import SimpleITK as sitk
+
+    if value is None:
+        return None
+    if isinstance(value, (str, os.PathLike)):
+        return read_mask(value, reference, argument)
+    if isinstance(value, sitk.Image):
+        value = Image.from_sitk(value)
+    if not isinstance(value, Image):
+        raise TypeError(f"{argument} must be a file path, a SimpleITK image, a DiffusionRegistrationLib Image or "
+                        f"None, not {type(value).__name__}")
+    return check_mask(value, reference, argument)
+
+
+@dataclass
+class Registration:
+    """A finished registration: the mapping (`result`) and the images it was computed from."""
+
+    result: Result
+    fixed: Image
+    moving: Image
+
+    @property
+    def displacement(self):
+        """Fixed->moving displacement on the fixed grid, [*shape, D] in LPS mm."""
+        return self.result.displacement
+
+    @property
+    def warped(self) -> Image:
+        """The moving image resampled onto the fixed grid."""
+        return self.result.warped if self.result.warped is not None else self.result.warp(self.moving)
+
+    def save(self, folder: Union[str, os.PathLike], **names: Optional[str]) -> dict[str, str]:
+        """Writes the command line's output set into `folder` (all or nothing); returns role -> path.
+
+        Keyword arguments rename or drop (None) outputs, e.g. `warped=None`, `inverse="inverse.h5"`.
+        """
+        return write_outputs(self.result, self.fixed, self.moving, folder, OutputRequest(**names))
+
+    def transform(self) -> "sitk.DisplacementFieldTransform":
+        """The fixed->moving mapping as a SimpleITK transform (resample the moving image with it)."""
+        from .io.transform_files import displacement_transform
+
+        return displacement_transform(self.result.displacement, self.result.fixed_grid)
+
+
+def register(fixed: ImageLike, moving: ImageLike, preset: str = "default", fixed_mask: Optional[ImageLike] = None,
+             moving_mask: Optional[ImageLike] = None, progress: Optional[ProgressCallback] = None,
+             inverse: bool = False, **overrides: Any) -> Registration:
+    """Registers `moving` onto `fixed` with a preset and RegistrationConfig overrides (e.g. `lr=0.5`).
+
+    `progress` receives Progress events; `inverse=True` also computes the moving->fixed field.
+    """
+    from .engine.registration import register as run
+
+    if not isinstance(preset, str):
+        raise TypeError(f"preset must be a preset name (str), not {type(preset).__name__}")
+    config = resolve_config(preset, overrides=overrides)
+    fixed_image, moving_image = _image(fixed, "fixed"), _image(moving, "moving")
+    result = run(fixed_image, moving_image, config, _mask(fixed_mask, fixed_image, "fixed_mask"),
+                 _mask(moving_mask, moving_image, "moving_mask"), progress=progress or silent, inverse=inverse)
+    return Registration(result, fixed_image, moving_image)
+
+
+def apply(transform: Union[Registration, str, os.PathLike], image: ImageLike,
+          reference: Optional[ImageLike] = None, labels: bool = False) -> Image:
+    """Resamples a moving-space `image` onto the fixed grid with a registration or a transform file.
+
+    With a transform file, `reference` (the fixed image) gives the output grid. `labels=True`: nearest
+    neighbour, type kept.
+    """
+    from .io.transform_files import read_displacement
+
+    moving = _labels(image) if labels else _image(image, "image")
+    if isinstance(transform, Registration):
+        mapping = Result(transform.result.fixed_grid, moving.grid, transform.result.displacement)
+    elif isinstance(transform, (str, os.PathLike)):
+        if reference is None:
+            raise TypeError("reference (the fixed image that defines the output grid) is needed with a transform file")
+        grid = _image(reference, "reference").grid
+        field, _ = read_displacement(transform, grid)
+        mapping = Result(grid, moving.grid, field)
+    else:
+        raise TypeError(f"transform must be a Registration or a transform file path, not {type(transform).__name__}")
+    return mapping.warp(moving, "nearest" if labels else "linear")
+
+
+def _labels(value: Any) -> Image:
+    """A label map as stored (type kept, no intensity checks)."""
+    import SimpleITK as sitk
+
+    if isinstance(value, (str, os.PathLike)):
+        return read_labels(value, "image")
+    if isinstance(value, sitk.Image):
+        return Image.from_sitk(value)
+    if isinstance(value, Image):
+        return value
+    raise TypeError(f"image must be a file path, a SimpleITK image or a DiffusionRegistrationLib Image, "
+                    f"not {type(value).__name__}")
+
+
+def evaluate(transform: Union[str, os.PathLike], reference: Optional[str] = None,
+             fixed_labels: Optional[str] = None, moving_labels: Optional[str] = None,
+             fixed_landmarks: Optional[str] = None, moving_landmarks: Optional[str] = None) -> dict[str, Any]:
+    """Dice before/after, landmark TRE and folding of a transform file (what `diffreg evaluate` prints)."""
+    from .engine.evaluation import evaluate_transform
+
+    return evaluate_transform(str(transform), reference, fixed_labels, moving_labels, fixed_landmarks,
+                              moving_landmarks)
