@@ -8,7 +8,7 @@ from scipy.linalg import expm
 from DiffusionRegistrationLib.engine.config import make_config
 from DiffusionRegistrationLib.errors import Cancelled, RegistrationError
 from DiffusionRegistrationLib.io.images import Grid, Image
-from DiffusionRegistrationLib.engine.registration import register
+from DiffusionRegistrationLib.engine.registration import level_plan, register
 from DiffusionRegistrationLib.geometry.spatial import physical_points
 from DiffusionRegistrationLib.geometry.synthetic import random_smooth_displacement, warp_with_displacement
 from DiffusionRegistrationLib.geometry.transforms import channels_first, channels_last, integrate_velocity, \
@@ -121,3 +121,29 @@ def test_cuda_without_a_gpu_is_an_error_not_a_silent_fallback(t1_slice):
         pytest.skip("a GPU is present")
     with pytest.raises(RegistrationError, match="no CUDA GPU"):
         register(t1_slice, t1_slice, make_config("fast", {"device": "cuda"}))
+
+
+def test_a_run_leaves_torch_threads_and_the_global_generator_as_it_found_them(t1_slice):
+    threads, state = torch.get_num_threads(), torch.get_rng_state()
+    config = make_config("fast", {"similarity": "mi", "threads": 1 if threads > 1 else 2,
+                                  "similarity_params": {"max_samples": 500}})
+    first = register(t1_slice, t1_slice, config)
+    assert torch.get_num_threads() == threads
+    assert torch.equal(torch.get_rng_state(), state)
+    again = register(t1_slice, t1_slice, config)  # the same seed draws the same MI samples
+    assert np.array_equal(first.displacement, again.displacement)
+
+
+@pytest.mark.parametrize("spacing, expected", [(2.0, [4.0, 2.0, 1.0]), (1.0, [8.0, 4.0, 2.0]),
+                                               (0.5, [16.0, 8.0, 4.0]), (3.0, [4.0, 2.0, 1.0])])
+def test_levels_are_physical_sizes_whatever_the_voxel_size(spacing, expected):
+    grid = Grid((400, 400, 400), (spacing,) * 3, (0.0,) * 3, tuple(np.eye(3).ravel()))
+    plan = level_plan(grid, (4.0, 2.0, 1.0), (30, 20, 10), level_spacing_mm=2.0)
+    assert [factor for factor, _ in plan] == expected
+    assert [count for _, count in plan] == [30, 20, 10]
+
+
+def test_levels_too_small_for_the_image_are_dropped_but_one_is_kept():
+    grid = Grid((40, 40), (1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0))
+    assert level_plan(grid, (4.0, 2.0, 1.0), (30, 20, 10), None) == [(2.0, 20), (1.0, 10)]
+    assert level_plan(grid, (8.0, 4.0), (30, 20), None) == [(4.0, 20)]

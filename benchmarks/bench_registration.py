@@ -58,20 +58,21 @@ class Pair:
     fixed_brain: np.ndarray  # brain mask truly warped into fixed space
 
 
-def load_sources() -> dict[str, Image]:
-    """Colin27 skull-stripped, with skull and AAL, at 2 mm."""
+def load_sources(spacing_mm: float = SPACING_MM) -> dict[str, Image]:
+    """Colin27 skull-stripped, with skull and AAL, at `spacing_mm`."""
     bet = read_image(data_file(COLIN_BET))
     aal = read_image(data_file(COLIN_AAL), dtype=np.uint8)
-    return {"bet": resample_isotropic(bet, SPACING_MM),
-            "skull": resample_isotropic(read_image(data_file(COLIN_T1)), SPACING_MM),
-            "aal": resample_isotropic(aal, SPACING_MM, labels=True),
-            "brain": resample_isotropic(bet.with_array((bet.array > 0).astype(np.uint8)), SPACING_MM, labels=True)}
+    return {"bet": resample_isotropic(bet, spacing_mm),
+            "skull": resample_isotropic(read_image(data_file(COLIN_T1)), spacing_mm),
+            "aal": resample_isotropic(aal, spacing_mm, labels=True),
+            "brain": resample_isotropic(bet.with_array((bet.array > 0).astype(np.uint8)), spacing_mm, labels=True)}
 
 
 def make_pair(sources: dict[str, Image], kind: str, seed: int, folder: Path) -> Pair:
     moving = sources["bet"]
     truth = random_smooth_displacement(moving.grid, MAX_MM, seed)
     fixed = warp_with_displacement(sources[kind], truth)
+    folder.mkdir(parents=True, exist_ok=True)
     fixed_path, moving_path = folder / f"fixed_{kind}_{seed}.nii.gz", folder / "moving_bet.nii.gz"
     write_image(fixed, fixed_path)
     if not moving_path.exists():

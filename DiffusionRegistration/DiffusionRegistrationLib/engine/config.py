@@ -36,6 +36,9 @@ class RegistrationConfig:
     affine_levels: tuple[float, ...] = (4.0, 2.0)
     affine_iterations: tuple[int, ...] = (80, 40)
     affine_lr: float = 0.01  # per step, relative units: translation lr is this times 100 mm
+    # levels and affine_levels are shrink factors of this spacing (mm; never finer than the image), so the
+    # pyramid is physical: a 1 mm and a 2 mm image get the same levels in mm. None: of the image's spacing.
+    level_spacing_mm: Optional[float] = None
     # deformable stage
     transform: str = "svf"  # svf (diffeomorphic) | displacement | none
     levels: tuple[float, ...] = (4.0, 2.0, 1.0)
@@ -82,6 +85,9 @@ class RegistrationConfig:
                 check_similarity_name(name)
         if any(v < 1 for v in self.levels + self.affine_levels):
             raise RegistrationError("config: resolution levels are shrink factors and must be >= 1.")
+        if self.level_spacing_mm is not None and not self.level_spacing_mm > 0:
+            raise RegistrationError(f"config: level_spacing_mm must be a positive number of millimetres or "
+                                    f"null, not {self.level_spacing_mm}.")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

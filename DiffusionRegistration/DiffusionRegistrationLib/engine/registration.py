@@ -1,14 +1,21 @@
 """Instance optimisation: `register(fixed, moving, config) -> Result`.
 
-Affine first (moments or centres, then multi-resolution Adam), then a dense displacement or
-stationary velocity field, coarse to fine. The mapping is T(x) = A(x + u(x)) from fixed to moving
-physical space; every similarity sees the moving image through the sampling grid of T.
+Three stages share one level loop: an affine stage (moments or centres, then multi-resolution Adam),
+a deformable stage (dense displacement or stationary velocity field, coarse to fine), and the result
+on the fixed grid. The mapping is T(x) = A(x + u(x)) from fixed to moving physical space; every
+similarity sees the moving image through the sampling grid of T.
+
+Resolution levels are physical: a level's shrink factor applies to `config.level_spacing_mm` (never
+finer than the image), so a 1 mm and a 2 mm image of the same anatomy get the same levels in mm.
+A run changes no process-wide state: torch's thread count is restored afterwards, and every random
+draw comes from the similarity's own generator, seeded from `config.seed`.
 """
 from __future__ import annotations
 
+import contextlib
 import time
-from dataclasses import dataclass
-from typing import Callable, Optional
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -35,16 +42,26 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+@contextlib.contextmanager
+def torch_threads(count: Optional[int]) -> Iterator[None]:
+    """Runs the block with `count` torch threads (None: unchanged) and restores the previous count."""
+    previous = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 @dataclass
-class _Pyramid:
+class Pyramid:
     """An image and optional mask as tensors, with their smoothed and subsampled levels (cached)."""
 
     image: torch.Tensor
     mask: Optional[torch.Tensor]
     grid: Grid
-
-    def __post_init__(self) -> None:
-        self._levels: dict[float, tuple[torch.Tensor, Optional[torch.Tensor], Grid]] = {}
+    _levels: dict = field(default_factory=dict, init=False, repr=False)
 
     def level(self, factor: float) -> tuple[torch.Tensor, Optional[torch.Tensor], Grid]:
         if factor not in self._levels:
@@ -63,13 +80,20 @@ def _tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.as_tensor(np.ascontiguousarray(array), dtype=torch.float32, device=device)[None, None]
 
 
+def prepare(image: Image, mask: Optional[Image], config: RegistrationConfig, device: torch.device) -> Pyramid:
+    """The normalised image (and mask) of one side as a pyramid on `device`."""
+    scaled = normalize(image, *config.percentiles) if config.normalize else image
+    return Pyramid(_tensor(scaled.array, device),
+                   None if mask is None else _tensor((mask.array > 0).astype(np.float32), device), image.grid)
+
+
 def _center_of_mass(image: torch.Tensor, grid: Grid) -> np.ndarray:
     points = physical_points(grid, image.device).reshape(-1, grid.dim)
     weights = image.reshape(-1, 1)
     return ((points * weights).sum(0) / weights.sum().clamp(min=1e-12)).double().cpu().numpy()
 
 
-def _initial_affine(fixed: _Pyramid, moving: _Pyramid, config: RegistrationConfig) -> AffineTransform:
+def _initial_affine(fixed: Pyramid, moving: Pyramid, config: RegistrationConfig) -> AffineTransform:
     dim = fixed.grid.dim
     if config.init == "moments":
         fixed_weight = fixed.image if fixed.mask is None else fixed.image * fixed.mask
@@ -148,13 +172,26 @@ def _affine_sampling(affine: AffineTransform, fixed_grid: Grid, moving_grid: Gri
 MIN_LEVEL_VOXELS = 16
 
 
-def _usable_levels(grid: Grid, levels: tuple[float, ...], iterations: tuple[int, ...]) -> list[tuple[float, int]]:
-    """The (factor, iterations) pairs whose level keeps at least MIN_LEVEL_VOXELS along every axis.
+def level_plan(grid: Grid, levels: tuple[float, ...], iterations: tuple[int, ...],
+               level_spacing_mm: Optional[float]) -> list[tuple[float, int]]:
+    """(shrink factor of the image grid, iterations) of each level, coarse to fine.
 
-    Tiny levels of small images mislead the optimiser; the finest level is always kept.
+    A level's spacing is its factor times `level_spacing_mm` (None: the image's own spacing), never
+    finer than the image. Levels that fall onto the same factor keep the first; levels with fewer than
+    MIN_LEVEL_VOXELS along an axis are dropped (they mislead the optimiser), except that one level is
+    always kept.
     """
-    kept = [(f, n) for f, n in zip(levels, iterations) if min(grid.size) / f >= MIN_LEVEL_VOXELS]
-    return kept or [(min(levels), iterations[levels.index(min(levels))])]
+    voxel_mm = float(min(grid.spacing))
+    base = 1.0 if level_spacing_mm is None else max(level_spacing_mm / voxel_mm, 1.0)
+    plan: list[tuple[float, int]] = []
+    for level, count in zip(levels, iterations):
+        factor = float(level * base)
+        if min(grid.size) / factor >= MIN_LEVEL_VOXELS and all(factor != f for f, _ in plan):
+            plan.append((factor, count))
+    if not plan:
+        finest = levels.index(min(levels))
+        plan = [(float(min(levels) * base), iterations[finest])]
+    return plan
 
 
 def _affine_similarity(config: RegistrationConfig) -> Similarity:
@@ -163,6 +200,154 @@ def _affine_similarity(config: RegistrationConfig) -> Similarity:
     if config.similarity == "diffusion":
         return build_similarity("mi")
     return build_similarity(config.similarity, **config.similarity_params)
+
+
+@dataclass
+class _Run:
+    """What every stage of one run shares: both pyramids, the device, settings, progress and history."""
+
+    fixed: Pyramid
+    moving: Pyramid
+    config: RegistrationConfig
+    device: torch.device
+    progress: ProgressCallback
+    history: list = field(default_factory=list)
+
+
+LevelBuilder = Callable[[float], tuple[Callable[[], torch.Tensor], torch.optim.Optimizer]]
+
+
+def _run_levels(run: _Run, stage: str, plan: list[tuple[float, int]], build: LevelBuilder) -> None:
+    """The level loop every stage shares: build the level's step and optimiser, optimise, record."""
+    for index, (factor, iterations) in enumerate(plan):
+        start = time.perf_counter()
+        step, optimizer = build(factor)
+
+        def report(done: int, loss: float, index=index, iterations=iterations) -> None:
+            if done % 5 == 0 or done == iterations:
+                fraction = (index + done / iterations) / len(plan)
+                run.progress(Progress(stage, fraction, f"level {index + 1}/{len(plan)} step {done} loss {loss:.5f}"))
+
+        outcome = _optimise(step, optimizer, iterations, run.config, report)
+        spacing = float(np.mean(run.fixed.level(factor)[2].spacing))
+        run.history.append({"stage": stage, "level": factor, "spacing_mm": round(spacing, 3), **outcome,
+                            "seconds": round(time.perf_counter() - start, 3)})
+    run.progress(Progress(stage, 1.0, "done"))
+
+
+def _seeded(similarity: Similarity, seed: int, device: torch.device) -> Similarity:
+    similarity.reseed(seed)
+    return similarity.to(device)
+
+
+def affine_stage(run: _Run) -> AffineTransform:
+    """The initial alignment, then (if config.affine) the affine optimised level by level."""
+    config = run.config
+    affine = _initial_affine(run.fixed, run.moving, config)
+    if config.affine:
+        similarity = _seeded(_affine_similarity(config), config.seed, run.device)
+
+        def build(factor: float):
+            f_image, f_mask, f_grid = run.fixed.level(factor)
+            m_image, m_mask, m_grid = run.moving.level(factor)
+            similarity.prepare(f_image, m_image, f_grid, m_grid)
+            points = physical_points(f_grid, run.device)
+
+            def step() -> torch.Tensor:
+                sampling = to_sampling_grid(affine(points), m_grid)
+                return similarity.mapped_loss(f_image, m_image, sampling, _mask_at(f_mask, m_mask, sampling))
+
+            return step, torch.optim.Adam([{"params": [affine.translation], "lr": config.affine_lr * 100},
+                                           {"params": [affine.linear], "lr": config.affine_lr}])
+
+        _run_levels(run, "affine", level_plan(run.fixed.grid, config.affine_levels, config.affine_iterations,
+                                              config.level_spacing_mm), build)
+    affine.requires_grad_(False)
+    return affine
+
+
+class DeformableLevel:
+    """One level of the deformable stage: its images, field, similarity and the loss of one step.
+
+    The parts are attributes so that benchmarks/profile_registration.py can time each of them.
+    """
+
+    def __init__(self, run: _Run, factor: float, affine: AffineTransform, similarity: Similarity,
+                 coarser: Optional[DenseTransform]):
+        config = run.config
+        self.fixed, self.fixed_mask, self.grid = run.fixed.level(factor)
+        self.moving, self.moving_mask, self.moving_grid = run.moving.level(factor)
+        control = self.grid.scaled(config.control_spacing) if config.control_spacing > 1 else self.grid
+        self.dense = DenseTransform(self.grid, control, config.transform, smoothing=config.field_smoothing,
+                                    integration_steps=config.integration_steps).to(run.device)
+        if coarser is not None:
+            self.dense.load_coarser(coarser)
+        self.similarity = similarity
+        similarity.prepare(self.fixed, self.moving, self.grid, self.moving_grid)
+        self.base, self.to_normalised = _affine_sampling(affine, self.grid, self.moving_grid, run.device)
+        self.regularizer = REGULARIZERS[config.regularizer]
+        self.weight = config.regularization
+        self.lr = config.lr * float(np.mean(self.grid.spacing))
+
+    def sampling(self, displacement: torch.Tensor) -> torch.Tensor:
+        """Sampling grid of T = A(x + u) for a displacement u [B, D, *spatial] on the level grid."""
+        return self.base + channels_last(displacement) @ self.to_normalised
+
+    def loss(self) -> torch.Tensor:
+        field, displacement = self.dense.fields()
+        sampling = self.sampling(displacement)
+        loss = self.similarity.mapped_loss(self.fixed, self.moving, sampling,
+                                           _mask_at(self.fixed_mask, self.moving_mask, sampling))
+        return loss + self.weight * self.regularizer(field, self.dense.control_grid)
+
+
+def deformable_stage(run: _Run, affine: AffineTransform) -> Optional[DenseTransform]:
+    """The dense field, optimised coarse to fine, each level starting from the coarser one's field."""
+    config = run.config
+    if config.transform == "none":
+        return None
+    similarity = _seeded(build_similarity(config.similarity, **config.similarity_params), config.seed, run.device)
+    levels: list[DeformableLevel] = []
+
+    def build(factor: float):
+        level = DeformableLevel(run, factor, affine, similarity, levels[-1].dense if levels else None)
+        levels.append(level)
+        return level.loss, torch.optim.Adam(level.dense.parameters(), lr=level.lr)
+
+    _run_levels(run, "deformable", level_plan(run.fixed.grid, config.levels, config.iterations,
+                                              config.level_spacing_mm), build)
+    return levels[-1].dense
+
+
+def _result(run: _Run, fixed: Image, moving: Image, affine: AffineTransform, dense: Optional[DenseTransform],
+            inverse: bool, start: float) -> Result:
+    """The fixed->moving displacement on the full fixed grid, the warped moving image and the inverse."""
+    device = run.device
+    with torch.no_grad():
+        points = physical_points(fixed.grid, device)
+        if dense is None:
+            deformation = torch.zeros_like(points)
+        else:
+            deformation = channels_last(resize_field(dense.displacement(), fixed.grid.shape))
+        mapped = affine(points + deformation)
+        displacement = (mapped - points)[0].cpu().numpy().astype(np.float32)
+        warped = sample(_tensor(moving.array, device), to_sampling_grid(mapped, moving.grid), padding_mode="zeros")
+        inverse_field = _inverse_on_moving_grid(affine, dense, fixed.grid, moving.grid, device) if inverse else None
+    return Result(fixed.grid, moving.grid, displacement, affine=affine.matrix()[0],
+                  warped=Image(warped[0, 0].cpu().numpy(), fixed.grid, None), inverse=inverse_field,
+                  seconds=time.perf_counter() - start, config=run.config.to_dict(), history=run.history)
+
+
+def _check_inputs(fixed: Image, moving: Image, fixed_mask: Optional[Image], moving_mask: Optional[Image],
+                  config: RegistrationConfig) -> tuple[Optional[Image], Optional[Image]]:
+    if fixed.dim != moving.dim:
+        raise RegistrationError(f"fixed {fixed.name} is {fixed.dim}D but moving {moving.name} is {moving.dim}D; "
+                                "register images of the same dimension.")
+    fixed_mask = None if fixed_mask is None else check_mask(fixed_mask, fixed, "fixed mask")
+    moving_mask = None if moving_mask is None else check_mask(moving_mask, moving, "moving mask")
+    if moving_mask is None and config.moving_foreground_mask:
+        moving_mask = moving.with_array((moving.array != 0).astype(np.float32))
+    return fixed_mask, moving_mask
 
 
 def register(fixed: Image, moving: Image, config: Optional[RegistrationConfig] = None,
@@ -175,99 +360,14 @@ def register(fixed: Image, moving: Image, config: Optional[RegistrationConfig] =
     """
     config = config or RegistrationConfig()
     start = time.perf_counter()
-    if fixed.dim != moving.dim:
-        raise RegistrationError(f"fixed {fixed.name} is {fixed.dim}D but moving {moving.name} is {moving.dim}D; "
-                                "register images of the same dimension.")
-    fixed_mask = None if fixed_mask is None else check_mask(fixed_mask, fixed, "fixed mask")
-    moving_mask = None if moving_mask is None else check_mask(moving_mask, moving, "moving mask")
-    if moving_mask is None and config.moving_foreground_mask:
-        moving_mask = moving.with_array((moving.array != 0).astype(np.float32))
+    fixed_mask, moving_mask = _check_inputs(fixed, moving, fixed_mask, moving_mask, config)
     device = resolve_device(config.device)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-
-    def prepared(image: Image, mask: Optional[Image]) -> _Pyramid:
-        scaled = normalize(image, *config.percentiles) if config.normalize else image
-        return _Pyramid(_tensor(scaled.array, device), None if mask is None else
-                        _tensor((mask.array > 0).astype(np.float32), device), image.grid)
-
-    fixed_pyramid, moving_pyramid = prepared(fixed, fixed_mask), prepared(moving, moving_mask)
-    affine = _initial_affine(fixed_pyramid, moving_pyramid, config)
-    history: list[dict] = []
-
-    def level_reporter(stage: str, index: int, count: int, iterations: int):
-        def report(step: int, loss: float) -> None:
-            if step % 5 == 0 or step == iterations:
-                fraction = (index + step / iterations) / count
-                progress(Progress(stage, fraction, f"level {index + 1}/{count} step {step} loss {loss:.5f}"))
-        return report
-
-    if config.affine:
-        similarity = _affine_similarity(config).to(device)
-        plan = _usable_levels(fixed.grid, config.affine_levels, config.affine_iterations)
-        for index, (factor, iterations) in enumerate(plan):
-            f_image, f_mask, f_grid = fixed_pyramid.level(factor)
-            m_image, m_mask, m_grid = moving_pyramid.level(factor)
-            similarity.prepare(f_image, m_image, f_grid, m_grid)
-            points = physical_points(f_grid, device)
-
-            def affine_step() -> torch.Tensor:
-                sampling = to_sampling_grid(affine(points), m_grid)
-                return similarity.mapped_loss(f_image, m_image, sampling, _mask_at(f_mask, m_mask, sampling))
-
-            optimizer = torch.optim.Adam([{"params": [affine.translation], "lr": config.affine_lr * 100},
-                                          {"params": [affine.linear], "lr": config.affine_lr}])
-            outcome = _optimise(affine_step, optimizer, iterations, config,
-                                level_reporter("affine", index, len(plan), iterations))
-            history.append({"stage": "affine", "level": factor, **outcome})
-        progress(Progress("affine", 1.0, "done"))
-    affine.requires_grad_(False)
-
-    dense: Optional[DenseTransform] = None
-    if config.transform != "none":
-        plan = _usable_levels(fixed.grid, config.levels, config.iterations)
-        similarity = build_similarity(config.similarity, **config.similarity_params).to(device)
-        regularizer = REGULARIZERS[config.regularizer]
-        for index, (factor, iterations) in enumerate(plan):
-            f_image, f_mask, f_grid = fixed_pyramid.level(factor)
-            m_image, m_mask, m_grid = moving_pyramid.level(factor)
-            control = f_grid.scaled(config.control_spacing) if config.control_spacing > 1 else f_grid
-            level = DenseTransform(f_grid, control, config.transform, smoothing=config.field_smoothing,
-                                   integration_steps=config.integration_steps).to(device)
-            if dense is not None:
-                level.load_coarser(dense)
-            dense = level
-            similarity.prepare(f_image, m_image, f_grid, m_grid)
-            base, to_normalised = _affine_sampling(affine, f_grid, m_grid, device)
-
-            def dense_step() -> torch.Tensor:
-                field, displacement = dense.fields()
-                sampling = base + channels_last(displacement) @ to_normalised
-                loss = similarity.mapped_loss(f_image, m_image, sampling, _mask_at(f_mask, m_mask, sampling))
-                return loss + config.regularization * regularizer(field, f_grid)
-
-            optimizer = torch.optim.Adam(dense.parameters(), lr=config.lr * float(np.mean(f_grid.spacing)))
-            outcome = _optimise(dense_step, optimizer, iterations, config,
-                                level_reporter("deformable", index, len(plan), iterations))
-            history.append({"stage": "deformable", "level": factor, **outcome})
-        progress(Progress("deformable", 1.0, "done"))
-
-    with torch.no_grad():
-        points = physical_points(fixed.grid, device)
-        if dense is None:
-            deformation = torch.zeros_like(points)
-        else:
-            deformation = channels_last(resize_field(dense.displacement(), fixed.grid.shape))
-        mapped = affine(points + deformation)
-        displacement = (mapped - points)[0].cpu().numpy().astype(np.float32)
-        warped = sample(_tensor(moving.array, device), to_sampling_grid(mapped, moving.grid), padding_mode="zeros")
-        inverse_field = None
-        if inverse:
-            inverse_field = _inverse_on_moving_grid(affine, dense, fixed.grid, moving.grid, device)
-    return Result(fixed.grid, moving.grid, displacement, affine=affine.matrix()[0],
-                  warped=Image(warped[0, 0].cpu().numpy(), fixed.grid, None), inverse=inverse_field,
-                  seconds=time.perf_counter() - start, config=config.to_dict(), history=history)
+    with torch_threads(config.threads):
+        run = _Run(prepare(fixed, fixed_mask, config, device), prepare(moving, moving_mask, config, device),
+                   config, device, progress)
+        affine = affine_stage(run)
+        dense = deformable_stage(run, affine)
+        return _result(run, fixed, moving, affine, dense, inverse, start)
 
 
 def _inverse_on_moving_grid(affine: AffineTransform, dense: Optional[DenseTransform], fixed_grid: Grid,

@@ -111,17 +111,18 @@ class DenseTransform(torch.nn.Module):
         return gaussian_smooth(self.field, [self.smoothing / r for r in ratio])
 
     def fields(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(parameter field, displacement) on `grid`, from one smoothing of the control field.
+        """(smoothed control field, displacement on `grid`) from one smoothing of the parameter.
 
-        A velocity is integrated on the control grid, where it lives, then upsampled: the same smooth
-        map at a fraction of the cost of integrating on `grid`.
+        The control field is what the regulariser measures (on `control_grid`: the linearly upsampled
+        field has the same first derivatives, at a fraction of the voxels). A velocity is integrated on
+        the control grid, where it lives, then upsampled: the same smooth map at a fraction of the cost
+        of integrating on `grid`.
         """
         control = self._control_field()
-        parameter = resize_field(control, self.grid.shape)
         if self.kind == "displacement":
-            return parameter, parameter
-        return parameter, resize_field(integrate_velocity(control, self.control_grid, self.integration_steps),
-                                       self.grid.shape)
+            return control, resize_field(control, self.grid.shape)
+        return control, resize_field(integrate_velocity(control, self.control_grid, self.integration_steps),
+                                     self.grid.shape)
 
     def displacement(self) -> torch.Tensor:
         """The displacement on `grid`, [B, D, *grid.shape]."""

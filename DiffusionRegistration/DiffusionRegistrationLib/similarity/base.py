@@ -25,6 +25,13 @@ class Similarity(torch.nn.Module):
                 mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         raise NotImplementedError
 
+    def reseed(self, seed: int) -> None:
+        """Restarts the measure's own random generator from its seed offset by a run's `seed`.
+
+        Measures that draw samples override this; the engine calls it so that a run's randomness comes
+        from `config.seed` through local generators, never from torch's global one.
+        """
+
     def prepare(self, fixed: torch.Tensor, moving: torch.Tensor, fixed_grid: Grid, moving_grid: Grid) -> None:
         """Called once per resolution level before optimisation; caches what does not change."""
 

@@ -193,7 +193,8 @@ class DiffusionFeatureSimilarity(Similarity):
         self.step_slices = int(step_slices) if step_slices else None
         self.use_disk_cache = bool(cache)
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
-        self.generator = torch.Generator().manual_seed(int(slice_seed))
+        self.slice_seed = int(slice_seed)
+        self.generator = torch.Generator().manual_seed(self.slice_seed)
         self._memory: "OrderedDict[str, Any]" = OrderedDict()
         self._intensity: Optional[Similarity] = None
         self._state: dict[str, Any] = {}
@@ -255,6 +256,9 @@ class DiffusionFeatureSimilarity(Similarity):
         return value
 
     # -- per level ----------------------------------------------------------------------------------
+    def reseed(self, seed: int) -> None:
+        self.generator = torch.Generator().manual_seed(self.slice_seed + int(seed))
+
     def prepare(self, fixed: torch.Tensor, moving: torch.Tensor, fixed_grid: Grid, moving_grid: Grid) -> None:
         dim = fixed.dim() - 2
         if dim not in (2, 3):

@@ -240,7 +240,12 @@ class MutualInformation(Similarity):
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise RegistrationError(f"similarity 'mi': seed must be an integer, not {seed!r}.")
         self.normalized = bool(normalized)
+        self.seed = seed
         self._generator = torch.Generator().manual_seed(seed)
+
+    def reseed(self, seed: int) -> None:
+        """Restarts the sampling generator at this measure's seed offset by a run's `seed`."""
+        self._generator = torch.Generator().manual_seed(self.seed + int(seed))
 
     def _select(self, mask_b: Optional[Tensor], count: int, device: torch.device) -> Optional[Tensor]:
         """Flat voxel indices of one pair that enter the histogram (None = all voxels)."""
