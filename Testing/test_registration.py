@@ -12,7 +12,7 @@ from DiffusionRegistrationLib.engine.registration import level_plan, register
 from DiffusionRegistrationLib.geometry.spatial import physical_points
 from DiffusionRegistrationLib.geometry.synthetic import random_smooth_displacement, warp_with_displacement
 from DiffusionRegistrationLib.geometry.transforms import channels_first, channels_last, integrate_velocity, \
-    invert_displacement, sample_field
+    invert_displacement, resize_field, sample_field
 
 
 def _rotation(degrees: float) -> np.ndarray:
@@ -147,3 +147,11 @@ def test_levels_too_small_for_the_image_are_dropped_but_one_is_kept():
     grid = Grid((40, 40), (1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0))
     assert level_plan(grid, (4.0, 2.0, 1.0), (30, 20, 10), None) == [(2.0, 20), (1.0, 10)]
     assert level_plan(grid, (8.0, 4.0), (30, 20), None) == [(4.0, 20)]
+
+
+@pytest.mark.parametrize("shape, size", [((1, 3, 6, 7, 5), (21, 25, 9)), ((2, 2, 9, 4), (33, 4)), ((1, 2, 5, 8), (3, 17))])
+def test_field_resizing_matches_torch_linear_interpolation(shape, size):
+    field = torch.randn(*shape, dtype=torch.float64)
+    mode = "bilinear" if len(size) == 2 else "trilinear"
+    expected = torch.nn.functional.interpolate(field, size=size, mode=mode, align_corners=True)
+    assert torch.allclose(resize_field(field, size), expected, atol=1e-12)

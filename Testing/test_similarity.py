@@ -356,3 +356,18 @@ def test_mismatched_shapes_raise_registration_error(name):
         sim(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 9))
     with pytest.raises(RegistrationError, match="mask"):
         sim(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8), torch.ones(1, 1, 4, 4))
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_lncc_gradient_for_batches_and_channels_matches_finite_differences(masked):
+    rng = np.random.default_rng(3)
+    fixed = torch.tensor(rng.random((2, 2, 9, 11)))
+    warped = (0.7 * fixed + 0.3 * torch.tensor(rng.random((2, 2, 9, 11)))).requires_grad_(True)
+    mask = torch.tensor((rng.random((2, 1, 9, 11)) > 0.3).astype(np.float64)) if masked else None
+    sim = build_similarity("lncc", sigma=1.5)
+    (gradient,) = torch.autograd.grad(sim(fixed, warped, mask), warped)
+    direction = torch.tensor(rng.standard_normal(warped.shape))
+    h = 1e-7
+    with torch.no_grad():
+        numeric = (sim(fixed, warped + h * direction, mask) - sim(fixed, warped - h * direction, mask)) / (2 * h)
+    assert float((gradient * direction).sum()) == pytest.approx(float(numeric), rel=1e-5, abs=1e-8)

@@ -55,14 +55,16 @@ def level_parts(level, repeats: int) -> dict[str, float]:
     dense, similarity = level.dense, level.similarity
     optimizer = torch.optim.Adam(dense.parameters(), lr=level.lr)
     parts: dict[str, float] = {}
-    field, displacement = dense.fields()
-    parts["field (integration, upsampling)"] = _timed(dense.fields, repeats)
-    parts["field backward"] = _timed(
-        lambda: torch.autograd.grad(dense.fields()[1].sum(), dense.field), repeats) \
+    def fields():
+        return dense.fields(level.to_normalised)
+
+    field, normalised = fields()
+    parts["field (integration, upsampling)"] = _timed(fields, repeats)
+    parts["field backward"] = _timed(lambda: torch.autograd.grad(fields()[1].sum(), dense.field), repeats) \
         - parts["field (integration, upsampling)"]
-    moving_u = displacement.detach().requires_grad_(True)
+    moving_u = normalised.detach().requires_grad_(True)
     parts["sampling grid"] = _timed(lambda: level.sampling(moving_u), repeats)
-    sampling = level.sampling(displacement).detach().requires_grad_(True)
+    sampling = level.sampling(normalised).detach().requires_grad_(True)
     mask = _mask_at(level.fixed_mask, level.moving_mask, sampling)
     parts["grid_sample"] = _timed(lambda: sample(level.moving, sampling), repeats)
     parts["grid_sample backward"] = _timed(

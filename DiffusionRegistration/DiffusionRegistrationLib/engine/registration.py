@@ -289,13 +289,13 @@ class DeformableLevel:
         self.weight = config.regularization
         self.lr = config.lr * float(np.mean(self.grid.spacing))
 
-    def sampling(self, displacement: torch.Tensor) -> torch.Tensor:
-        """Sampling grid of T = A(x + u) for a displacement u [B, D, *spatial] on the level grid."""
-        return self.base + channels_last(displacement) @ self.to_normalised
+    def sampling(self, normalised: torch.Tensor) -> torch.Tensor:
+        """Sampling grid of T = A(x + u), from u already in normalised moving units (`to_normalised`)."""
+        return self.base + channels_last(normalised)
 
     def loss(self) -> torch.Tensor:
-        field, displacement = self.dense.fields()
-        sampling = self.sampling(displacement)
+        field, normalised = self.dense.fields(self.to_normalised)
+        sampling = self.sampling(normalised)
         loss = self.similarity.mapped_loss(self.fixed, self.moving, sampling,
                                            _mask_at(self.fixed_mask, self.moving_mask, sampling))
         return loss + self.weight * self.regularizer(field, self.dense.control_grid)

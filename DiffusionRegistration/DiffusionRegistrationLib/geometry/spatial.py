@@ -6,6 +6,8 @@ normalised coordinates torch's grid_sample expects (align_corners=True), for a g
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 
@@ -71,21 +73,43 @@ def _band_matrix(kernel: torch.Tensor, size: int) -> torch.Tensor:
     return torch.where(inside, kernel[(offsets + radius).clamp(0, kernel.numel() - 1)], kernel.new_zeros(()))
 
 
-def separable_filter(image: torch.Tensor, kernels: list[torch.Tensor]) -> torch.Tensor:
-    """Applies one 1D kernel per spatial axis ((z,) y, x order) to [B, C, *spatial], zero padding.
+def separable_apply(image: torch.Tensor, matrices: list[Optional[torch.Tensor]]) -> torch.Tensor:
+    """Applies one matrix per spatial axis ((z,) y, x order; None skips an axis) to [B, C, *spatial].
 
-    Each axis is one matrix product with a banded matrix: on CPUs this is far faster than a
-    depthwise convolution, and it is differentiable and device-agnostic.
+    Along an axis, out = M @ values with M [out, in]: a convolution (banded M) or a resampling. One
+    matrix product per axis is far faster on CPUs than a depthwise convolution or F.interpolate,
+    forward and backward, and it is differentiable and device-agnostic.
     """
     out = image
-    for axis, kernel in enumerate(kernels):
+    for axis, matrix in enumerate(matrices):
+        if matrix is not None:
+            dim = 2 + axis
+            out = (out.movedim(dim, -1) @ matrix.to(out.dtype).T).movedim(-1, dim)
+    return out
+
+
+def separable_filter(image: torch.Tensor, kernels: list[torch.Tensor]) -> torch.Tensor:
+    """Applies one 1D kernel per spatial axis ((z,) y, x order) to [B, C, *spatial], zero padding."""
+    out = separable_apply(image, [None if kernel.numel() == 1 else
+                                  _band_matrix(kernel.to(image.dtype), image.shape[2 + axis])
+                                  for axis, kernel in enumerate(kernels)])
+    for kernel in kernels:
         if kernel.numel() == 1:
             out = out * kernel.to(out.dtype)
-            continue
-        dim = 2 + axis
-        matrix = _band_matrix(kernel.to(out.dtype), out.shape[dim])
-        out = (out.movedim(dim, -1) @ matrix.T).movedim(-1, dim)
     return out
+
+
+def linear_resize_matrix(size_in: int, size_out: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """[size_out, size_in] linear interpolation matrix, corners aligned (as align_corners=True)."""
+    position = torch.linspace(0.0, size_in - 1.0, size_out, device=device, dtype=torch.float64)
+    low = position.floor().clamp(max=max(size_in - 2, 0)).long()
+    weight = position - low
+    matrix = torch.zeros(size_out, size_in, device=device, dtype=torch.float64)
+    rows = torch.arange(size_out, device=device)
+    matrix[rows, low] = 1.0 - weight
+    if size_in > 1:
+        matrix[rows, low + 1] += weight
+    return matrix.to(dtype)
 
 
 def gaussian_smooth(image: torch.Tensor, sigma_voxels: float | list[float]) -> torch.Tensor:

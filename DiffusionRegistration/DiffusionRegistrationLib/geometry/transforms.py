@@ -10,10 +10,10 @@ from typing import Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..io.images import Grid
-from .spatial import gaussian_smooth, physical_points, sample, to_sampling_grid
+from .spatial import gaussian_smooth, linear_resize_matrix, physical_points, sample, separable_apply, \
+    to_sampling_grid
 
 
 def channels_last(field: torch.Tensor) -> torch.Tensor:
@@ -32,11 +32,16 @@ def sample_field(field: torch.Tensor, field_grid: Grid, points: torch.Tensor) ->
 
 
 def resize_field(field: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """Resamples a channels-first field to another grid over the same physical extent (corners aligned)."""
+    """Resamples a channels-first field to another grid over the same physical extent (corners aligned).
+
+    The numbers of F.interpolate's (bi/tri)linear mode with align_corners=True, as one small matrix
+    product per axis: about three times faster on one CPU thread, forward and backward together.
+    """
     if tuple(field.shape[2:]) == tuple(shape):
         return field
-    mode = "bilinear" if len(shape) == 2 else "trilinear"
-    return F.interpolate(field, size=shape, mode=mode, align_corners=True)
+    return separable_apply(field, [None if n_in == n_out else
+                                   linear_resize_matrix(n_in, n_out, field.device, field.dtype)
+                                   for n_in, n_out in zip(field.shape[2:], shape)])
 
 
 def integrate_velocity(velocity: torch.Tensor, grid: Grid, steps: int = 7) -> torch.Tensor:
@@ -110,19 +115,22 @@ class DenseTransform(torch.nn.Module):
         ratio = [n / c for n, c in zip(self.grid.shape, self.control_grid.shape)]
         return gaussian_smooth(self.field, [self.smoothing / r for r in ratio])
 
-    def fields(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def fields(self, mix: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(smoothed control field, displacement on `grid`) from one smoothing of the parameter.
 
         The control field is what the regulariser measures (on `control_grid`: the linearly upsampled
         field has the same first derivatives, at a fraction of the voxels). A velocity is integrated on
         the control grid, where it lives, then upsampled: the same smooth map at a fraction of the cost
-        of integrating on `grid`.
+        of integrating on `grid`. `mix` [D, D] (optional) maps the displacement's components, row vector
+        times matrix, before upsampling: linear maps commute with linear interpolation, and the control
+        grid has far fewer points.
         """
         control = self._control_field()
-        if self.kind == "displacement":
-            return control, resize_field(control, self.grid.shape)
-        return control, resize_field(integrate_velocity(control, self.control_grid, self.integration_steps),
-                                     self.grid.shape)
+        moved = control if self.kind == "displacement" else \
+            integrate_velocity(control, self.control_grid, self.integration_steps)
+        if mix is not None:
+            moved = torch.einsum("bc...,cd->bd...", moved, mix)
+        return control, resize_field(moved, self.grid.shape)
 
     def displacement(self) -> torch.Tensor:
         """The displacement on `grid`, [B, D, *grid.shape]."""
