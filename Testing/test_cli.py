@@ -1,5 +1,7 @@
 """The `diffreg` command line: outputs, JSON progress, and clear errors with nothing half-written."""
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -160,3 +162,14 @@ def test_progress_bar_draws_one_finished_bar_per_stage():
     finished = [line for line in stream.getvalue().split("\n") if line]
     assert len(finished) == 2
     assert finished[0].rsplit("\r", 1)[-1].startswith("affine") and "100%" in finished[0].rsplit("\r", 1)[-1]
+
+
+def test_the_command_line_answers_help_and_a_wrong_path_without_importing_torch_or_simpleitk(tmp_path):
+    code = ("import sys\n"
+            "from DiffusionRegistrationLib.cli import main\n"
+            "code = main.main(['register', '--fixed', sys.argv[1], '--moving', sys.argv[1], '--output-dir', sys.argv[2]])\n"
+            "print(code, sorted(m for m in ('torch', 'SimpleITK', 'diffusers', 'tensorboard') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "missing.nii.gz"), str(tmp_path / "out")],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "2 []"
+    assert "fixed image" in out.stderr and "missing.nii.gz" in out.stderr and "no such file" in out.stderr

@@ -1,14 +1,22 @@
-"""Benchmark (issue 2, item 10): this project's presets against ANTsPy SyN and elastix on Colin27 at 2 mm.
+"""Benchmark (issue 12): this project's presets against ANTsPy SyN and elastix, each method in its own process.
 
-Pairs: moving = ch2bet (skull-stripped); fixed = ch2bet ("bet") or ch2 with skull ("skull"), warped by
-a known smooth field (random_smooth_displacement, max 8 mm, fold-free; one per seed). The true
-fixed->moving map is x + u(x). Per method: wall time, TRE mean/p95 over the brain (ch2bet > 0 warped
-into fixed space), AAL Dice (labels warped by the method's field vs the truly warped labels), brain-mask
-Dice and % folded voxels (det <= 0 of the method's field, over the brain).
+Suites (`--suites`):
+- known2, known1: Colin27 at 2 mm / 1 mm; moving = ch2bet (skull-stripped); fixed = ch2bet ("bet") or ch2
+  with skull ("skull"), warped by a known smooth field (max 8 mm, fold-free; one per seed). TRE mean/p95
+  over the brain, AAL Dice, brain Dice, % folded voxels.
+- cross2, cross1: MNI152 (nilearn, skull-stripped) onto Colin27 ch2bet, no known field: grey- and
+  white-matter Dice of 3-class intensity segmentations (cross_subject.py).
+- slice2d: BrainWeb T1 slice onto the PD slice warped by a known field (2D multimodal): TRE over the head.
 
-    .venv/bin/python benchmarks/bench_registration.py --seeds 0,1,2 --fixed both --out bench.json
+Every method runs as a child process; its peak memory is that process's ru_maxrss. A preset is timed as a
+user runs it: the whole `diffreg register` process (start-up, reading, registration, writing every
+default output). A peer is timed by its registration call alone (ants.registration or elastix), without
+its start-up and without the field conversion done for scoring, so the comparison is conservative for
+this project. `vs SyN` is a method's time over ANTsPy SyN's on the same pair in the same run.
 
-Not part of the test suite: it takes minutes per pair on two cores.
+    python benchmarks/bench_registration.py --suites known2,cross2 --seeds 0,1,2 --out results/bench.json
+
+Not part of the test suite: minutes per pair on two cores (the 1 mm suites: tens of minutes).
 """
 from __future__ import annotations
 
@@ -16,24 +24,29 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 
-from DiffusionRegistrationLib.io.data import COLIN_AAL, COLIN_BET, COLIN_T1, data_file, resample_isotropic  # noqa: E402
+import cross_subject  # noqa: E402
+from DiffusionRegistrationLib.engine.config import PRESETS  # noqa: E402
 from DiffusionRegistrationLib.errors import RegistrationError  # noqa: E402
-from DiffusionRegistrationLib.io.images import Image, read_image, write_image  # noqa: E402
-from DiffusionRegistrationLib.geometry.metrics import (dice_per_label, field_tre, folding, jacobian_determinant,  # noqa: E402
-                                              mask_dice, mean_dice)
+from DiffusionRegistrationLib.geometry.metrics import (dice_per_label, field_tre, folding,  # noqa: E402
+                                                       jacobian_determinant, mask_dice, mean_dice)
 from DiffusionRegistrationLib.geometry.synthetic import random_smooth_displacement, warp_with_displacement  # noqa: E402
+from DiffusionRegistrationLib.io.data import (COLIN_AAL, COLIN_BET, COLIN_T1, ITK_PD_SLICE,  # noqa: E402
+                                              ITK_T1_SLICE, data_file, resample_isotropic)
+from DiffusionRegistrationLib.io.images import Image, read_image, write_image  # noqa: E402
+from DiffusionRegistrationLib.io.transform_files import read_displacement  # noqa: E402
 from peers import PEERS  # noqa: E402
 
 SPACING_MM = 2.0
@@ -95,132 +108,196 @@ def evaluate(pair: Pair, field: np.ndarray) -> dict[str, float]:
             "percent_folded": fold["percent_folded"], "min_jacobian": fold["min_jacobian"]}
 
 
-def preset_runner(name: str) -> Optional[Callable[[Pair], tuple[np.ndarray, float, dict]]]:
-    """A runner for this project's preset `name`, or None when the engine is not importable yet."""
-    try:
-        from DiffusionRegistrationLib.engine.config import PRESETS, RegistrationConfig
-        from DiffusionRegistrationLib.engine.registration import register
-    except ImportError as error:
-        print(f"note: preset '{name}' skipped: the registration engine cannot be imported ({error})")
-        return None
-    if name not in PRESETS:
-        print(f"note: preset '{name}' skipped: unknown (presets: {', '.join(PRESETS)})")
-        return None
-
-    def run(pair: Pair) -> tuple[np.ndarray, float, dict]:
-        config = RegistrationConfig().with_overrides({**PRESETS[name], "device": "cpu"})
-        start, cpu = time.perf_counter(), time.process_time()
-        result = register(pair.fixed, pair.moving, config)
-        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
-        return (np.asarray(result.displacement, dtype=np.float64), wall,
-                {"cpu_seconds": cpu, "engine_seconds": float(result.seconds)})
-
-    return run
+Scorer = Callable[[Optional[np.ndarray]], dict]  # a method's field (None: no registration) -> measures
 
 
-def method_runners(methods: list[str]) -> dict[str, Callable[[Pair], tuple[np.ndarray, float, dict]]]:
-    runners = {}
-    for method in methods:
-        if method == "none":
-            runners[method] = lambda pair: (np.zeros_like(pair.truth), 0.0, {"cpu_seconds": 0.0})
-        elif method in PEERS:
-            def run(pair: Pair, peer=PEERS[method]):
-                out = peer(pair.fixed_path, pair.moving_path)
-                if out.consistency > CONSISTENCY_LIMIT:
-                    print(f"WARNING: {out.name}: its warped image differs from resampling with its field by "
-                          f"{out.consistency:.3f} (relative); the field conversion may be wrong.")
-                return out.displacement, out.seconds, {"cpu_seconds": out.cpu_seconds, "consistency": out.consistency,
-                                                       "settings": out.settings}
-            runners[method] = run
+@dataclass
+class Case:
+    """One registration problem: its files, how a field is scored, and the group it is averaged in."""
+
+    suite: str
+    group: str  # e.g. "bet", "skull", "cross", "2d"
+    seed: int
+    fixed_path: str
+    moving_path: str
+    score: Scorer
+
+
+def known_cases(suite: str, spacing_mm: float, seeds: list[int], kinds: list[str], folder: Path) -> list[Case]:
+    sources = load_sources(spacing_mm)
+    out = []
+    for seed in seeds:
+        for kind in kinds:
+            pair = make_pair(sources, kind, seed, folder / suite)
+            out.append(Case(suite, kind, seed, pair.fixed_path, pair.moving_path,
+                            lambda field, pair=pair: evaluate(pair, np.zeros_like(pair.truth) if field is None
+                                                              else field)))
+    return out
+
+
+def cross_case(suite: str, spacing_mm: float, folder: Path) -> Case:
+    pair = cross_subject.load_pair(spacing_mm)
+    paths = folder / f"{suite}_fixed.nii.gz", folder / f"{suite}_moving.nii.gz"
+    write_image(pair["fixed"], paths[0])
+    write_image(pair["moving"], paths[1])
+    return Case(suite, "cross", 0, str(paths[0]), str(paths[1]),
+                lambda field: cross_subject.tissue_dice(pair, field))
+
+
+def slice_cases(suite: str, seeds: list[int], folder: Path) -> list[Case]:
+    """BrainWeb T1 (moving) onto the PD slice warped by a known field (fixed): 2D, multimodal."""
+    t1, pd = read_image(data_file(ITK_T1_SLICE)), read_image(data_file(ITK_PD_SLICE))
+    moving_path = folder / f"{suite}_moving_t1.nii.gz"
+    write_image(t1, moving_path)
+    out = []
+    for seed in seeds:
+        truth = random_smooth_displacement(t1.grid, MAX_MM, seed)
+        fixed_path = folder / f"{suite}_fixed_pd_{seed}.nii.gz"
+        write_image(warp_with_displacement(pd, truth), fixed_path)
+        head = warp_with_displacement(t1.with_array((t1.array > 0.05 * t1.array.max()).astype(np.uint8)),
+                                      truth, "nearest").array
+
+        def score(field: np.ndarray, truth=truth, head=head) -> dict:
+            tre = field_tre(truth, np.zeros_like(truth) if field is None else field, head)
+            return {"tre_mean": tre["mean"], "tre_p95": tre["p95"]}
+
+        out.append(Case(suite, "2d", seed, str(fixed_path), str(moving_path), score))
+    return out
+
+
+def build_cases(suites: list[str], seeds: list[int], kinds: list[str], folder: Path) -> list[Case]:
+    cases: list[Case] = []
+    for suite in suites:
+        if suite.startswith("known"):
+            cases += known_cases(suite, float(suite[len("known"):]), seeds, kinds, folder)
+        elif suite.startswith("cross"):
+            cases.append(cross_case(suite, float(suite[len("cross"):]), folder))
+        elif suite == "slice2d":
+            cases += slice_cases(suite, seeds, folder)
         else:
-            runner = preset_runner(method)
-            if runner is not None:
-                runners[method] = runner
-    return runners
+            raise RegistrationError(f"unknown suite '{suite}': use known2, known1, cross2, cross1 or slice2d.")
+    return cases
+
+
+def run_child(command: list[str], log: Path) -> tuple[float, float, int]:
+    """Runs `command`; returns its wall seconds, peak resident memory (MB) and exit code."""
+    with open(log, "w") as output:
+        start = time.perf_counter()
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - start
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return seconds, usage.ru_maxrss / 1024.0, process.returncode
+
+
+def run_method(method: str, case: Case, folder: Path) -> dict:
+    """Runs one method on one case in a child process; returns its timings, peak memory and field."""
+    work = folder / f"{case.suite}_{case.group}_{case.seed}_{method}"
+    work.mkdir(parents=True, exist_ok=True)
+    if method in PEERS:
+        out = work / "peer.npz"
+        command = [sys.executable, str(HERE / "run_peer.py"), method, case.fixed_path, case.moving_path, str(out)]
+    else:
+        command = [sys.executable, "-m", "DiffusionRegistrationLib", "register", "--fixed", case.fixed_path,
+                   "--moving", case.moving_path, "--output-dir", str(work), "--preset", method, "--progress", "none"]
+    process_seconds, peak_mb, code = run_child(command, work / "log.txt")
+    if code != 0:
+        raise RuntimeError(f"{method} exited with {code}:\n{(work / 'log.txt').read_text()[-3000:]}")
+    row = {"process_seconds": process_seconds, "peak_mb": peak_mb}
+    if method in PEERS:
+        data = np.load(out)
+        field = data["displacement"]
+        row.update(seconds=float(data["seconds"]), consistency=float(data["consistency"]))
+        if row["consistency"] > CONSISTENCY_LIMIT:
+            print(f"WARNING: {method}: its warped image differs from resampling with its field by "
+                  f"{row['consistency']:.3f} (relative); the field conversion may be wrong.")
+    else:
+        field, _ = read_displacement(work / "transform.nii.gz")
+        report = json.loads((work / "report.json").read_text())
+        row.update(seconds=process_seconds, register_seconds=float(report["seconds"]))
+    row.update(case.score(np.asarray(field, dtype=np.float64)))
+    return row
+
+
+MEASURES = ["seconds", "process_seconds", "peak_mb", "vs_syn", "tre_mean", "tre_p95", "aal_dice", "brain_dice",
+            "percent_folded", "grey_dice", "white_dice"]
 
 
 def summarise(rows: list[dict]) -> list[dict]:
-    """Mean of each measure per (method, fixed kind) over seeds."""
-    keys = ["seconds", "cpu_seconds", "tre_mean", "tre_p95", "aal_dice", "brain_dice", "percent_folded"]
-    groups: dict[tuple[str, str], list[dict]] = {}
+    """Mean of each measure per (suite, group, method) over seeds; the ratio to SyN is per pair first."""
     for row in rows:
-        groups.setdefault((row["method"], row["fixed"]), []).append(row)
+        syn = [r["seconds"] for r in rows if r["method"] == "ants-syn" and
+               (r["suite"], r["group"], r["seed"]) == (row["suite"], row["group"], row["seed"])]
+        row["vs_syn"] = row["seconds"] / syn[0] if syn and row["method"] != "none" else None
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["suite"], row["group"], row["method"]), []).append(row)
     out = []
-    for (method, kind), members in groups.items():
-        summary = {"method": method, "fixed": kind, "n": len(members)}
-        summary.update({k: float(np.mean([m[k] for m in members])) for k in keys})
-        elastix = [r["seconds"] for r in rows if r["method"] == "elastix" and r["fixed"] == kind]
-        summary["time_vs_elastix"] = summary["seconds"] / float(np.mean(elastix)) if elastix else None
-        elastix_cpu = [r["cpu_seconds"] for r in rows if r["method"] == "elastix" and r["fixed"] == kind]
-        summary["cpu_vs_elastix"] = summary["cpu_seconds"] / float(np.mean(elastix_cpu)) if elastix_cpu else None
+    for (suite, group, method), members in groups.items():
+        summary = {"suite": suite, "group": group, "method": method, "n": len(members)}
+        for key in MEASURES:
+            values = [m[key] for m in members if m.get(key) is not None]
+            summary[key] = float(np.mean(values)) if values else None
         out.append(summary)
     return out
 
 
+def _cell(value: Optional[float], digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
 def print_table(summary: list[dict]) -> None:
-    header = (f"{'method':<14}{'fixed':<7}{'n':>3}{'time s':>9}{'/elastix':>9}{'cpu s':>8}{'/elastix':>9}"
-              f"{'TRE mean':>10}{'TRE p95':>9}"
-              f"{'AAL Dice':>10}{'brain Dice':>11}{'% folded':>10}")
+    header = (f"{'suite':<8}{'group':<7}{'method':<14}{'n':>3}{'time s':>8}{'vs SyN':>8}{'proc s':>8}{'peak MB':>9}"
+              f"{'TRE':>7}{'p95':>7}{'AAL':>7}{'brain':>7}{'GM':>7}{'WM':>7}{'%fold':>7}")
     print(header)
     print("-" * len(header))
-    for s in sorted(summary, key=lambda s: (s["fixed"], s["method"])):
-        ratio = f"{s['time_vs_elastix']:.2f}" if s["time_vs_elastix"] is not None else "-"
-        cpu_ratio = f"{s['cpu_vs_elastix']:.2f}" if s["cpu_vs_elastix"] is not None else "-"
-        print(f"{s['method']:<14}{s['fixed']:<7}{s['n']:>3}{s['seconds']:>9.1f}{ratio:>9}{s['cpu_seconds']:>8.1f}"
-              f"{cpu_ratio:>9}{s['tre_mean']:>10.2f}"
-              f"{s['tre_p95']:>9.2f}{s['aal_dice']:>10.3f}{s['brain_dice']:>11.3f}{s['percent_folded']:>10.3f}")
+    for s in sorted(summary, key=lambda s: (s["suite"], s["group"], s["method"])):
+        print(f"{s['suite']:<8}{s['group']:<7}{s['method']:<14}{s['n']:>3}{_cell(s['seconds'], 1):>8}"
+              f"{_cell(s['vs_syn'], 2):>8}{_cell(s['process_seconds'], 1):>8}{_cell(s['peak_mb'], 0):>9}"
+              f"{_cell(s['tre_mean'], 2):>7}{_cell(s['tre_p95'], 2):>7}{_cell(s['aal_dice'], 3):>7}"
+              f"{_cell(s['brain_dice'], 3):>7}{_cell(s['grey_dice'], 3):>7}{_cell(s['white_dice'], 3):>7}"
+              f"{_cell(s['percent_folded'], 2):>7}")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--suites", default="known2,cross2", help="known2, known1, cross2, cross1, slice2d")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds of the known fields")
-    parser.add_argument("--methods", default=None,
-                        help="comma-separated: none, ants-syn, ants-syn-cc, elastix and preset names "
-                             "(default: all of them)")
+    parser.add_argument("--methods", default="none,ants-syn,elastix,default,stripped",
+                        help="none, peers (" + ", ".join(PEERS) + ") and presets (" + ", ".join(PRESETS) + ")")
     parser.add_argument("--fixed", choices=["bet", "skull", "both"], default="both",
-                        help="fixed image: ch2bet, ch2 with skull, or both (moving is always ch2bet)")
+                        help="known-field suites: fixed image ch2bet, ch2 with skull, or both")
     parser.add_argument("--out", default="benchmark.json", help="JSON file for every row and the summary")
     args = parser.parse_args(argv)
-
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    if args.methods:
-        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    else:
-        try:
-            from DiffusionRegistrationLib.engine.config import PRESETS
-            presets = list(PRESETS)
-        except ImportError:
-            presets = []
-        methods = ["none", *PEERS, *presets]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in PEERS and m not in PRESETS and m != "none"]
+    if unknown:
+        parser.error(f"unknown method(s): {', '.join(unknown)}")
     kinds = ["bet", "skull"] if args.fixed == "both" else [args.fixed]
-    try:
-        sources = load_sources()
-    except RegistrationError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    runners = method_runners(methods)
     rows: list[dict] = []
-    document = {"spacing_mm": SPACING_MM, "max_mm": MAX_MM, "seeds": seeds, "fixed": kinds,
+    document = {"max_mm": MAX_MM, "seeds": seeds, "suites": args.suites.split(","), "methods": methods,
                 "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}, "rows": rows}
     with tempfile.TemporaryDirectory(prefix="diffreg-bench-") as folder:
-        for seed in seeds:
-            for kind in kinds:
-                pair = make_pair(sources, kind, seed, Path(folder))
-                for method, run in runners.items():
-                    try:
-                        field, seconds, extra = run(pair)
-                    except Exception:  # a failing method is reported, the others still run
-                        print(f"{method} on {kind}/{seed} failed:\n{traceback.format_exc()}")
-                        continue
-                    row = {"method": method, "fixed": kind, "seed": seed, "seconds": seconds,
-                           **evaluate(pair, field), **extra}
-                    rows.append(row)
-                    print(f"{method:<14}{kind:<7}seed {seed}: {seconds:7.1f} s (cpu {extra['cpu_seconds']:.1f})  "
-                          f"TRE {row['tre_mean']:.2f} mm (p95 {row['tre_p95']:.2f})  AAL {row['aal_dice']:.3f}  "
-                          f"brain {row['brain_dice']:.3f}  folded {row['percent_folded']:.3f}%"
-                          + (f"  check {extra['consistency']:.4f}" if "consistency" in extra else ""), flush=True)
-                    document["summary"] = summarise(rows)
-                    Path(args.out).write_text(json.dumps(document, indent=2))  # partial results survive a stop
+        try:
+            cases = build_cases(document["suites"], seeds, kinds, Path(folder))
+        except RegistrationError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        for case in cases:
+            for method in methods:
+                base = {"suite": case.suite, "group": case.group, "seed": case.seed, "method": method}
+                try:
+                    row = {**base, "seconds": 0.0, **case.score(None)} if method == "none" else \
+                        {**base, **run_method(method, case, Path(folder))}
+                except Exception as error:  # a failing method is reported, the others still run
+                    print(f"{method} on {case.suite}/{case.group}/{case.seed} failed: {error}")
+                    continue
+                rows.append(row)
+                print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}),
+                      flush=True)
+                document["summary"] = summarise(rows)
+                Path(args.out).write_text(json.dumps(document, indent=2))  # partial results survive a stop
     print()
     print_table(document.get("summary", []))
     print(f"\nwrote {args.out}")

@@ -63,7 +63,7 @@ def _ants(fixed_path: str, moving_path: str, name: str, settings: str, **options
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         # a fixed point goes through ANTs' list first to last (x -> affine(warp(x))); a SimpleITK
         # composite applies the transform added last first, so add them in reverse
-        composite = sitk.CompositeTransform(3)
+        composite = sitk.CompositeTransform(fixed_image.dim)
         for path in reversed(out["fwdtransforms"]):
             if path.endswith(".mat"):
                 composite.AddTransform(sitk.ReadTransform(path))

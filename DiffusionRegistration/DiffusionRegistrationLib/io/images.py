@@ -15,6 +15,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .atomic import atomic_path
+from .paths import existing_path
 from ..errors import RegistrationError
 
 
@@ -130,9 +131,7 @@ def read_image(path: str | os.PathLike, role: str = "image", dtype=np.float32) -
 
     Colour 2D images are converted to grey. Raises RegistrationError naming the file and the fix.
     """
-    path = Path(path)
-    if not path.exists():
-        raise RegistrationError(f"{role} {path}: no such file or folder. Check the path.")
+    path = existing_path(path, role)
     try:
         image = _read_sitk(path)
     except RuntimeError as error:
