@@ -147,6 +147,7 @@ def test_levels_too_small_for_the_image_are_dropped_but_one_is_kept():
     grid = Grid((40, 40), (1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0))
     assert level_plan(grid, (4.0, 2.0, 1.0), (30, 20, 10), None) == [(2.0, 20), (1.0, 10)]
     assert level_plan(grid, (8.0, 4.0), (30, 20), None) == [(4.0, 20)]
+    assert level_plan(grid, (4.0, 2.0, 1.0), (30, 20, 10), 2.0) == [(2.0, 20), (1.0, 10)]  # 2D: own spacing
 
 
 @pytest.mark.parametrize("shape, size", [((1, 3, 6, 7, 5), (21, 25, 9)), ((2, 2, 9, 4), (33, 4)), ((1, 2, 5, 8), (3, 17))])

@@ -34,11 +34,12 @@ class RegistrationConfig:
     affine_similarity_params: dict[str, Any] = field(default_factory=dict)
     init: str = "moments"  # moments | centers | none
     affine_levels: tuple[float, ...] = (4.0, 2.0)
-    affine_iterations: tuple[int, ...] = (80, 40)
+    affine_iterations: tuple[int, ...] = (40, 20)
     affine_lr: float = 0.01  # per step, relative units: translation lr is this times 100 mm
-    # levels and affine_levels are shrink factors of this spacing (mm; never finer than the image), so the
-    # pyramid is physical: a 1 mm and a 2 mm image get the same levels in mm. None: of the image's spacing.
-    level_spacing_mm: Optional[float] = None
+    # 3D volumes: levels and affine_levels are shrink factors of this spacing (mm; never finer than the
+    # image), so the pyramid is physical: a 1 mm and a 2 mm volume are optimised on the same levels in mm
+    # and a finer field is upsampled. 2D images, and None: factors of the image's own spacing.
+    level_spacing_mm: Optional[float] = 2.0
     # deformable stage
     transform: str = "svf"  # svf (diffeomorphic) | displacement | none
     levels: tuple[float, ...] = (4.0, 2.0, 1.0)

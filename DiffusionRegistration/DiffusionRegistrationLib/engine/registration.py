@@ -176,13 +176,13 @@ def level_plan(grid: Grid, levels: tuple[float, ...], iterations: tuple[int, ...
                level_spacing_mm: Optional[float]) -> list[tuple[float, int]]:
     """(shrink factor of the image grid, iterations) of each level, coarse to fine.
 
-    A level's spacing is its factor times `level_spacing_mm` (None: the image's own spacing), never
-    finer than the image. Levels that fall onto the same factor keep the first; levels with fewer than
-    MIN_LEVEL_VOXELS along an axis are dropped (they mislead the optimiser), except that one level is
-    always kept.
+    A level's spacing is its factor times `level_spacing_mm` for a 3D volume (2D, or None: the image's
+    own spacing), never finer than the image. Levels that fall onto the same factor keep the first;
+    levels with fewer than MIN_LEVEL_VOXELS along an axis are dropped (they mislead the optimiser),
+    except that one level is always kept.
     """
     voxel_mm = float(min(grid.spacing))
-    base = 1.0 if level_spacing_mm is None else max(level_spacing_mm / voxel_mm, 1.0)
+    base = 1.0 if level_spacing_mm is None or grid.dim == 2 else max(level_spacing_mm / voxel_mm, 1.0)
     plan: list[tuple[float, int]] = []
     for level, count in zip(levels, iterations):
         factor = float(level * base)

@@ -93,8 +93,13 @@ def displacement_gradient(field: np.ndarray, grid: Grid) -> np.ndarray:
 
 def jacobian_determinant(field: np.ndarray, grid: Grid) -> np.ndarray:
     """det(I + du/dx) at every voxel, [*shape]. Below 0 means folding; 1 means volume kept."""
-    gradient = displacement_gradient(field, grid)
-    return np.linalg.det(gradient + np.eye(grid.dim))
+    j = displacement_gradient(field, grid) + np.eye(grid.dim)
+    if grid.dim == 2:
+        return j[..., 0, 0] * j[..., 1, 1] - j[..., 0, 1] * j[..., 1, 0]
+    # cofactor expansion: the same numbers as np.linalg.det, several times faster on whole volumes
+    return (j[..., 0, 0] * (j[..., 1, 1] * j[..., 2, 2] - j[..., 1, 2] * j[..., 2, 1])
+            - j[..., 0, 1] * (j[..., 1, 0] * j[..., 2, 2] - j[..., 1, 2] * j[..., 2, 0])
+            + j[..., 0, 2] * (j[..., 1, 0] * j[..., 2, 1] - j[..., 1, 1] * j[..., 2, 0]))
 
 
 def folding(determinant: np.ndarray, mask: Optional[np.ndarray] = None) -> dict[str, float]:
