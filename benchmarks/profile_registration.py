@@ -49,7 +49,7 @@ def level_parts(level, repeats: int) -> dict[str, float]:
     """Seconds per step of each part of one deformable level's step, forward and backward apart."""
     import torch
 
-    from DiffusionRegistrationLib.engine.registration import _mask_at
+    from DiffusionRegistrationLib.engine.registration import mask_at
     from DiffusionRegistrationLib.geometry.spatial import sample
 
     dense, similarity = level.dense, level.similarity
@@ -65,7 +65,7 @@ def level_parts(level, repeats: int) -> dict[str, float]:
     moving_u = normalised.detach().requires_grad_(True)
     parts["sampling grid"] = _timed(lambda: level.sampling(moving_u), repeats)
     sampling = level.sampling(normalised).detach().requires_grad_(True)
-    mask = _mask_at(level.fixed_mask, level.moving_mask, sampling)
+    mask = mask_at(level.fixed_mask, level.moving_mask, sampling)
     parts["grid_sample"] = _timed(lambda: sample(level.moving, sampling), repeats)
     parts["grid_sample backward"] = _timed(
         lambda: torch.autograd.grad(sample(level.moving, sampling).sum(), sampling), repeats) - parts["grid_sample"]
@@ -112,7 +112,7 @@ def profile_pair(name: str, fixed_path: str, moving_path: str, preset: str, repe
     stages["outputs"] = time.perf_counter() - start
     levels = []
     device = torch.device("cpu")
-    run = engine._Run(engine.prepare(fixed, None, config, device), engine.prepare(moving, None, config, device),
+    run = engine.Run(engine.prepare(fixed, None, config, device), engine.prepare(moving, None, config, device),
                       config, device, engine.silent)
     affine = engine.AffineTransform(fixed.dim, np.zeros(fixed.dim)).to(device)
     with torch.no_grad():

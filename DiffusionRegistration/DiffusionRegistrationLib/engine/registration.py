@@ -108,7 +108,7 @@ def _initial_affine(fixed: Pyramid, moving: Pyramid, config: RegistrationConfig)
     return AffineTransform(dim, center, translation).to(fixed.image.device)
 
 
-def _mask_at(fixed_mask: Optional[torch.Tensor], moving_mask: Optional[torch.Tensor],
+def mask_at(fixed_mask: Optional[torch.Tensor], moving_mask: Optional[torch.Tensor],
              sampling_grid: torch.Tensor) -> Optional[torch.Tensor]:
     """Where the similarity is measured: the fixed mask and the moving mask pulled into fixed space."""
     if moving_mask is None:
@@ -203,7 +203,7 @@ def _affine_similarity(config: RegistrationConfig) -> Similarity:
 
 
 @dataclass
-class _Run:
+class Run:
     """What every stage of one run shares: both pyramids, the device, settings, progress and history."""
 
     fixed: Pyramid
@@ -217,7 +217,7 @@ class _Run:
 LevelBuilder = Callable[[float], tuple[Callable[[], torch.Tensor], torch.optim.Optimizer]]
 
 
-def _run_levels(run: _Run, stage: str, plan: list[tuple[float, int]], build: LevelBuilder) -> None:
+def _run_levels(run: Run, stage: str, plan: list[tuple[float, int]], build: LevelBuilder) -> None:
     """The level loop every stage shares: build the level's step and optimiser, optimise, record."""
     for index, (factor, iterations) in enumerate(plan):
         start = time.perf_counter()
@@ -240,7 +240,7 @@ def _seeded(similarity: Similarity, seed: int, device: torch.device) -> Similari
     return similarity.to(device)
 
 
-def affine_stage(run: _Run) -> AffineTransform:
+def affine_stage(run: Run) -> AffineTransform:
     """The initial alignment, then (if config.affine) the affine optimised level by level."""
     config = run.config
     affine = _initial_affine(run.fixed, run.moving, config)
@@ -255,7 +255,7 @@ def affine_stage(run: _Run) -> AffineTransform:
 
             def step() -> torch.Tensor:
                 sampling = to_sampling_grid(affine(points), m_grid)
-                return similarity.mapped_loss(f_image, m_image, sampling, _mask_at(f_mask, m_mask, sampling))
+                return similarity.mapped_loss(f_image, m_image, sampling, mask_at(f_mask, m_mask, sampling))
 
             return step, torch.optim.Adam([{"params": [affine.translation], "lr": config.affine_lr * 100},
                                            {"params": [affine.linear], "lr": config.affine_lr}])
@@ -272,7 +272,7 @@ class DeformableLevel:
     The parts are attributes so that benchmarks/profile_registration.py can time each of them.
     """
 
-    def __init__(self, run: _Run, factor: float, affine: AffineTransform, similarity: Similarity,
+    def __init__(self, run: Run, factor: float, affine: AffineTransform, similarity: Similarity,
                  coarser: Optional[DenseTransform]):
         config = run.config
         self.fixed, self.fixed_mask, self.grid = run.fixed.level(factor)
@@ -297,29 +297,28 @@ class DeformableLevel:
         field, normalised = self.dense.fields(self.to_normalised)
         sampling = self.sampling(normalised)
         loss = self.similarity.mapped_loss(self.fixed, self.moving, sampling,
-                                           _mask_at(self.fixed_mask, self.moving_mask, sampling))
+                                           mask_at(self.fixed_mask, self.moving_mask, sampling))
         return loss + self.weight * self.regularizer(field, self.dense.control_grid)
 
 
-def deformable_stage(run: _Run, affine: AffineTransform) -> Optional[DenseTransform]:
+def deformable_stage(run: Run, affine: AffineTransform) -> Optional[DenseTransform]:
     """The dense field, optimised coarse to fine, each level starting from the coarser one's field."""
     config = run.config
     if config.transform == "none":
         return None
     similarity = _seeded(build_similarity(config.similarity, **config.similarity_params), config.seed, run.device)
-    levels: list[DeformableLevel] = []
+    current: list[DeformableLevel] = []  # only the level being optimised is kept (its grids are large)
 
     def build(factor: float):
-        level = DeformableLevel(run, factor, affine, similarity, levels[-1].dense if levels else None)
-        levels.append(level)
-        return level.loss, torch.optim.Adam(level.dense.parameters(), lr=level.lr)
+        current[:] = [DeformableLevel(run, factor, affine, similarity, current[0].dense if current else None)]
+        return current[0].loss, torch.optim.Adam(current[0].dense.parameters(), lr=current[0].lr)
 
     _run_levels(run, "deformable", level_plan(run.fixed.grid, config.levels, config.iterations,
                                               config.level_spacing_mm), build)
-    return levels[-1].dense
+    return current[0].dense
 
 
-def _result(run: _Run, fixed: Image, moving: Image, affine: AffineTransform, dense: Optional[DenseTransform],
+def _result(run: Run, fixed: Image, moving: Image, affine: AffineTransform, dense: Optional[DenseTransform],
             inverse: bool, start: float) -> Result:
     """The fixed->moving displacement on the full fixed grid, the warped moving image and the inverse."""
     device = run.device
@@ -363,7 +362,7 @@ def register(fixed: Image, moving: Image, config: Optional[RegistrationConfig] =
     fixed_mask, moving_mask = _check_inputs(fixed, moving, fixed_mask, moving_mask, config)
     device = resolve_device(config.device)
     with torch_threads(config.threads):
-        run = _Run(prepare(fixed, fixed_mask, config, device), prepare(moving, moving_mask, config, device),
+        run = Run(prepare(fixed, fixed_mask, config, device), prepare(moving, moving_mask, config, device),
                    config, device, progress)
         affine = affine_stage(run)
         dense = deformable_stage(run, affine)
