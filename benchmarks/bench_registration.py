@@ -12,7 +12,8 @@ Every method runs as a child process; its peak memory is that process's ru_maxrs
 user runs it: the whole `diffreg register` process (start-up, reading, registration, writing every
 default output). A peer is timed by its registration call alone (ants.registration or elastix), without
 its start-up and without the field conversion done for scoring, so the comparison is conservative for
-this project. `vs SyN` is a method's time over ANTsPy SyN's on the same pair in the same run.
+this project; the same holds for CPU seconds (a preset: the whole process's user + system time; a peer:
+its call's). `vs SyN` is a method's time (or CPU time) over ANTsPy SyN's on the same pair in the same run.
 
     python benchmarks/bench_registration.py --suites known2,cross2 --seeds 0,1,2 --out results/bench.json
 
@@ -179,15 +180,15 @@ def build_cases(suites: list[str], seeds: list[int], kinds: list[str], folder: P
     return cases
 
 
-def run_child(command: list[str], log: Path) -> tuple[float, float, int]:
-    """Runs `command`; returns its wall seconds, peak resident memory (MB) and exit code."""
+def run_child(command: list[str], log: Path) -> tuple[float, float, float, int]:
+    """Runs `command`; returns its wall seconds, CPU seconds, peak resident memory (MB) and exit code."""
     with open(log, "w") as output:
         start = time.perf_counter()
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(process.pid, 0)
         seconds = time.perf_counter() - start
     process.returncode = os.waitstatus_to_exitcode(status)
-    return seconds, usage.ru_maxrss / 1024.0, process.returncode
+    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024.0, process.returncode
 
 
 def run_method(method: str, case: Case, folder: Path) -> dict:
@@ -200,35 +201,38 @@ def run_method(method: str, case: Case, folder: Path) -> dict:
     else:
         command = [sys.executable, "-m", "DiffusionRegistrationLib", "register", "--fixed", case.fixed_path,
                    "--moving", case.moving_path, "--output-dir", str(work), "--preset", method, "--progress", "none"]
-    process_seconds, peak_mb, code = run_child(command, work / "log.txt")
+    process_seconds, process_cpu, peak_mb, code = run_child(command, work / "log.txt")
     if code != 0:
         raise RuntimeError(f"{method} exited with {code}:\n{(work / 'log.txt').read_text()[-3000:]}")
-    row = {"process_seconds": process_seconds, "peak_mb": peak_mb}
+    row = {"process_seconds": process_seconds, "process_cpu_seconds": process_cpu, "peak_mb": peak_mb}
     if method in PEERS:
         data = np.load(out)
         field = data["displacement"]
-        row.update(seconds=float(data["seconds"]), consistency=float(data["consistency"]))
+        row.update(seconds=float(data["seconds"]), cpu_seconds=float(data["cpu_seconds"]),
+                   consistency=float(data["consistency"]))
         if row["consistency"] > CONSISTENCY_LIMIT:
             print(f"WARNING: {method}: its warped image differs from resampling with its field by "
                   f"{row['consistency']:.3f} (relative); the field conversion may be wrong.")
     else:
         field, _ = read_displacement(work / "transform.nii.gz")
         report = json.loads((work / "report.json").read_text())
-        row.update(seconds=process_seconds, register_seconds=float(report["seconds"]))
+        row.update(seconds=process_seconds, cpu_seconds=process_cpu, register_seconds=float(report["seconds"]))
     row.update(case.score(np.asarray(field, dtype=np.float64)))
     return row
 
 
-MEASURES = ["seconds", "process_seconds", "peak_mb", "vs_syn", "tre_mean", "tre_p95", "aal_dice", "brain_dice",
-            "percent_folded", "grey_dice", "white_dice"]
+MEASURES = ["seconds", "cpu_seconds", "process_seconds", "register_seconds", "peak_mb", "vs_syn", "cpu_vs_syn",
+            "tre_mean", "tre_p95", "aal_dice", "brain_dice", "percent_folded", "grey_dice", "white_dice"]
 
 
 def summarise(rows: list[dict]) -> list[dict]:
     """Mean of each measure per (suite, group, method) over seeds; the ratio to SyN is per pair first."""
     for row in rows:
-        syn = [r["seconds"] for r in rows if r["method"] == "ants-syn" and
+        syn = [r for r in rows if r["method"] == "ants-syn" and
                (r["suite"], r["group"], r["seed"]) == (row["suite"], row["group"], row["seed"])]
-        row["vs_syn"] = row["seconds"] / syn[0] if syn and row["method"] != "none" else None
+        for key, ratio in (("seconds", "vs_syn"), ("cpu_seconds", "cpu_vs_syn")):
+            usable = syn and row["method"] != "none" and row.get(key) and syn[0].get(key)
+            row[ratio] = row[key] / syn[0][key] if usable else None
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault((row["suite"], row["group"], row["method"]), []).append(row)
@@ -247,13 +251,15 @@ def _cell(value: Optional[float], digits: int) -> str:
 
 
 def print_table(summary: list[dict]) -> None:
-    header = (f"{'suite':<8}{'group':<7}{'method':<14}{'n':>3}{'time s':>8}{'vs SyN':>8}{'proc s':>8}{'peak MB':>9}"
+    header = (f"{'suite':<8}{'group':<7}{'method':<14}{'n':>3}{'time s':>8}{'vs SyN':>8}{'cpu s':>8}{'vs SyN':>8}"
+              f"{'proc s':>8}{'peak MB':>9}"
               f"{'TRE':>7}{'p95':>7}{'AAL':>7}{'brain':>7}{'GM':>7}{'WM':>7}{'%fold':>7}")
     print(header)
     print("-" * len(header))
     for s in sorted(summary, key=lambda s: (s["suite"], s["group"], s["method"])):
         print(f"{s['suite']:<8}{s['group']:<7}{s['method']:<14}{s['n']:>3}{_cell(s['seconds'], 1):>8}"
-              f"{_cell(s['vs_syn'], 2):>8}{_cell(s['process_seconds'], 1):>8}{_cell(s['peak_mb'], 0):>9}"
+              f"{_cell(s['vs_syn'], 2):>8}{_cell(s['cpu_seconds'], 1):>8}{_cell(s['cpu_vs_syn'], 2):>8}"
+              f"{_cell(s['process_seconds'], 1):>8}{_cell(s['peak_mb'], 0):>9}"
               f"{_cell(s['tre_mean'], 2):>7}{_cell(s['tre_p95'], 2):>7}{_cell(s['aal_dice'], 3):>7}"
               f"{_cell(s['brain_dice'], 3):>7}{_cell(s['grey_dice'], 3):>7}{_cell(s['white_dice'], 3):>7}"
               f"{_cell(s['percent_folded'], 2):>7}")

@@ -2,7 +2,7 @@
 
     python benchmarks/readme_table.py benchmarks/results/bench_registration.json [more.json ...] --readme README.md
 
-The table goes between the lines `<!-- bench_registration:start -->` and `<!-- bench_registration:end -->`;
+The summary is recomputed from the JSON's rows (means over seeds, ratios to SyN per pair). The table goes between the lines `<!-- bench_registration:start -->` and `<!-- bench_registration:end -->`;
 everything else in the README is left as it is.
 """
 from __future__ import annotations
@@ -12,6 +12,10 @@ import json
 import sys
 from pathlib import Path
 from typing import Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_registration import summarise  # noqa: E402
 
 START, END = "<!-- bench_registration:start -->", "<!-- bench_registration:end -->"
 GROUPS = {"bet": "stripped fixed", "skull": "fixed with skull", "cross": "MNI152 onto Colin27", "2d": "T1 onto PD"}
@@ -33,16 +37,17 @@ def accuracy(row: dict) -> str:
 
 
 def table(documents: list[dict]) -> str:
-    lines = ["| pair | method | n | time (s) | time / SyN | process (s) | peak memory (MB) | accuracy | % folded |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| pair | method | n | time (s) | time / SyN | CPU / SyN | process (s) | in register() (s) | "
+             "peak memory (MB) | accuracy | % folded |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for document in documents:
-        for row in sorted(document["summary"], key=lambda r: (r["suite"], r["group"], r["method"] != "none",
+        for row in sorted(summarise(document["rows"]), key=lambda r: (r["suite"], r["group"], r["method"] != "none",
                                                               r["method"])):
             pair = f"{SUITES.get(row['suite'], row['suite'])}, {GROUPS.get(row['group'], row['group'])}"
             method = NAMES.get(row["method"], f"this project, `{row['method']}`")
             time_cell = "-" if row["method"] == "none" else _number(row["seconds"], 1)
             lines.append(f"| {pair} | {method} | {row['n']} | {time_cell} | {_number(row.get('vs_syn'), 2)} | "
-                         f"{_number(row.get('process_seconds'), 1)} | {_number(row.get('peak_mb'), 0)} | "
+                         f"{_number(row.get('cpu_vs_syn'), 2)} | {_number(row.get('process_seconds'), 1)} | "
+                         f"{_number(row.get('register_seconds'), 1)} | {_number(row.get('peak_mb'), 0)} | "
                          f"{accuracy(row)} | {_number(row.get('percent_folded'), 2)} |")
     return "\n".join(lines)
 
