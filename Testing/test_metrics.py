@@ -5,8 +5,9 @@ import SimpleITK as sitk
 
 from DiffusionRegistrationLib.errors import RegistrationError
 from DiffusionRegistrationLib.io.images import Grid
-from DiffusionRegistrationLib.geometry.metrics import (dice_per_label, field_mapping, field_tre, folding,
-                                              jacobian_determinant, landmark_tre, mask_dice, mean_dice)
+from DiffusionRegistrationLib.geometry.metrics import (dice_per_label, displacement_gradient, field_mapping,
+                                                       field_tre, folding, jacobian_determinant, landmark_tre,
+                                                       mask_dice, mean_dice)
 
 
 def rotation(axis: str, degrees: float) -> np.ndarray:
@@ -111,3 +112,18 @@ def test_field_mapping_and_landmark_tre():
     assert result["max"] == pytest.approx(5.0)
     with pytest.raises(RegistrationError, match="matched pairs"):
         landmark_tre(fixed, moving[:2], field_mapping(field, grid))
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_jacobian_determinant_matches_numpy_det_on_an_oblique_anisotropic_grid(dim):
+    angle = np.deg2rad(25)
+    rotation = np.eye(dim)
+    rotation[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+    shape = (9, 11, 8)[:dim]
+    grid = Grid(shape[::-1], (1.5, 2.0, 1.2)[:dim], (1.0, 2.0, 3.0)[:dim], tuple(rotation.ravel()))
+    field = np.random.default_rng(dim).standard_normal((*shape, dim)) * 0.3
+    expected = np.linalg.det(displacement_gradient(field, grid) + np.eye(dim))
+    np.testing.assert_allclose(jacobian_determinant(field, grid), expected, atol=1e-12)
+    single = jacobian_determinant(field.astype(np.float32), grid)
+    assert single.dtype == np.float32
+    np.testing.assert_allclose(single, expected, atol=1e-5)
