@@ -8,12 +8,12 @@ Suites (`--suites`):
   white-matter Dice of 3-class intensity segmentations (cross_subject.py).
 - slice2d: BrainWeb T1 slice onto the PD slice warped by a known field (2D multimodal): TRE over the head.
 
-Every method runs as a child process; its peak memory is that process's ru_maxrss. A preset is timed as a
-user runs it: the whole `diffreg register` process (start-up, reading, registration, writing every
-default output). A peer is timed by its registration call alone (ants.registration or elastix), without
-its start-up and without the field conversion done for scoring, so the comparison is conservative for
-this project; the same holds for CPU seconds (a preset: the whole process's user + system time; a peer:
-its call's). `vs SyN` is a method's time (or CPU time) over ANTsPy SyN's on the same pair in the same run.
+Every method runs as a child process; its peak memory is that process's VmHWM (peak_memory.py). A
+preset is timed as a user runs it: the whole `diffreg register` process (start-up, reading, registration,
+writing every default output). A peer is timed by its registration call alone (ants.registration or
+elastix), without its start-up and without the field conversion done for scoring, so the comparison is
+conservative for this project; the same holds for CPU seconds (a preset: the whole process's user +
+system time; a peer: its call's). `vs SyN` is a method's time (or CPU time) over ANTsPy SyN's on the same pair in the same run.
 
     python benchmarks/bench_registration.py --suites known2,cross2 --seeds 0,1,2 --out results/bench.json
 
@@ -180,31 +180,34 @@ def build_cases(suites: list[str], seeds: list[int], kinds: list[str], folder: P
     return cases
 
 
-def run_child(command: list[str], log: Path) -> tuple[float, float, float, int]:
-    """Runs `command`; returns its wall seconds, CPU seconds, peak resident memory (MB) and exit code."""
+def run_child(command: list[str], log: Path) -> tuple[float, float, int]:
+    """Runs `command`; returns its wall seconds, CPU seconds (user + system) and exit code."""
     with open(log, "w") as output:
         start = time.perf_counter()
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(process.pid, 0)
         seconds = time.perf_counter() - start
     process.returncode = os.waitstatus_to_exitcode(status)
-    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024.0, process.returncode
+    return seconds, usage.ru_utime + usage.ru_stime, process.returncode
 
 
 def run_method(method: str, case: Case, folder: Path) -> dict:
     """Runs one method on one case in a child process; returns its timings, peak memory and field."""
     work = folder / f"{case.suite}_{case.group}_{case.seed}_{method}"
     work.mkdir(parents=True, exist_ok=True)
+    memory = work / "peak.json"
+    launcher = [sys.executable, str(HERE / "peak_memory.py"), str(memory)]
     if method in PEERS:
         out = work / "peer.npz"
-        command = [sys.executable, str(HERE / "run_peer.py"), method, case.fixed_path, case.moving_path, str(out)]
+        command = [*launcher, str(HERE / "run_peer.py"), method, case.fixed_path, case.moving_path, str(out)]
     else:
-        command = [sys.executable, "-m", "DiffusionRegistrationLib", "register", "--fixed", case.fixed_path,
+        command = [*launcher, "-m", "DiffusionRegistrationLib", "register", "--fixed", case.fixed_path,
                    "--moving", case.moving_path, "--output-dir", str(work), "--preset", method, "--progress", "none"]
-    process_seconds, process_cpu, peak_mb, code = run_child(command, work / "log.txt")
+    process_seconds, process_cpu, code = run_child(command, work / "log.txt")
     if code != 0:
         raise RuntimeError(f"{method} exited with {code}:\n{(work / 'log.txt').read_text()[-3000:]}")
-    row = {"process_seconds": process_seconds, "process_cpu_seconds": process_cpu, "peak_mb": peak_mb}
+    row = {"process_seconds": process_seconds, "process_cpu_seconds": process_cpu,
+           "peak_mb": json.loads(memory.read_text())["peak_mb"]}
     if method in PEERS:
         data = np.load(out)
         field = data["displacement"]

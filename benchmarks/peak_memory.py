@@ -1,0 +1,44 @@
+"""Runs a module (`-m name`) or a script like `python` would, then writes the process's peak memory.
+
+    python benchmarks/peak_memory.py OUT.json -m DiffusionRegistrationLib register ...
+    python benchmarks/peak_memory.py OUT.json benchmarks/run_peer.py ants-syn ...
+
+The peak is VmHWM of /proc/self/status, read as the run ends. A child's ru_maxrss seen by its parent is
+no good here: Linux carries the parent's resident size at fork into the child's maximum, so every child
+of a benchmark that holds 1 mm volumes would report at least the benchmark's own size.
+"""
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+
+def peak_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def main() -> None:
+    out, target, *rest = sys.argv[1:]
+    code = 0
+    try:
+        if target == "-m":
+            sys.argv = [rest[0], *rest[1:]]
+            runpy.run_module(rest[0], run_name="__main__", alter_sys=True)
+        else:
+            sys.argv = [target, *rest]
+            sys.path.insert(0, str(Path(target).resolve().parent))
+            runpy.run_path(target, run_name="__main__")
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    finally:
+        Path(out).write_text(json.dumps({"peak_mb": peak_mb()}))
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
