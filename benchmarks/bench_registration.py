@@ -13,7 +13,8 @@ preset is timed as a user runs it: the whole `diffreg register` process (start-u
 writing every default output). A peer is timed by its registration call alone (ants.registration or
 elastix), without its start-up and without the field conversion done for scoring, so the comparison is
 conservative for this project; the same holds for CPU seconds (a preset: the whole process's user +
-system time; a peer: its call's). `vs SyN` is a method's time (or CPU time) over ANTsPy SyN's on the same pair in the same run.
+system time; a peer: its call's). `vs SyN` is a method's time (or CPU time) over ANTsPy SyN's on the
+same pair in the same run.
 
     python benchmarks/bench_registration.py --suites known2,cross2 --seeds 0,1,2 --out results/bench.json
 
