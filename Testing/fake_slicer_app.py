@@ -221,6 +221,24 @@ class qMRMLNodeComboBox(QWidget):
             self.currentNodeChanged.emit(node)
 
 
+class QCheckBox(QWidget):
+    SIGNALS = ("stateChanged",)
+
+    def __init__(self, name: str = "") -> None:
+        super().__init__(name)
+        self._checked = False
+
+    @property
+    def checked(self) -> bool:
+        return self._checked
+
+    @checked.setter
+    def checked(self, value: bool) -> None:
+        if bool(value) != self._checked:
+            self._checked = bool(value)
+            self.stateChanged.emit(2 if value else 0)
+
+
 class QPushButton(QWidget):
     SIGNALS = ("clicked",)
 
@@ -250,7 +268,7 @@ class qMRMLWidget(QWidget):
         self.mrmlSceneChanged.emit(scene)
 
 
-WIDGET_CLASSES = {cls.__name__: cls for cls in (QWidget, QComboBox, QSpinBox, QDoubleSpinBox, ctkPathLineEdit,
+WIDGET_CLASSES = {cls.__name__: cls for cls in (QWidget, QComboBox, QSpinBox, QDoubleSpinBox, ctkPathLineEdit, QCheckBox,
                                                  qMRMLNodeComboBox, QPushButton, QProgressBar, QPlainTextEdit,
                                                  qMRMLWidget)}
 WIDGET_CLASSES.update(QLabel=QWidget, ctkCollapsibleButton=QWidget)
@@ -414,24 +432,38 @@ def _is_node_type(plain) -> bool:
 class GuiConnector:
     """guiConnectors.GuiConnector: onChanged(None) disconnects the widget, onChanged(callback) connects it."""
 
-    signal = ""
-
-    def __init__(self, widget) -> None:
-        self._widget, self._callback = widget, None
+    def __init__(self) -> None:
+        self._callback = None
 
     def onChanged(self, callback) -> None:
         self._callback = callback
         if callback is None:
-            getattr(self._widget, self.signal).disconnect(self.changed)
+            self._disconnect()
         else:
-            getattr(self._widget, self.signal).connect(self.changed)
+            self._connect()
 
     def changed(self) -> None:
         if self._callback:
             self._callback()
 
 
-class ComboBoxConnector(GuiConnector):
+class SignalConnector(GuiConnector):
+    """A built-in connector listening to one change signal of its widget."""
+
+    signal = ""
+
+    def __init__(self, widget) -> None:
+        super().__init__()
+        self._widget = widget
+
+    def _connect(self) -> None:
+        getattr(self._widget, self.signal).connect(self.changed)
+
+    def _disconnect(self) -> None:
+        getattr(self._widget, self.signal).disconnect(self.changed)
+
+
+class ComboBoxConnector(SignalConnector):
     signal = "currentIndexChanged"
 
     def __init__(self, widget, choices) -> None:
@@ -450,7 +482,7 @@ class ComboBoxConnector(GuiConnector):
         self._widget.currentIndex = self._choices.index(value)
 
 
-class ValueConnector(GuiConnector):
+class ValueConnector(SignalConnector):
     signal = "valueChanged"
 
     def __init__(self, widget, kind) -> None:
@@ -464,21 +496,17 @@ class ValueConnector(GuiConnector):
         self._widget.value = value
 
 
-class PathConnector(GuiConnector):
-    signal = "currentPathChanged"
+class CheckBoxConnector(SignalConnector):
+    signal = "stateChanged"
 
-    def __init__(self, widget, kind) -> None:
-        super().__init__(widget)
-        self._kind = kind
-
-    def read(self):
-        return self._kind(self._widget.currentPath)
+    def read(self) -> bool:
+        return self._widget.checked
 
     def write(self, value) -> None:
-        self._widget.currentPath = str(value)
+        self._widget.checked = value
 
 
-class NodeConnector(GuiConnector):
+class NodeConnector(SignalConnector):
     signal = "currentNodeChanged"
 
     def __init__(self, widget, kind) -> None:
@@ -512,10 +540,10 @@ def create_connector(widget, annotation) -> GuiConnector:
         if choice is None:
             raise RuntimeError("ComboBoxToStringableConnector requires the Choice annotation to be used.")
         return ComboBoxConnector(widget, choice.choices)
+    if isinstance(widget, QCheckBox) and plain is bool:
+        return CheckBoxConnector(widget)
     if isinstance(widget, _ValueWidget) and plain in (int, float):
         return ValueConnector(widget, plain)
-    if isinstance(widget, ctkPathLineEdit) and plain is Path:
-        return PathConnector(widget, plain)
     raise RuntimeError(f"Unable to create GUI connector from datatype '{annotation}' to widget type "
                        f"'{type(widget).__name__}'.")
 
@@ -628,7 +656,8 @@ def parameterNodeWrapper(cls, slicer_version: str = "5.10"):
 def connectors_of(widget) -> int:
     """How many parameter-node connectors listen to the widget's change signal."""
     signal = {QComboBox: "currentIndexChanged", QSpinBox: "valueChanged", QDoubleSpinBox: "valueChanged",
-              ctkPathLineEdit: "currentPathChanged", qMRMLNodeComboBox: "currentNodeChanged"}[type(widget)]
+              ctkPathLineEdit: "currentPathChanged", qMRMLNodeComboBox: "currentNodeChanged",
+              QCheckBox: "stateChanged"}[type(widget)]
     return sum(isinstance(getattr(slot, "__self__", None), GuiConnector) for slot in getattr(widget, signal).slots)
 
 
@@ -710,8 +739,8 @@ class App:
 def fake_modules() -> dict[str, types.ModuleType]:
     """sys.modules entries to install (e.g. with monkeypatch.setitem) before importing the module file."""
     qt = types.ModuleType("qt")
-    for cls in (QWidget, QComboBox, QSpinBox, QDoubleSpinBox, QPushButton, QProgressBar, QPlainTextEdit, QTimer,
-                QEventLoop):
+    for cls in (QWidget, QComboBox, QSpinBox, QDoubleSpinBox, QCheckBox, QPushButton, QProgressBar, QPlainTextEdit,
+                QTimer, QEventLoop):
         setattr(qt, cls.__name__, cls)
     qt.Qt = types.SimpleNamespace(ApplicationModal=2, WindowModal=1, WaitCursor=3)
     ctk = types.ModuleType("ctk")

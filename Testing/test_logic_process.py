@@ -27,7 +27,7 @@ from DiffusionRegistrationLib.progress import Progress  # noqa: E402
 SPACING = 8.0
 # small and quick: few steps, one torch thread (torch's thread pool thrashes on a shared 2-core machine)
 FAST = dict(preset="fast", similarity="mse", device="cpu", steps=30, seed=0)
-EXTRA = ["affine_iterations=[30,10]", "threads=1"]
+EXTRA = {"affine_iterations": (30, 10), "threads": 1}
 
 
 def source_path() -> Path:
@@ -89,7 +89,7 @@ def with_extra(module, monkeypatch):
 
     def options(cls, *args, **kwargs):
         result = original(cls, *args, **kwargs)
-        result.extra_settings = list(EXTRA)
+        result.overrides = dict(EXTRA)
         return result
 
     monkeypatch.setattr(module.DiffusionRegistrationLogic, "options", classmethod(options))

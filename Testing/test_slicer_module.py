@@ -6,7 +6,11 @@ vtkMRMLScriptedModuleNode (slicer-core) through the hand-made Qt/app stand-in in
 from __future__ import annotations
 
 import ast
-import pathlib
+import hashlib
+import json
+import os
+import sys
+import types
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -23,8 +27,9 @@ SOURCE = MODULE / "DiffusionRegistration.py"
 
 # Which widget classes Slicer's parameterNodeWrapper GUI connectors bind to each parameter type
 # (Base/Python/slicer/parameterNodeWrapper/guiConnectors.py: exact widget types).
+# str without a Choice: the module's own PathLineEditToStrConnector.
 CONNECTABLE = {int: {"QSpinBox", "QSlider"}, float: {"QDoubleSpinBox", "ctkSliderWidget"},
-               bool: {"QCheckBox", "QPushButton"}, pathlib.Path: {"ctkPathLineEdit", "ctkDirectoryButton"}}
+               bool: {"QCheckBox", "QPushButton"}, str: {"ctkPathLineEdit"}}
 
 
 def ui_widgets() -> dict[str, ET.Element]:
@@ -89,7 +94,7 @@ def test_every_parameter_has_a_bindable_widget(module):
             by_parameter[parameter] = widget
     expected = {"fixed", "moving", "fixedMask", "movingMask", "similarity", "backbone", "mode", "preset", "device",
                 "steps", "regularization", "networkCheckpoint", "finetuneSteps", "outputTransform", "outputVolume",
-                "checkerboardSquareMm"}
+                "checkerboardSquareMm", "agreementMap"}
     assert set(hints) == expected
     assert set(by_parameter) == expected, set(by_parameter) ^ expected
     for name, annotation in hints.items():
@@ -99,6 +104,8 @@ def test_every_parameter_has_a_bindable_widget(module):
         if fake_slicer_app._is_node_type(plain):
             assert cls == "qMRMLNodeComboBox", name
             assert dynamic_property(widget, "nodeTypes") == [plain.__name__], name
+            if name.startswith("output") or name.endswith("Mask"):  # subclasses: grid transforms, label maps
+                assert dynamic_property(widget, "showChildNodeTypes") == "true", name
         elif any(isinstance(v, fake_slicer_app.Choice) for v in validators):
             assert cls == "QComboBox", name
             choice = next(v for v in validators if isinstance(v, fake_slicer_app.Choice))
@@ -126,9 +133,9 @@ def test_parameter_node_round_trips_through_a_saved_scene(module, tmp_path):
     parameters = logic.getParameterNode()
     assert (parameters.preset, parameters.similarity, parameters.steps, parameters.checkerboardSquareMm) == \
         ("default", "preset", 0, 10.0)
-    values = dict(similarity="mind", backbone="sd-2-1-base", mode="fast", preset="accurate", device="cpu", steps=123,
-                  regularization=0.75, networkCheckpoint=pathlib.Path("/models/net.pt"), finetuneSteps=17,
-                  checkerboardSquareMm=12.5, outputTransform=transform, **volumes)
+    values = dict(similarity="mind", backbone="sd-2-1-base", mode="exact", preset="accurate", device="cpu", steps=123,
+                  regularization=0.75, networkCheckpoint="/models/net.pt", finetuneSteps=17,
+                  checkerboardSquareMm=12.5, agreementMap=True, outputTransform=transform, **volumes)
     for name, value in values.items():
         setattr(parameters, name, value)
     with pytest.raises(ValueError):
@@ -146,12 +153,12 @@ def test_parameter_node_round_trips_through_a_saved_scene(module, tmp_path):
         else:
             assert got == value, name
 
-    options = module.DiffusionRegistrationLogic.options(
-        again.preset, again.similarity, again.backbone, again.mode, again.device, again.steps, again.regularization,
-        again.networkCheckpoint, again.finetuneSteps, again.checkerboardSquareMm)
-    assert options.arguments() == ["--preset", "accurate", "--device", "cpu", "--similarity", "mind", "--steps",
-                                   "123", "--regularization", "0.75", "--network", "/models/net.pt",
-                                   "--finetune-steps", "17"]
+    options = module.DiffusionRegistrationLogic.parameterOptions(again)
+    config = options.config()
+    assert (config.similarity, config.iterations, config.regularization, config.device) == \
+        ("mind", (123, 123, 123), 0.75, "cpu")
+    assert config.control_spacing == 2.0  # from the 'accurate' preset
+    assert (options.network, options.finetune_steps, options.agreement) == ("/models/net.pt", 17, True)
 
 
 def test_apply_needs_two_different_volumes(module):
@@ -172,3 +179,172 @@ def test_module_source_has_no_heavy_imports_at_top_level():
         elif isinstance(node, ast.ImportFrom):
             top.add((node.module or "").split(".")[0])
     assert not top & {"torch", "diffusers", "transformers", "SimpleITK", "numpy", "DiffusionRegistrationLib"}, top
+
+
+def test_ui_string_lists_are_untranslated_and_only_known_properties_are_set():
+    root = ET.parse(UI_FILE).getroot()
+    for element in root.iter("property"):
+        assert element.get("name") != "visible", "Designer has no 'visible' property; hide widgets in setup()"
+        if element.get("name") in ("nodeTypes", "hideChildNodeTypes"):
+            assert all(s.get("notr") == "true" for s in element.iter("string")), element.get("name")
+    for name in ("fixedMaskSelector", "movingMaskSelector", "outputVolumeSelector"):
+        hidden = dynamic_property(ui_widgets()[name], "hideChildNodeTypes")
+        assert {"vtkMRMLTensorVolumeNode", "vtkMRMLDiffusionWeightedVolumeNode"} <= set(hidden), name
+
+
+# -- the panel against the parameterNodeWrapper of Slicer 5.8 (connectGui returns no tag) and 5.10 ----------
+CHOICES = dict(preset="accurate", similarity="mind", backbone="sd-2-1-base", mode="exact", device="cpu", steps=77,
+               regularization=1.5, networkCheckpoint="/models/net.pt", finetuneSteps=5, checkerboardSquareMm=7.5,
+               agreementMap=True)
+
+
+OPEN_PANELS = []
+
+
+@pytest.fixture(autouse=True)
+def close_panels():
+    yield
+    while OPEN_PANELS:
+        OPEN_PANELS.pop().cleanup()  # as Slicer does on exit: no scene observer outlives the test
+
+
+def panel(monkeypatch, version, **options):
+    module = fake_slicer_app.import_module_file(monkeypatch, slicer.vtkMRMLScene(), slicer_version=version,
+                                                **options)
+    widget = module.DiffusionRegistrationWidget()
+    widget.setup()
+    OPEN_PANELS.append(widget)
+    return module, widget
+
+
+def shown(widget, name):
+    """The value the panel's widget for parameter `name` shows."""
+    control = next(w for w in vars(widget.ui).values() if w.property("SlicerParameterName") == name)
+    if isinstance(control, fake_slicer_app.QComboBox):
+        return control.currentText
+    if isinstance(control, fake_slicer_app.ctkPathLineEdit):
+        return control.currentPath
+    if isinstance(control, fake_slicer_app.QCheckBox):
+        return control.checked
+    return control.value
+
+
+def connectors(widget):
+    return {w.name: fake_slicer_app.connectors_of(w) for w in vars(widget.ui).values()
+            if w.property("SlicerParameterName")}
+
+
+@pytest.mark.parametrize("version", fake_slicer_app.SLICER_VERSIONS)
+def test_settings_survive_five_entries_and_a_scene_close(monkeypatch, version):
+    module, widget = panel(monkeypatch, version)
+    parameters = widget._parameterNode
+    assert parameters.mode == "fast" and shown(widget, "mode") == "fast"  # the declared default
+    for name, value in CHOICES.items():
+        setattr(parameters, name, value)
+    widget.parent.isEntered = True
+    for _ in range(5):
+        widget.exit()
+        widget.enter()
+        assert {name: getattr(widget._parameterNode, name) for name in CHOICES} == CHOICES
+        assert {name: shown(widget, name) for name in CHOICES} == CHOICES
+        assert set(connectors(widget).values()) == {1}, connectors(widget)
+    slicer.mrmlScene.Clear(0)  # File > Close Scene: the singleton parameter node is reset
+    assert {name: getattr(widget._parameterNode, name) for name in CHOICES} == CHOICES
+    assert {name: shown(widget, name) for name in CHOICES} == CHOICES
+    assert set(connectors(widget).values()) == {1}, connectors(widget)
+    widget.ui.presetComboBox.currentIndex = module.PRESETS.index("stripped")  # the GUI still writes the node
+    assert widget._parameterNode.preset == "stripped"
+
+
+def test_the_stand_in_shows_the_5_8_reset_of_the_template_pattern(monkeypatch):
+    """The scripted-module template's setParameterNode (connectGui + disconnectGui(tag)) under 5.8 stacks
+    connectors, and reconnecting resets the combo boxes to their first choice: what the test above guards."""
+    module, widget = panel(monkeypatch, "5.8")
+    node = module.DiffusionRegistrationLogic().getParameterNode()
+    node.mode, node.preset = "fast", "accurate"
+    tags = [node.connectGui(widget.ui) for _ in range(2)]
+    assert tags == [None, None]
+    assert node.mode == "exact" and node.preset == "default"
+
+
+def test_the_result_transform_is_listed_and_selected(monkeypatch):
+    module, widget = panel(monkeypatch, "5.8")
+    scene = slicer.mrmlScene
+    fixed, moving = (scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name) for name in ("fixed", "moving"))
+    made = scene.AddNewNodeByClass("vtkMRMLGridTransformNode", "moving to fixed")
+    job = type("Job", (), {"fixed": fixed, "moving": moving,
+                           "finish": lambda self: type("R", (), {"transform": made, "agreement": None,
+                                                                  "report": {}})()})()
+    widget.logic.finishJob(job, widget._parameterNode)
+    assert widget._parameterNode.outputTransform is made
+    assert widget.ui.outputTransformSelector.currentNode() is made  # a grid transform is listed
+
+
+def test_self_test_without_torch_skips_and_installs_nothing(monkeypatch):
+    app = fake_slicer_app.App(testing=True)
+    module = fake_slicer_app.import_module_file(monkeypatch, slicer.vtkMRMLScene(), app=app)
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch fails, find_spec finds nothing
+    started = []
+    monkeypatch.setattr(module.DiffusionRegistrationLogic, "start", lambda *a, **k: started.append(a))
+    monkeypatch.setattr(module.DiffusionRegistrationLogic, "ensureDependencies", lambda *a, **k: started.append(a))
+    module.DiffusionRegistrationTest().runTest()
+    assert not started and not app.calls
+    assert any("Skipped" in m and "PyTorch" in m for m in fake_slicer_app.App.messages), fake_slicer_app.App.messages
+
+
+def test_requirements_file_splits_diffusion_packages(module):
+    base, everything = module.readRequirements(False), module.readRequirements(True)
+    assert not [r for r in base if r.split(">")[0] in ("diffusers", "transformers", "torch")]
+    assert {"diffusers>=0.30", "transformers>=4.40"} <= set(everything) and set(base) < set(everything)
+
+
+@pytest.fixture()
+def served_backbone(tmp_path, monkeypatch):
+    """A catalog whose 'adm-256-uncond' is one file served from a file:// URL, and an empty model cache."""
+    data = os.urandom(200_000)
+    source = tmp_path / "server" / "weights.pt"
+    source.parent.mkdir()
+    source.write_bytes(data)
+    entry = {"kind": "file", "backbone": "adm", "source": {"url": source.as_uri()}, "licence": "test data",
+             "files": [{"name": "weights.pt", "url": source.as_uri(), "size": len(data),
+                        "sha256": hashlib.sha256(data).hexdigest()}],
+             "extractor": {"2d": {"tap": "output_blocks.10", "timestep": 60}}}
+    catalog = tmp_path / "models.json"
+    catalog.write_text(json.dumps({"models": {"adm-256-uncond": entry}}))
+    monkeypatch.setenv("DIFFREG_CATALOG", str(catalog))
+    monkeypatch.setenv("DIFFREG_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "adm-256-uncond" / "weights.pt", data
+
+
+@pytest.mark.parametrize("how", ["preset", "similarity"])
+def test_diffusion_settings_ask_for_the_weights_before_any_backend_run(monkeypatch, served_backbone, how):
+    dialogs = {}
+    module, widget = panel(monkeypatch, "5.10", dialogs=dialogs)
+    torch_utils = types.ModuleType("PyTorchUtils")
+    torch_utils.PyTorchUtilsLogic = lambda: types.SimpleNamespace(torchInstalled=lambda: True)
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", torch_utils)
+    scene = slicer.mrmlScene
+    parameters = widget._parameterNode
+    parameters.fixed, parameters.moving = (scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", n) for n in "fm")
+    if how == "preset":
+        parameters.preset = "diffusion"
+    else:
+        parameters.similarity = "diffusion"
+    assert widget.ui.backboneComboBox.enabled and widget.ui.modeComboBox.enabled
+    events = []
+    download = module.DiffusionRegistrationLogic.downloadWeights
+
+    def spy(logic, backbone):
+        events.append(("download", backbone, widget.ui.applyButton.enabled))
+        return download(logic, backbone)
+
+    monkeypatch.setattr(module.DiffusionRegistrationLogic, "downloadWeights", spy)
+    monkeypatch.setattr(module.DiffusionRegistrationLogic, "startJob",
+                        lambda logic, node: events.append(("start", served_backbone[0].is_file())) or None)
+    widget.onApplyButton()
+    assert [e[0] for e in events] == ["download", "start"], events
+    assert events[0][1:] == ("adm-256-uncond", False)  # Apply is disabled while the weights come
+    assert events[1] == ("start", True)
+    assert served_backbone[0].read_bytes() == served_backbone[1]
+    assert "adm-256-uncond" in dialogs["shown"][0]
+    assert dialogs["progress"].modality == sys.modules["qt"].Qt.ApplicationModal and dialogs["progress"].closed

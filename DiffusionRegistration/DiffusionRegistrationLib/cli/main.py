@@ -41,6 +41,9 @@ def _register_parser(subparsers) -> None:
     parser.add_argument("--warped", default="warped.nii.gz", help="warped moving image file name")
     parser.add_argument("--affine", help="also write the affine part alone (e.g. affine.tfm)")
     parser.add_argument("--inverse", help="also write the inverse (moving->fixed) field (e.g. inverse.h5)")
+    parser.add_argument("--agreement", action="store_const", const="agreement.nii.gz",
+                        help="also write agreement.nii.gz: the local similarity of the fixed and the registered "
+                             "moving image on the fixed grid (higher: better aligned)")
     add_progress_argument(parser)
     parser.set_defaults(handler=_cmd_register)
 
@@ -68,7 +71,8 @@ def _cmd_register(args: argparse.Namespace) -> int:
 
         result = register(fixed, moving, config, fixed_mask, moving_mask, progress=progress,
                           inverse=bool(args.inverse))
-    request = OutputRequest(transform=args.transform, warped=args.warped, affine=args.affine, inverse=args.inverse)
+    request = OutputRequest(transform=args.transform, warped=args.warped, affine=args.affine, inverse=args.inverse,
+                            agreement=args.agreement)
     written = write_outputs(result, fixed, moving, args.output_dir, request)
     progress(Progress("done", 1.0, written["report"]))
     if progress_shown != "json":

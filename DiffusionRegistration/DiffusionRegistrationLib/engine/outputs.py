@@ -26,6 +26,7 @@ class OutputRequest:
     warped: Optional[str] = "warped.nii.gz"
     jacobian: Optional[str] = "jacobian.nii.gz"
     checkerboard: Optional[str] = "checkerboard.png"
+    agreement: Optional[str] = None  # e.g. "agreement.nii.gz": the local similarity map (engine.agreement)
     affine: Optional[str] = None
     inverse: Optional[str] = None
     report: str = "report.json"
@@ -64,6 +65,10 @@ def write_outputs(result: Result, fixed: Image, moving: Image, output_dir: str |
             write_affine(result.affine, target("affine", request.affine))
         if request.inverse and result.inverse is not None:
             write_displacement(result.inverse, result.moving_grid, target("inverse", request.inverse))
+        if request.agreement:
+            from .agreement import agreement_map
+
+            write_image(agreement_map(fixed, warped, result.config), target("agreement", request.agreement))
         if request.checkerboard:
             before = Result.identity(result.fixed_grid, result.moving_grid).warp(moving)
             before_after_checkerboard(fixed, before, warped, target("checkerboard", request.checkerboard))

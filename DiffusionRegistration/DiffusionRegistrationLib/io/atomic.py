@@ -21,6 +21,15 @@ def _temporary_sibling(path: Path) -> Path:
     return Path(name)
 
 
+def remove_partial_files(folder: str | os.PathLike) -> list[Path]:
+    """Deletes the temporary files that an atomic write killed mid-way left in `folder` (and below)."""
+    root = Path(folder)
+    removed = [p for p in root.rglob(".*.partial*") if p.is_file()] if root.is_dir() else []
+    for path in removed:
+        path.unlink()
+    return removed
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yields a temporary path beside `path`; renames it onto `path` only if the block succeeds."""

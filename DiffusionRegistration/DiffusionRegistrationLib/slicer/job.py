@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from ..engine.config import RegistrationConfig, resolve_config, save_config
 from ..errors import Cancelled, RegistrationError
 from ..io.images import Image, check_mask, read_image, write_image
 from .process_runner import Event, Finished, ProcessRunner, backend_environment, python_executable
@@ -27,6 +28,8 @@ from .volumes import image_from_volume_node, volume_node_from_image
 
 LIBRARY_PARENT = Path(__file__).resolve().parents[2]  # the folder holding DiffusionRegistrationLib
 CHECKERBOARD_ROLE = "Checkerboard"
+AGREEMENT_ROLE = "Agreement"
+JOB_FILE = "job.json"
 
 
 @dataclass
@@ -44,25 +47,29 @@ class RegistrationOptions:
     finetune_steps: int = 0
     seed: Optional[int] = None
     checkerboard_square_mm: float = 10.0
-    extra_settings: list[str] = field(default_factory=list)  # KEY=VALUE passed as --set
+    agreement: bool = False
+    overrides: dict = field(default_factory=dict)  # RegistrationConfig fields over the preset, as `--set`
 
-    def arguments(self) -> list[str]:
-        """The `register` command-line flags for these options."""
-        args = ["--preset", self.preset or "default", "--device", self.device or "auto"]
-        for flag, value in (("--similarity", self.similarity), ("--backbone", self.backbone), ("--mode", self.mode)):
-            if value:
-                args += [flag, value]
-        if self.steps > 0:
-            args += ["--steps", str(int(self.steps))]
-        if self.regularization > 0:
-            args += ["--regularization", repr(float(self.regularization))]
-        if self.network:
-            args += ["--network", str(self.network), "--finetune-steps", str(int(self.finetune_steps))]
-        if self.seed is not None:
-            args += ["--seed", str(int(self.seed))]
-        for setting in self.extra_settings:
-            args += ["--set", setting]
-        return args
+    def config(self) -> RegistrationConfig:
+        """The backend's settings for these options, resolved as `diffreg register` resolves its flags; the
+        backbone and mode apply only when the resolved similarity is the diffusion one."""
+        flags = dict(similarity=self.similarity or None, steps=self.steps or None,
+                     regularization=self.regularization or None, device=self.device or None, seed=self.seed)
+        config = resolve_config(self.preset or "default", overrides=self.overrides, **flags)
+        if config.similarity != "diffusion" or not (self.backbone or self.mode):
+            return config
+        return resolve_config(self.preset or "default", overrides=self.overrides, backbone=self.backbone or None,
+                              mode=self.mode or None, **flags)
+
+    def diffusion_backbone(self) -> Optional[str]:
+        """The catalog id of the diffusion backbone the run uses, or None for an intensity similarity."""
+        config = self.config()
+        if config.similarity != "diffusion":
+            return None
+        from ..features.catalog import default_backbone_id
+
+        extractor = config.similarity_params.get("extractor")
+        return extractor if isinstance(extractor, str) else default_backbone_id()
 
 
 @dataclass
@@ -74,6 +81,16 @@ class JobResult:
     checkerboard: object
     report: dict
     log: list[str]
+    agreement: Optional[object] = None
+
+
+def colour_overlay(volume_node, colour_table: str = "vtkMRMLColorTableNodeRainbow") -> None:
+    """Shows a map in [-1, 1] in colour (blue: disagreement, red: agreement), for a foreground layer."""
+    volume_node.CreateDefaultDisplayNodes()
+    display = volume_node.GetDisplayNode()
+    display.SetAndObserveColorNodeID(colour_table)
+    display.SetAutoWindowLevel(False)
+    display.SetWindowLevelMinMax(-1.0, 1.0)
 
 
 def _check_mask(mask_node, image: Image, role: str) -> Image:
@@ -104,6 +121,8 @@ class RegistrationJob:
 
     # -- running -------------------------------------------------------------------------------------
     def command(self, folder: Path) -> list[str]:
+        """`diffreg register` on the files in `folder`; the settings are job.json (a saved RegistrationConfig),
+        except for a network without fine-tuning, which takes no similarity settings."""
         command = [self.python, "-m", "DiffusionRegistrationLib.cli.main", "register",
                    "--fixed", str(folder / "fixed.nrrd"), "--moving", str(folder / "moving.nrrd"),
                    "--output-dir", str(folder / "output"), "--progress", "json"]
@@ -111,10 +130,17 @@ class RegistrationJob:
             command += ["--fixed-mask", str(folder / "fixed_mask.nrrd")]
         if self.moving_mask is not None:
             command += ["--moving-mask", str(folder / "moving_mask.nrrd")]
-        return command + self.options.arguments()
+        if self.options.agreement:
+            command += ["--agreement"]
+        if self.options.network:
+            command += ["--network", str(self.options.network), "--finetune-steps", str(int(self.options.finetune_steps))]
+            if not self.options.finetune_steps:
+                return command + ["--device", self.options.device or "auto"]
+        return command + ["--config", str(folder / JOB_FILE)]
 
     def start(self) -> "RegistrationJob":
-        """Writes the inputs and starts the backend; returns at once."""
+        """Resolves the settings, writes the inputs and job.json, and starts the backend; returns at once."""
+        config = self.options.config()
         fixed = image_from_volume_node(self.fixed, "fixed volume")
         moving = image_from_volume_node(self.moving, "moving volume",
                                         include_parent_transform=not self._under_previous_result())
@@ -127,6 +153,7 @@ class RegistrationJob:
             for name, mask in masks.items():
                 if mask is not None:
                     write_image(mask, self.folder / f"{name}.nrrd")
+            save_config(config, self.folder / JOB_FILE)
             self.runner = ProcessRunner(self.command(self.folder), env=backend_environment(LIBRARY_PARENT),
                                         cwd=str(LIBRARY_PARENT), temporary_folder=self.folder).start()
         except BaseException:
@@ -221,8 +248,20 @@ class RegistrationJob:
                 created.append(board)
             checkerboard_volume(self.fixed, warped_on_fixed, self.options.checkerboard_square_mm, node=board)
             transform.SetNodeReferenceID(CHECKERBOARD_ROLE, board.GetID())
+            agreement = None
+            if "agreement" in outputs:
+                agreement = transform.GetNodeReference(AGREEMENT_ROLE)
+                if agreement is None:
+                    agreement = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode",
+                                                             f"{self.moving.GetName()} agreement")
+                    created.append(agreement)
+                image = read_image(outputs["agreement"], "agreement map")
+                volume_node_from_image(Image(image.array.reshape(fixed_image.array.shape), fixed_image.grid),
+                                       node=agreement)
+                colour_overlay(agreement)
+                transform.SetNodeReferenceID(AGREEMENT_ROLE, agreement.GetID())
             self.moving.SetAndObserveTransformNodeID(transform.GetID())
-            return JobResult(transform, volume, board, report, list(self.log))
+            return JobResult(transform, volume, board, report, list(self.log), agreement)
         except BaseException:
             for node in reversed(created):
                 if node.GetScene() is not None:
