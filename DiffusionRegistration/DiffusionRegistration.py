@@ -381,7 +381,7 @@ class DiffusionRegistrationLogic(ScriptedLoadableModuleLogic):
                 networkCheckpoint: str = "", finetuneSteps: int = 0, checkerboardSquareMm: float = 10.0,
                 agreementMap: bool = False, seed: Optional[int] = None):
         """The backend options for these panel values."""
-        from DiffusionRegistrationLib.slicer.job import RegistrationOptions
+        from DiffusionRegistrationLib.slicer.options import RegistrationOptions
 
         return RegistrationOptions(
             preset=preset, similarity="" if similarity == "preset" else similarity, backbone=backbone, mode=mode,

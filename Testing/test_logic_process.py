@@ -85,14 +85,14 @@ def alive(pid: int) -> bool:
 
 def with_extra(module, monkeypatch):
     """Adds the quick-run settings to every job the logic builds."""
-    original = module.DiffusionRegistrationLogic.options.__func__
+    original = module.DiffusionRegistrationLogic.options
 
-    def options(cls, *args, **kwargs):
-        result = original(cls, *args, **kwargs)
+    def options(*args, **kwargs):
+        result = original(*args, **kwargs)
         result.overrides = dict(EXTRA)
         return result
 
-    monkeypatch.setattr(module.DiffusionRegistrationLogic, "options", classmethod(options))
+    monkeypatch.setattr(module.DiffusionRegistrationLogic, "options", staticmethod(options))
 
 
 def test_process_registers_and_the_transform_overlays_moving_on_fixed(monkeypatch, tmp_path, pair):

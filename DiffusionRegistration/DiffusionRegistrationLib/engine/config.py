@@ -186,6 +186,10 @@ def resolve_config(preset: str = "default", config_file: Union[str, Path, None] 
     settings.update(overrides or {})
     flags = {"similarity": similarity, "regularization": regularization, "device": device, "seed": seed}
     settings.update({key: value for key, value in flags.items() if value is not None})
+    preset_settings = PRESETS[preset].settings if preset in PRESETS else {}
+    if settings.get("similarity", preset_settings.get("similarity")) != preset_settings.get("similarity") \
+            and "similarity_params" not in settings:
+        settings["similarity_params"] = {}  # the preset's parameters belong to the similarity it chose
     config = make_config(preset, settings)
     changes: dict[str, Any] = {}
     if steps is not None:

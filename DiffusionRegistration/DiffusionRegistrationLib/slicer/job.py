@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from ..engine.config import RegistrationConfig, resolve_config, save_config
+from ..engine.config import save_config
 from ..errors import Cancelled, RegistrationError
 from ..io.images import Image, check_mask, read_image, write_image
 from .process_runner import Event, Finished, ProcessRunner, backend_environment, python_executable
 from ..progress import Progress
 from .checkerboard import checkerboard_volume
+from .options import RegistrationOptions
 from .transforms import MOVING_ROLE, load_transform, set_registration_references
 from .volumes import image_from_volume_node, volume_node_from_image
 
@@ -30,46 +31,6 @@ LIBRARY_PARENT = Path(__file__).resolve().parents[2]  # the folder holding Diffu
 CHECKERBOARD_ROLE = "Checkerboard"
 AGREEMENT_ROLE = "Agreement"
 JOB_FILE = "job.json"
-
-
-@dataclass
-class RegistrationOptions:
-    """What the panel lets the user choose; empty strings and zeros mean "as the preset says"."""
-
-    preset: str = "default"
-    similarity: str = ""
-    backbone: str = ""
-    mode: str = ""
-    device: str = "auto"
-    steps: int = 0
-    regularization: float = 0.0
-    network: str = ""
-    finetune_steps: int = 0
-    seed: Optional[int] = None
-    checkerboard_square_mm: float = 10.0
-    agreement: bool = False
-    overrides: dict = field(default_factory=dict)  # RegistrationConfig fields over the preset, as `--set`
-
-    def config(self) -> RegistrationConfig:
-        """The backend's settings for these options, resolved as `diffreg register` resolves its flags; the
-        backbone and mode apply only when the resolved similarity is the diffusion one."""
-        flags = dict(similarity=self.similarity or None, steps=self.steps or None,
-                     regularization=self.regularization or None, device=self.device or None, seed=self.seed)
-        config = resolve_config(self.preset or "default", overrides=self.overrides, **flags)
-        if config.similarity != "diffusion" or not (self.backbone or self.mode):
-            return config
-        return resolve_config(self.preset or "default", overrides=self.overrides, backbone=self.backbone or None,
-                              mode=self.mode or None, **flags)
-
-    def diffusion_backbone(self) -> Optional[str]:
-        """The catalog id of the diffusion backbone the run uses, or None for an intensity similarity."""
-        config = self.config()
-        if config.similarity != "diffusion":
-            return None
-        from ..features.catalog import default_backbone_id
-
-        extractor = config.similarity_params.get("extractor")
-        return extractor if isinstance(extractor, str) else default_backbone_id()
 
 
 @dataclass
