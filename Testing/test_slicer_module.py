@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import sys
+import threading
 import types
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -348,3 +349,71 @@ def test_diffusion_settings_ask_for_the_weights_before_any_backend_run(monkeypat
     assert served_backbone[0].read_bytes() == served_backbone[1]
     assert "adm-256-uncond" in dialogs["shown"][0]
     assert dialogs["progress"].modality == sys.modules["qt"].Qt.ApplicationModal and dialogs["progress"].closed
+
+
+def diffusion_panel(monkeypatch, dialogs):
+    """A 5.10 panel with two volumes, the diffusion preset and a PyTorchUtils that has torch."""
+    module, widget = panel(monkeypatch, "5.10", dialogs=dialogs)
+    torch_utils = types.ModuleType("PyTorchUtils")
+    torch_utils.PyTorchUtilsLogic = lambda: types.SimpleNamespace(torchInstalled=lambda: True)
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", torch_utils)
+    parameters = widget._parameterNode
+    parameters.fixed, parameters.moving = (slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", n)
+                                           for n in "fm")
+    parameters.preset = "diffusion"
+    started = []
+    monkeypatch.setattr(module.DiffusionRegistrationLogic, "startJob", lambda logic, node: started.append(node))
+    return module, widget, started
+
+
+def test_cancelled_download_removes_the_partial_file_and_starts_nothing(monkeypatch, served_backbone, tmp_path):
+    target, data = served_backbone
+    source = tmp_path / "server" / "weights.pt"
+    source.unlink()
+    os.mkfifo(source)  # the server sends 100 kB, then stalls: the download is cut mid-file
+    release = threading.Event()
+
+    def serve():
+        with open(source, "wb") as stream:
+            stream.write(data[:100_000])
+            stream.flush()
+            release.wait(60)
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    dialogs = {}
+    module, widget, started = diffusion_panel(monkeypatch, dialogs)
+    model_folder = target.parent
+    watcher = fake_slicer_app.QTimer()
+    watcher.setInterval(50)
+
+    partial_seen = []
+
+    def cancel_once_partial():
+        partial = list(model_folder.glob(".*.partial*"))
+        if "progress" in dialogs and partial:
+            partial_seen.extend(partial)
+            watcher.stop()
+            dialogs["progress"].canceled.emit()
+
+    watcher.connect("timeout()", cancel_once_partial)
+    watcher.start()
+    try:
+        widget.onApplyButton()
+    finally:
+        watcher.stop()
+        release.set()
+    assert partial_seen and not started
+    assert [p for p in model_folder.rglob("*") if p.is_file()] == []
+    assert dialogs["progress"].closed and widget.ui.applyButton.enabled
+    assert not fake_slicer_app.QTimer.active  # the download's poll timer stopped too
+
+
+def test_failed_download_says_why_and_starts_nothing(monkeypatch, served_backbone, tmp_path):
+    (tmp_path / "server" / "weights.pt").write_bytes(b"not the weights")
+    dialogs = {}
+    module, widget, started = diffusion_panel(monkeypatch, dialogs)
+    widget.onApplyButton()
+    assert not started
+    message = dialogs["shown"][-1]
+    assert "Downloading the weights of 'adm-256-uncond' failed" in message and "instead of" in message, message
