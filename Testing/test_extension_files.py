@@ -42,3 +42,11 @@ def test_license_is_the_apache_2_text_that_pyproject_names():
     assert text.lstrip().startswith("Apache License") and "Version 2.0, January 2004" in text
     assert "END OF TERMS AND CONDITIONS" in text and len(text.splitlines()) > 150
     assert re.search(r'license = \{ text = "Apache-2.0" \}|license = "Apache-2.0"', (ROOT / "pyproject.toml").read_text())
+
+
+def test_the_module_resources_ship_with_the_module():
+    """Every file the module reads from its Resources folder is listed in its CMakeLists.txt."""
+    listed = (ROOT / "DiffusionRegistration" / "CMakeLists.txt").read_text()
+    for name in ("Resources/UI/${MODULE_NAME}.ui", "Resources/Icons/${MODULE_NAME}.png", "Resources/requirements.txt"):
+        assert name in listed, name
+    assert (ROOT / "DiffusionRegistration" / "Resources" / "requirements.txt").is_file()
