@@ -92,3 +92,27 @@ def test_agreement_of_an_image_with_itself_is_one_where_it_has_contrast(colin_sm
     values = agreement_map(colin_small, colin_small, {"similarity": "mind"}).array
     textured = colin_small.array > 0.2 * colin_small.array.max()
     assert np.median(values[textured]) > 0.99
+
+
+def test_result_keeps_the_placement_the_users_linear_transform_gave(colin_small, tmp_path):
+    """The moving volume lies 10 mm off and the user's linear transform puts it back: the registration sees it
+    through that transform, and the result (which becomes the volume's parent) must keep that placement."""
+    grid = colin_small.grid
+    moved = type(grid)(grid.size, grid.spacing, (grid.origin[0] + 10.0, *grid.origin[1:]), grid.direction)
+    scene, fixed, moving = nodes((colin_small, Image(colin_small.array, moved)))
+    user = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "manual alignment")
+    to_parent = vtk.vtkMatrix4x4()
+    to_parent.SetElement(0, 3, 10.0)  # RAS +10 = LPS -10: back onto the fixed volume
+    user.SetMatrixTransformToParent(to_parent)
+    moving.SetAndObserveTransformNodeID(user.GetID())
+    options = RegistrationOptions(preset="fast", similarity="mse", steps=5, device="cpu", overrides=QUICK)
+    result = RegistrationJob(scene, fixed, moving, options, work_folder=str(tmp_path)).start().wait()
+    assert moving.GetParentTransformNode() is result.transform
+    assert user.GetScene() is scene and user.GetMatrixTransformToParent().GetElement(0, 3) == 10.0  # untouched
+    to_volume = vtk.vtkGeneralTransform()
+    result.transform.GetTransformFromWorld(to_volume)
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    fixed.GetIJKToRASMatrix(ijk_to_ras)
+    world = np.array(ijk_to_ras.MultiplyPoint([*np.asarray(fixed.GetImageData().GetDimensions()) / 2, 1.0])[:3])
+    local = np.array(to_volume.TransformPoint(*world))
+    assert np.linalg.norm(local - (world - [10.0, 0.0, 0.0])) < 1.5, local - world

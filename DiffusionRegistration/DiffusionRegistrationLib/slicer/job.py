@@ -24,7 +24,7 @@ from .process_runner import Event, Finished, ProcessRunner, backend_environment,
 from ..progress import Progress
 from .checkerboard import checkerboard_volume
 from .options import RegistrationOptions
-from .transforms import MOVING_ROLE, load_transform, set_registration_references
+from .transforms import MOVING_ROLE, end_in_frame, load_transform, matrix_from_world, set_registration_references
 from .volumes import image_from_volume_node, volume_node_from_image
 
 LIBRARY_PARENT = Path(__file__).resolve().parents[2]  # the folder holding DiffusionRegistrationLib
@@ -79,6 +79,7 @@ class RegistrationJob:
         self.runner: Optional[ProcessRunner] = None
         self.log: list[str] = []
         self.last_progress: Optional[Progress] = None
+        self._world_to_moving = None
 
     # -- running -------------------------------------------------------------------------------------
     def command(self, folder: Path) -> list[str]:
@@ -103,8 +104,10 @@ class RegistrationJob:
         """Resolves the settings, writes the inputs and job.json, and starts the backend; returns at once."""
         config = self.options.config()
         fixed = image_from_volume_node(self.fixed, "fixed volume")
-        moving = image_from_volume_node(self.moving, "moving volume",
-                                        include_parent_transform=not self._under_previous_result())
+        through_parent = self.moving.GetParentTransformNode() is not None and not self._under_previous_result()
+        moving = image_from_volume_node(self.moving, "moving volume", include_parent_transform=through_parent)
+        # the result replaces the user's parent transforms as the volume's parent, so it must end where they did
+        self._world_to_moving = matrix_from_world(self.moving.GetParentTransformNode()) if through_parent else None
         masks = {"fixed_mask": _check_mask(self.fixed_mask, fixed, "fixed mask") if self.fixed_mask else None,
                  "moving_mask": _check_mask(self.moving_mask, moving, "moving mask") if self.moving_mask else None}
         self.folder = Path(tempfile.mkdtemp(prefix="diffreg-slicer-", dir=self.work_folder)).resolve()
@@ -189,6 +192,8 @@ class RegistrationJob:
                 created.append(transform)
             had_storage = transform.GetStorageNode() is not None
             load_transform(transform_path, self.scene, node=transform)
+            if self._world_to_moving is not None:
+                end_in_frame(transform, self._world_to_moving)
             if not had_storage:
                 created.append(transform.GetStorageNode())
             storage = transform.GetStorageNode()
