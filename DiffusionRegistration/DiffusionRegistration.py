@@ -317,10 +317,10 @@ class DiffusionRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
 #
 
 
-def readRequirements(diffusion: bool, path: pathlib.Path = REQUIREMENTS_FILE) -> list:
+def readRequirements(diffusion: bool) -> list:
     """The requirement lines of Resources/requirements.txt; those marked `extra == "diffusion"` only if asked."""
     requirements = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in REQUIREMENTS_FILE.read_text(encoding="utf-8").splitlines():
         requirement, _sep, marker = line.split("#", 1)[0].partition(";")
         if requirement.strip() and (diffusion or "diffusion" not in marker):
             requirements.append(requirement.strip())
@@ -484,6 +484,10 @@ class DiffusionRegistrationLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def _ensureTorch() -> bool:
+        """torch, at least MINIMUM_TORCH, through the PyTorch extension (it picks the CPU or CUDA build)."""
+        import importlib.metadata
+        import re
+
         try:
             import PyTorchUtils
         except ImportError:
@@ -492,11 +496,18 @@ class DiffusionRegistrationLogic(ScriptedLoadableModuleLogic):
             return False
         torchLogic = PyTorchUtils.PyTorchUtilsLogic()
         if torchLogic.torchInstalled():
-            return True
-        if not slicer.util.confirmOkCancelDisplay(
-                _("DiffusionRegistration needs PyTorch {version} or newer. The PyTorch extension will now download "
-                  "and install it (about 1-3 GB; it picks the CPU or CUDA build for this computer). Continue?"
-                  ).format(version=MINIMUM_TORCH)):
+            installed = importlib.metadata.version("torch")
+            if tuple(int(part) for part in re.findall(r"\d+", installed)[:2]) >= \
+                    tuple(int(part) for part in MINIMUM_TORCH.split(".")):
+                return True
+            question = _("DiffusionRegistration needs PyTorch {version} or newer; {installed} is installed. The "
+                         "PyTorch extension will now update it (restart Slicer afterwards). Continue?")
+        else:
+            question = _("DiffusionRegistration needs PyTorch {version} or newer. The PyTorch extension will now "
+                         "download and install it (about 1-3 GB; it picks the CPU or CUDA build for this computer). "
+                         "Continue?")
+            installed = ""
+        if not slicer.util.confirmOkCancelDisplay(question.format(version=MINIMUM_TORCH, installed=installed)):
             return False
         return torchLogic.installTorch(askConfirmation=False,
                                        torchVersionRequirement=f">={MINIMUM_TORCH}") is not None
@@ -519,7 +530,7 @@ class DiffusionRegistrationLogic(ScriptedLoadableModuleLogic):
                     packages="\n".join(missing))):
             return False
         with slicer.util.WaitCursor():
-            slicer.util.pip_install(" ".join(f'"{requirement}"' for requirement in missing))
+            slicer.util.pip_install(missing)
         return True
 
     def ensureWeights(self, backbone: str) -> bool:
@@ -575,7 +586,7 @@ class DiffusionRegistrationLogic(ScriptedLoadableModuleLogic):
         dialog.connect("canceled()", cancel)
         timer.start()
         try:
-            loop.exec()
+            loop.exec_()  # PythonQt names QEventLoop::exec exec_ (Slicer 5.8 and 5.10 alike)
         finally:
             timer.stop()
             dialog.close()

@@ -311,7 +311,7 @@ class QEventLoop:
     def __init__(self) -> None:
         self._running = False
 
-    def exec(self) -> int:
+    def exec_(self) -> int:  # PythonQt's name for QEventLoop::exec
         self._running = True
         while self._running and QTimer.active:
             for timer in list(QTimer.active):
@@ -743,6 +743,7 @@ def fake_modules() -> dict[str, types.ModuleType]:
                 QTimer, QEventLoop):
         setattr(qt, cls.__name__, cls)
     qt.Qt = types.SimpleNamespace(ApplicationModal=2, WindowModal=1, WaitCursor=3)
+    qt.QApplication = types.SimpleNamespace(setOverrideCursor=lambda cursor: None, restoreOverrideCursor=lambda: None)
     ctk = types.ModuleType("ctk")
     ctk.ctkPathLineEdit = ctkPathLineEdit
     i18n = types.ModuleType("slicer.i18n")

@@ -374,10 +374,13 @@ def test_cancelled_download_removes_the_partial_file_and_starts_nothing(monkeypa
     release = threading.Event()
 
     def serve():
-        with open(source, "wb") as stream:
-            stream.write(data[:100_000])
-            stream.flush()
-            release.wait(60)
+        try:
+            with open(source, "wb") as stream:
+                stream.write(data[:100_000])
+                stream.flush()
+                release.wait(60)
+        except BrokenPipeError:  # the cancelled reader is gone
+            pass
 
     server = threading.Thread(target=serve, daemon=True)
     server.start()
@@ -417,3 +420,30 @@ def test_failed_download_says_why_and_starts_nothing(monkeypatch, served_backbon
     assert not started
     message = dialogs["shown"][-1]
     assert "Downloading the weights of 'adm-256-uncond' failed" in message and "instead of" in message, message
+
+
+@pytest.mark.parametrize("packaging", [True, False], ids=["pip_ensure", "pip_install"])
+def test_missing_packages_are_installed_only_for_what_is_used(monkeypatch, tmp_path, packaging):
+    app = fake_slicer_app.App()
+    module = fake_slicer_app.import_module_file(monkeypatch, slicer.vtkMRMLScene(), app=app)
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("numpy>=1.0\ndiffreg-absent-base>=1.0\n"
+                            'diffreg-absent-diffusion>=2.0; extra == "diffusion"  # only for a diffusion backbone\n')
+    monkeypatch.setattr(module, "REQUIREMENTS_FILE", requirements)
+    torch_utils = types.ModuleType("PyTorchUtils")
+    torch_utils.PyTorchUtilsLogic = lambda: types.SimpleNamespace(torchInstalled=lambda: True)
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", torch_utils)
+    if packaging:
+        monkeypatch.setattr(slicer, "packaging", types.SimpleNamespace(
+            pip_ensure=lambda requirements, requester=None: app.calls.append(("pip_ensure", requirements, requester))),
+            raising=False)
+    monkeypatch.setattr(module.DiffusionRegistrationLogic, "ensureWeights", lambda logic, backbone: True)
+    logic = module.DiffusionRegistrationLogic()
+    assert logic.ensureDependencies(None)
+    assert logic.ensureDependencies("adm-256-uncond")
+    installed = [call[1] for call in app.calls]
+    assert installed == [["diffreg-absent-base>=1.0"], ["diffreg-absent-base>=1.0", "diffreg-absent-diffusion>=2.0"]]
+    if packaging:
+        assert {call[0] for call in app.calls} == {"pip_ensure"} and app.calls[0][2] == "DiffusionRegistration"
+    else:
+        assert {call[0] for call in app.calls} == {"pip_install"}
