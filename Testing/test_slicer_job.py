@@ -88,12 +88,6 @@ def test_agreement_map_is_higher_after_registration_and_lies_on_the_fixed_grid(d
     assert -1.0 <= image_from_volume_node(node).array.min() and image_from_volume_node(node).array.max() <= 1.0
 
 
-def test_agreement_of_an_image_with_itself_is_one_where_it_has_contrast(colin_small):
-    values = agreement_map(colin_small, colin_small, {"similarity": "mind"}).array
-    textured = colin_small.array > 0.2 * colin_small.array.max()
-    assert np.median(values[textured]) > 0.99
-
-
 def test_result_keeps_the_placement_the_users_linear_transform_gave(colin_small, tmp_path):
     """The moving volume lies 10 mm off and the user's linear transform puts it back: the registration sees it
     through that transform, and the result (which becomes the volume's parent) must keep that placement."""
