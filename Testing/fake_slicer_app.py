@@ -29,6 +29,7 @@ import sys
 import time
 import types
 import typing
+import unittest
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -708,7 +709,9 @@ class ScriptedLoadableModuleLogic:
         return scene.AddNode(node)
 
 
-class ScriptedLoadableModuleTest:
+class ScriptedLoadableModuleTest(unittest.TestCase):
+    """As Slicer's: a unittest.TestCase whose messages go to the application (here: App.messages)."""
+
     def delayDisplay(self, message, msec=1000):
         App.messages.append(message)
 

@@ -240,6 +240,7 @@ def test_settings_survive_five_entries_and_a_scene_close(monkeypatch, version):
     module, widget = panel(monkeypatch, version)
     parameters = widget._parameterNode
     assert parameters.mode == "fast" and shown(widget, "mode") == "fast"  # the declared default
+    assert parameters.networkCheckpoint == "" and shown(widget, "networkCheckpoint") == ""  # not "."
     for name, value in CHOICES.items():
         setattr(parameters, name, value)
     widget.parent.isEntered = True
@@ -447,3 +448,12 @@ def test_missing_packages_are_installed_only_for_what_is_used(monkeypatch, tmp_p
         assert {call[0] for call in app.calls} == {"pip_ensure"} and app.calls[0][2] == "DiffusionRegistration"
     else:
         assert {call[0] for call in app.calls} == {"pip_install"}
+
+
+def test_self_test_with_torch_registers_and_measures_the_overlay(monkeypatch):
+    """The module's own self-test, run as Slicer's --testing would: the backend runs, nothing is installed."""
+    app = fake_slicer_app.App(testing=True)
+    module = fake_slicer_app.import_module_file(monkeypatch, slicer.vtkMRMLScene(), app=app)
+    module.DiffusionRegistrationTest().runTest()
+    assert not app.calls
+    assert any(m.startswith("Test passed: MSE") for m in fake_slicer_app.App.messages), fake_slicer_app.App.messages
