@@ -152,6 +152,7 @@ class DiffusionRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         self._parameterNodeGuiTag = None
         self._keptSettings = {}
         self._job = None
+        self._preparing = False  # Apply pressed: dependencies or weights are being checked or fetched
         self._timer = None
 
     def setup(self) -> None:
@@ -235,7 +236,7 @@ class DiffusionRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
             return
         node = self._parameterNode
         reason = DiffusionRegistrationLogic.inputProblem(node.fixed, node.moving) if node else _("No parameters.")
-        self.ui.applyButton.enabled = reason is None
+        self.ui.applyButton.enabled = reason is None and not self._preparing
         self.ui.applyButton.toolTip = reason or _("Register the moving volume onto the fixed volume.")
         usesDiffusion = bool(node) and self.logic.diffusionBackbone(node) is not None
         self.ui.backboneComboBox.enabled = usesDiffusion
@@ -247,7 +248,8 @@ class DiffusionRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         if self._job is not None:
             self.cancelJob()
             return
-        self.ui.applyButton.enabled = False  # no second click while dependencies or weights are fetched
+        self._preparing = True  # no second click while dependencies or weights are fetched
+        self._checkCanApply()
         try:
             with slicer.util.tryWithErrorDisplay(_("Could not start the registration."), waitCursor=True):
                 node = self._parameterNode
@@ -258,6 +260,7 @@ class DiffusionRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
                 self._setRunning(True, _("Registering..."))
                 self._timer.start()
         finally:
+            self._preparing = False
             self._checkCanApply()
 
     def onPollJob(self) -> None:

@@ -337,6 +337,7 @@ def test_diffusion_settings_ask_for_the_weights_before_any_backend_run(monkeypat
     download = module.DiffusionRegistrationLogic.downloadWeights
 
     def spy(logic, backbone):
+        parameters.steps = 40  # a change to the parameter node re-checks Apply: it must stay disabled
         events.append(("download", backbone, widget.ui.applyButton.enabled))
         return download(logic, backbone)
 
