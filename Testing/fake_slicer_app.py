@@ -530,9 +530,7 @@ def parameterNodeGuiConnector(cls):
 
 
 def create_connector(widget, annotation) -> GuiConnector:
-    for custom in registered_connectors:
-        if custom.canRepresent(widget, annotation):
-            return custom.create(widget, annotation)
+    """guiConnectors.createGuiConnector: the built-in connectors first, then those registered later."""
     plain, validators = _split(annotation)
     if isinstance(widget, qMRMLNodeComboBox) and _is_node_type(plain):
         return NodeConnector(widget, plain)
@@ -545,6 +543,9 @@ def create_connector(widget, annotation) -> GuiConnector:
         return CheckBoxConnector(widget)
     if isinstance(widget, _ValueWidget) and plain in (int, float):
         return ValueConnector(widget, plain)
+    for custom in registered_connectors:
+        if custom.canRepresent(widget, annotation):
+            return custom.create(widget, annotation)
     raise RuntimeError(f"Unable to create GUI connector from datatype '{annotation}' to widget type "
                        f"'{type(widget).__name__}'.")
 
