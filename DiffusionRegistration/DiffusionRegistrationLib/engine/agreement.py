@@ -26,6 +26,7 @@ EPS = 1e-4  # variance floor for images in [0, 1]
 INTENSITY_SIGMA = 2.0
 FEATURE_SIGMA = 4.0
 CONTRAST_FREE = ("mi", "ngf", "mind")
+SLICES = 8  # slices of a volume sent through the diffusion network at a time
 
 
 def local_ncc(fixed: torch.Tensor, warped: torch.Tensor, sigma: float, eps: float = EPS) -> torch.Tensor:
@@ -43,16 +44,21 @@ def _tensor(image: Image) -> torch.Tensor:
 
 
 def _feature_agreement(fixed: torch.Tensor, warped: torch.Tensor, params: dict[str, Any], device: str) -> torch.Tensor:
-    """Feature LNCC of two [*spatial] images on their grid (2D, or 3D slice by slice)."""
+    """Feature LNCC of two [*spatial] images on their grid (2D, or 3D slice by slice, SLICES at a time so
+    that the feature maps of a whole volume never sit in memory together)."""
     from ..similarity.registry import build_similarity
 
     similarity = build_similarity("diffusion", **params)
     extractor = similarity.extractor_for(fixed.dim(), torch.device(device))
-    planes = [image[None, None] if image.dim() == 2 else image[:, None] for image in (fixed, warped)]
+    sigma = similarity.sigma or FEATURE_SIGMA
+    planes_f, planes_w = (image[None, None] if image.dim() == 2 else image[:, None] for image in (fixed, warped))
+    maps = []
     with torch.inference_mode():
-        features = [extractor(plane.to(extractor.device)).float().cpu() for plane in planes]
-    local = local_ncc(*features, similarity.sigma or FEATURE_SIGMA, similarity.eps).mean(1, keepdim=True)
-    local = F.interpolate(local, size=planes[0].shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        for start in range(0, planes_f.shape[0], SLICES):
+            f, w = (extractor(p[start:start + SLICES].to(extractor.device)).float().cpu() for p in (planes_f, planes_w))
+            local = local_ncc(f, w, sigma, similarity.eps).mean(1, keepdim=True)
+            maps.append(F.interpolate(local, size=planes_f.shape[-2:], mode="bilinear", align_corners=False)[:, 0])
+    local = torch.cat(maps)
     return local[0] if fixed.dim() == 2 else local
 
 

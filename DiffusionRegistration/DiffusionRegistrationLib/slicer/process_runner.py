@@ -158,11 +158,14 @@ class ProcessRunner:
 
     def _watch(self) -> None:
         pid = self._process.pid
-        if os.name != "nt" and hasattr(os, "waitid"):
+        unreaped = os.name != "nt" and hasattr(os, "waitid")
+        if unreaped:
             os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped: the pid stays ours
+        else:  # Windows (the open handle keeps the pid), or a POSIX without waitid
+            self._process.wait()
         self._exited.set()
         with self._reap_lock:
-            if self._cancelled and os.name != "nt":
+            if self._cancelled and unreaped:
                 self._signal_group(pid, signal.SIGKILL)  # what the child left running in its group
             returncode = self._process.wait()
             self._reaped = True
