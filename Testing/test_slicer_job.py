@@ -78,7 +78,7 @@ def test_agreement_map_is_higher_after_registration_and_lies_on_the_fixed_grid(d
     fixed_node.GetIJKToRASMatrix(matrices[1])
     assert np.allclose([[matrices[0].GetElement(i, j) for j in range(4)] for i in range(4)],
                        [[matrices[1].GetElement(i, j) for j in range(4)] for i in range(4)])
-    assert node.GetDisplayNode().GetColorNodeID() == "vtkMRMLColorTableNodeRainbow"
+    assert node.GetDisplayNode().GetColorNodeID() == "vtkMRMLColorTableNodeFileColdToHotRainbow.txt"
 
     fixed, moving = deformed_pair
     brain = fixed.array > 0.2 * fixed.array.max()

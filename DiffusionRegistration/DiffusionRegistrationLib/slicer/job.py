@@ -1,9 +1,10 @@
 """One registration run for the Slicer logic: MRML nodes in, backend in a background process, nodes out.
 
-`RegistrationJob` writes the input volumes (with their world geometry) to a temporary folder, runs
-`python -m DiffusionRegistrationLib.cli.main register ... --progress json` through ProcessRunner, and on
-success imports the results: a transform node (read through its storage node, Fixed/Moving references,
-set as the moving volume's parent transform), an optional warped volume and a checkerboard volume.
+`RegistrationJob` writes the input volumes (with their world geometry) and job.json (the resolved settings,
+a saved RegistrationConfig) to a temporary folder, runs `python -m DiffusionRegistrationLib.cli.main register
+... --config job.json --progress json` through ProcessRunner, and on success imports the results: a
+transform node (read through its storage node, Fixed/Moving references, set as the moving volume's parent
+transform), an optional warped volume, a checkerboard volume and, on request, the agreement map.
 Nodes are created only when the run succeeded, so a cancelled or failed run leaves no nodes, no files
 and no process behind. No Qt and no Slicer application are needed.
 """
@@ -13,7 +14,7 @@ import json
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -45,7 +46,11 @@ class JobResult:
     agreement: Optional[object] = None
 
 
-def colour_overlay(volume_node, colour_table: str = "vtkMRMLColorTableNodeRainbow") -> None:
+# Slicer's ColdToHotRainbow table (vtkMRMLColorLogic, 5.8 and later): blue for low values, red for high
+AGREEMENT_COLOURS = "vtkMRMLColorTableNodeFileColdToHotRainbow.txt"
+
+
+def colour_overlay(volume_node, colour_table: str = AGREEMENT_COLOURS) -> None:
     """Shows a map in [-1, 1] in colour (blue: disagreement, red: agreement), for a foreground layer."""
     volume_node.CreateDefaultDisplayNodes()
     display = volume_node.GetDisplayNode()
