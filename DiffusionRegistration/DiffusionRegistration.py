@@ -24,11 +24,17 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
+from DiffusionRegistrationLib.engine.config import presets as _presets
+from DiffusionRegistrationLib.features.catalog import load_catalog as _load_catalog
+from DiffusionRegistrationLib.similarity.registry import similarity_names as _similarity_names
+
 README_URL = "https://github.com/DiffusionRegistration/SlicerDiffusionRegistration#readme"
 
-PRESETS = ("default", "fast", "accurate", "stripped", "multimodal", "diffusion")
-SIMILARITIES = ("preset", "lncc", "ncc", "mse", "mi", "ngf", "mind", "diffusion")
-BACKBONES = ("adm-256-uncond", "sd-2-1-base", "sd-2-1")  # model catalog ids (Resources/models.json)
+# The choices come from the backend's registries (torch-free modules): presets, similarities ("preset": the
+# preset's own) and the model catalog's backbones.
+PRESETS = tuple(_presets())
+SIMILARITIES = ("preset", *_similarity_names())
+BACKBONES = tuple(_load_catalog())
 MODES = ("exact", "fast")
 DEVICES = ("auto", "cpu", "cuda")
 # The panel's choices that are not node references: kept when the scene is closed.
