@@ -15,8 +15,9 @@ import torch
 
 from .config import RegistrationConfig
 from ..errors import RegistrationError
-from ..io.images import Grid, Image, check_mask, normalize
+from ..io.images import Grid, Image, check_grid, check_image, check_mask, normalize
 from ..progress import Progress, ProgressCallback, silent
+from .quality import quality_warnings
 from .result import Result
 from ..similarity import build_similarity
 from ..similarity.base import Similarity
@@ -109,25 +110,35 @@ class _Convergence:
         return previous - recent < self.tolerance * max(abs(previous), 1e-8)
 
 
+def _diverged(setting: str, what: str) -> RegistrationError:
+    return RegistrationError(f"the optimisation diverged ({what}); lower {setting} (e.g. --set {setting}=...) to "
+                             "half its value or less, or raise the regularization.")
+
+
 def _optimise(step: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer, iterations: int,
-              config: RegistrationConfig, report: Callable[[int, float], None]) -> dict:
+              config: RegistrationConfig, report: Callable[[int, float], None], setting: str) -> dict:
+    """Adam steps with a cosine schedule until `iterations` or convergence. Non-finite losses or parameters
+    stop it before they reach grid_sample (whose backward crashes on them), naming `setting` to lower."""
     convergence = _Convergence(config.tolerance, config.patience)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, iterations, eta_min=0.0)
-    loss_value, done = float("nan"), 0
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    loss_value, start_loss, done = float("nan"), None, 0
     for done in range(1, iterations + 1):
         optimizer.zero_grad(set_to_none=True)
         loss = step()
+        loss_value = float(loss.detach())
+        if not np.isfinite(loss_value):
+            raise _diverged(setting, "the loss is not finite")
+        start_loss = loss_value if start_loss is None else start_loss
         loss.backward()
         optimizer.step()
         schedule.step()
-        loss_value = float(loss.detach())
-        if not np.isfinite(loss_value):
-            raise RegistrationError("the optimisation diverged (loss is not finite); lower the learning rate "
-                                    "(lr=...) or raise the regularisation.")
+        if not all(bool(torch.isfinite(p).all()) for p in parameters):
+            raise _diverged(setting, "the transform's parameters are not finite")
         report(done, loss_value)
         if convergence.done(loss_value):
             break
-    return {"steps": done, "loss": loss_value}
+    return {"steps": done, "loss": loss_value, "start_loss": start_loss}
 
 
 def _affine_sampling(affine: AffineTransform, fixed_grid: Grid, moving_grid: Grid,
@@ -173,7 +184,7 @@ def register(fixed: Image, moving: Image, config: Optional[RegistrationConfig] =
     Images may lie on different grids and orientations: everything happens in physical space.
     The progress callback may raise `Cancelled` to stop the run.
     """
-    config = config or RegistrationConfig()
+    config = _checked_arguments(fixed, moving, config, fixed_mask, moving_mask)
     start = time.perf_counter()
     if fixed.dim != moving.dim:
         raise RegistrationError(f"fixed {fixed.name} is {fixed.dim}D but moving {moving.name} is {moving.dim}D; "
@@ -219,7 +230,7 @@ def register(fixed: Image, moving: Image, config: Optional[RegistrationConfig] =
             optimizer = torch.optim.Adam([{"params": [affine.translation], "lr": config.affine_lr * 100},
                                           {"params": [affine.linear], "lr": config.affine_lr}])
             outcome = _optimise(affine_step, optimizer, iterations, config,
-                                level_reporter("affine", index, len(plan), iterations))
+                                level_reporter("affine", index, len(plan), iterations), "affine_lr")
             history.append({"stage": "affine", "level": factor, **outcome})
         progress(Progress("affine", 1.0, "done"))
     affine.requires_grad_(False)
@@ -249,7 +260,7 @@ def register(fixed: Image, moving: Image, config: Optional[RegistrationConfig] =
 
             optimizer = torch.optim.Adam(dense.parameters(), lr=config.lr * float(np.mean(f_grid.spacing)))
             outcome = _optimise(dense_step, optimizer, iterations, config,
-                                level_reporter("deformable", index, len(plan), iterations))
+                                level_reporter("deformable", index, len(plan), iterations), "lr")
             history.append({"stage": "deformable", "level": factor, **outcome})
         progress(Progress("deformable", 1.0, "done"))
 
@@ -265,9 +276,29 @@ def register(fixed: Image, moving: Image, config: Optional[RegistrationConfig] =
         inverse_field = None
         if inverse:
             inverse_field = _inverse_on_moving_grid(affine, dense, fixed.grid, moving.grid, device)
-    return Result(fixed.grid, moving.grid, displacement, affine=affine.matrix()[0],
-                  warped=Image(warped[0, 0].cpu().numpy(), fixed.grid, None), inverse=inverse_field,
-                  seconds=time.perf_counter() - start, config=config.to_dict(), history=history)
+    result = Result(fixed.grid, moving.grid, displacement, affine=affine.matrix()[0],
+                    warped=Image(warped[0, 0].cpu().numpy(), fixed.grid, None), inverse=inverse_field,
+                    seconds=time.perf_counter() - start, config=config.to_dict(), history=history)
+    result.warnings = quality_warnings(result, fixed, moving, config.similarity)
+    return result
+
+
+def _checked_arguments(fixed: Image, moving: Image, config: Optional[RegistrationConfig],
+                       fixed_mask: Optional[Image], moving_mask: Optional[Image]) -> RegistrationConfig:
+    """The API's entrance: TypeError naming a wrong argument; in-memory images get the file checks
+    (finite voxels, usable grid); the settings are validated again (attributes may have been changed)."""
+    given = {"fixed": fixed, "moving": moving, "fixed_mask": fixed_mask, "moving_mask": moving_mask}
+    for name, value in given.items():
+        if value is not None and not isinstance(value, Image):
+            raise TypeError(f"register(): {name} must be an Image (io.images.Image or read_image(path)), "
+                            f"not {type(value).__name__}.")
+    if config is not None and not isinstance(config, RegistrationConfig):
+        raise TypeError(f"register(): config must be a RegistrationConfig (make_config(...)), not "
+                        f"{type(config).__name__}.")
+    for name, image in (("fixed image", fixed), ("moving image", moving)):
+        check_grid(image.grid, f"{name} {image.name}")
+        check_image(image, name)
+    return RegistrationConfig(**(config or RegistrationConfig()).to_dict())
 
 
 def _inverse_on_moving_grid(affine: AffineTransform, dense: Optional[DenseTransform], fixed_grid: Grid,

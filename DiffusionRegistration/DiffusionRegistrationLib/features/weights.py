@@ -95,9 +95,18 @@ def _write_stamp(folder: Path, records: dict) -> None:
         temporary.write_text(json.dumps(records, indent=1, sort_keys=True), encoding="utf-8")
 
 
-def _record(path: Path, sha256: str) -> dict:
+def _record(path: Path, sha256: str, reference: bool) -> dict:
+    """A stamp entry; `reference`: the SHA-256 was checked against the catalog's or came from a download
+    (a hash taken of hand-placed files proves nothing and is kept with reference false)."""
     stat = path.stat()
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256}
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256, "reference": reference}
+
+
+def unreferenced(model: str | ModelEntry) -> list[str]:
+    """Names of a cached model's files whose checksum has no reference (neither catalog nor download)."""
+    entry = get_model(model)
+    stamp = _read_stamp(model_dir(entry))
+    return [f.name for f in entry.files if not f.sha256 and not stamp.get(f.name, {}).get("reference")]
 
 
 def _redownload(entry: ModelEntry) -> str:
@@ -138,7 +147,8 @@ def verify(model: str | ModelEntry, progress: ProgressCallback = silent) -> Path
         recorded = stamp.get(expected.name, {}).get("sha256")
         digest = verify_file(target, expected, entry, recorded,
                              lambda n, start=done: progress(Progress("verify", (start + n) / total, expected.name)))
-        records[expected.name] = _record(target, digest)
+        reference = bool(expected.sha256) or bool(stamp.get(expected.name, {}).get("reference"))
+        records[expected.name] = _record(target, digest, reference)
         done += target.stat().st_size
     _write_stamp(folder, records)
     progress(Progress("verify", 1.0, f"{entry.id}: all {len(entry.files)} files verified"))
@@ -234,7 +244,7 @@ def _download_files(entry: ModelEntry, folder: Path, progress: ProgressCallback,
         with atomic_path(target) as temporary:
             sha = _fetch(expected.url, temporary, expected, entry,
                          lambda n, start=done: progress(Progress("download", min((start + n) / total, 1.0), message)))
-        stamp[expected.name] = _record(target, sha)
+        stamp[expected.name] = _record(target, sha, True)
         _write_stamp(folder, stamp)
         done += expected.size or 0
 
@@ -270,7 +280,7 @@ def _download_hub(entry: ModelEntry, folder: Path, progress: ProgressCallback) -
     for index, expected in enumerate(entry.files):
         target = folder / expected.name
         progress(Progress("download", 0.9 + 0.1 * index / len(entry.files), f"checking {expected.name}"))
-        records[expected.name] = _record(target, verify_file(target, expected, entry))
+        records[expected.name] = _record(target, verify_file(target, expected, entry), True)
     _write_stamp(folder, records)
 
 

@@ -69,14 +69,20 @@ def read_network_checkpoint(path: Union[str, Path], device: torch.device) -> dic
 
 def load_network(checkpoint: Union[str, Path, dict], device: torch.device) -> TrainedNetwork:
     data = checkpoint if isinstance(checkpoint, dict) else read_network_checkpoint(checkpoint, device)
-    spec = NetworkSpec.from_dict(data["network"])
+    try:
+        spec = NetworkSpec.from_dict(dict(data["network"]))
+        config, step = dict(data["config"]), int(data["step"])
+    except (TypeError, ValueError, KeyError, AttributeError) as error:
+        raise RegistrationError(f"network checkpoint {data.get('path')}: its network description is malformed "
+                                f"({type(error).__name__}: {error}). The file is damaged or was not written by "
+                                "`diffreg train`.") from None
     model = RegistrationNetwork(spec).to(device)
     try:
         model.load_state_dict(data["model"])
     except RuntimeError as error:
         raise RegistrationError(f"network checkpoint {data.get('path')}: weights do not fit the network it "
                                 f"describes ({str(error).splitlines()[0]}). The file is damaged.") from None
-    return TrainedNetwork(model, spec, dict(data["config"]), int(data["step"]), data.get("path"))
+    return TrainedNetwork(model, spec, config, step, data.get("path"))
 
 
 def _pair_batch(fixed: Image, moving: Image, spec: NetworkSpec, device: torch.device,
