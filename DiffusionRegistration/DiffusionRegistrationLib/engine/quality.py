@@ -42,7 +42,7 @@ def normalized_mutual_information(a: np.ndarray, b: np.ndarray, bins: int = MI_B
     return (entropy(joint.sum(0)) + entropy(joint.sum(1))) / max(entropy(joint), 1e-12)
 
 
-def _affine_warnings(matrix: np.ndarray) -> list[str]:
+def affine_warnings(matrix: np.ndarray) -> list[str]:
     linear = matrix[:-1, :-1]
     scales = np.linalg.svd(linear, compute_uv=False)
     found = []
@@ -97,7 +97,7 @@ def quality_warnings(result: Result, fixed: Image, moving: Image, similarity: st
     """The guard's warnings for a finished registration of `moving` onto `fixed` (empty when all is plausible)."""
     found = _loss_warnings(result.history)
     if result.affine is not None:
-        found += _affine_warnings(result.affine)
+        found += affine_warnings(result.affine)
     start = Result.identity(fixed.grid, moving.grid).warp(moving).array
     before = normalized_mutual_information(fixed.array, start)
     stages = [("affine", _affine_only(result))] if result.affine is not None else []
