@@ -622,3 +622,48 @@ def test_models_verify_calls_hand_placed_hub_files_unverified(tmp_path, monkeypa
         target.write_bytes(b"\0" * (expected.size or 10))
     assert main(["models", "verify", entry.id, "--progress", "none"]) == 0
     assert capsys.readouterr().out.startswith(f"{entry.id}: unverified")
+
+
+CHECKPOINT_FIELDS = [("step", "abc", "step"), ("network", [1, 2], "network"), ("config", 5, "config"),
+                     ("network", {"dim": 2, "channels": [10 ** 9]}, "channels"),
+                     ("network", {"dim": 2, "size": [100000, 100000]}, "out of range"),
+                     ("network", {"dim": 7}, "dim")]
+
+
+@pytest.mark.parametrize("field, value, fragment", CHECKPOINT_FIELDS, ids=[f"{c[0]}-{c[2]}" for c in CHECKPOINT_FIELDS])
+def test_a_checkpoint_with_crafted_fields_is_refused(data, tmp_path, capsys, field, value, fragment):
+    import torch
+
+    checkpoint = {"format": "diffreg-network-1", "model": {}, "network": {"dim": 2}, "config": {}, "step": 1}
+    checkpoint[field] = value
+    torch.save(checkpoint, tmp_path / "net.pt")
+    out = tmp_path / "out"
+    assert main(["register", "--fixed", data["fixed"], "--moving", data["moving"], "--output-dir", str(out),
+                 "--network", str(tmp_path / "net.pt"), "--progress", "none"]) == 2
+    _one_error(capsys.readouterr().err, "net.pt" if field != "network" or fragment == "network" else "network",
+               fragment)
+    assert _contents(tmp_path) == {"net.pt", "out"} and _contents(out) == set()
+
+
+def test_evaluate_refuses_multi_component_labels(data, transforms, tmp_path, capsys):
+    labels = _save(np.ones((32, 32, 3), np.uint8), tmp_path / "rgb.nrrd", vector=True)
+    assert main(["evaluate", "--transform", transforms["2d"], "--reference", data["fixed"], "--fixed-labels", labels,
+                 "--moving-labels", data["moving"]]) == 2
+    _one_error(capsys.readouterr().err, "fixed labels", "components")
+
+
+def test_an_unwritable_model_cache_is_an_error_line(tmp_path, monkeypatch, capsys):
+    from DiffusionRegistrationLib.features.catalog import load_catalog
+    from DiffusionRegistrationLib.features.weights import STAMP
+
+    monkeypatch.setenv("DIFFREG_CACHE", str(tmp_path))
+    entry = next(e for e in load_catalog().values() if e.kind == "hub" and all(not f.sha256 for f in e.files))
+    for expected in entry.files:
+        target = tmp_path / entry.id / expected.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(b"\0" * (expected.size or 10))
+    (tmp_path / entry.id / STAMP).mkdir()  # the stamp cannot be written: as unwritable as a read-only cache
+    before = _contents(tmp_path / entry.id)
+    assert main(["models", "verify", entry.id, "--progress", "none"]) == 2
+    _one_error(capsys.readouterr().err, STAMP)
+    assert _contents(tmp_path / entry.id) == before

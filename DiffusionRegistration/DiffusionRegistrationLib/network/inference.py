@@ -69,13 +69,17 @@ def read_network_checkpoint(path: Union[str, Path], device: torch.device) -> dic
 
 def load_network(checkpoint: Union[str, Path, dict], device: torch.device) -> TrainedNetwork:
     data = checkpoint if isinstance(checkpoint, dict) else read_network_checkpoint(checkpoint, device)
+    damaged = "the file is damaged or was not written by `diffreg train`."
+    for name, kind in (("network", dict), ("config", dict), ("step", int)):
+        if not isinstance(data.get(name), kind) or isinstance(data.get(name), bool):
+            raise RegistrationError(f"network checkpoint {data.get('path')}: field '{name}' is a "
+                                    f"{type(data.get(name)).__name__}, not a {kind.__name__}; {damaged}")
     try:
-        spec = NetworkSpec.from_dict(dict(data["network"]))
-        config, step = dict(data["config"]), int(data["step"])
-    except (TypeError, ValueError, KeyError, AttributeError) as error:
-        raise RegistrationError(f"network checkpoint {data.get('path')}: its network description is malformed "
-                                f"({type(error).__name__}: {error}). The file is damaged or was not written by "
-                                "`diffreg train`.") from None
+        spec = NetworkSpec.from_dict(data["network"])
+    except (TypeError, ValueError) as error:
+        raise RegistrationError(f"network checkpoint {data.get('path')}: field 'network' is malformed ({error}); "
+                                f"{damaged}") from None
+    config, step = data["config"], data["step"]
     model = RegistrationNetwork(spec).to(device)
     try:
         model.load_state_dict(data["model"])
