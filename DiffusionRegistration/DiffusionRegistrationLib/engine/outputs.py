@@ -116,14 +116,16 @@ def check_folder(folder: Path, size: int = 1 << 20) -> None:
 
 
 def _previous_outputs(report: Path, keep: Iterable[Optional[str]]) -> list[Path]:
-    """Files listed by an earlier run's report in this place (not inputs of this run): replaced or retired."""
+    """Files an earlier run's report lists in the report's own folder (never elsewhere, never an input of this
+    run): replaced or retired by this run."""
     try:
         listed = json.loads(report.read_text(encoding="utf-8")).get("outputs", {})
         paths = [Path(p) for p in listed.values() if isinstance(p, str)]
     except (OSError, ValueError, AttributeError):
         return []
     kept = {Path(p).resolve() for p in keep if p}
-    return [p for p in paths if p.is_file() and p.resolve() not in kept]
+    folder = report.parent.resolve()
+    return [p for p in paths if p.is_file() and p.resolve().parent == folder and p.resolve() not in kept]
 
 
 def write_outputs(result: Result, fixed: Image, moving: Image, output_dir: str | os.PathLike,
