@@ -55,12 +55,12 @@ def _register_parser(subparsers) -> None:
 
 
 def _cmd_register(args: argparse.Namespace) -> int:
-    from ..io.images import read_image, read_mask
+    config = config_from_args(args)  # first: a bad setting is refused before torch is imported
     from ..engine.outputs import OutputRequest, check_outputs, write_outputs
+    from ..io.images import read_image, read_mask
     from ..progress import Progress
 
     progress_shown, progress = progress_from_args(args)
-    config = config_from_args(args)
     fixed = read_image(args.fixed, "fixed image")
     moving = read_image(args.moving, "moving image")
     fixed_mask = read_mask(args.fixed_mask, fixed, "fixed mask") if args.fixed_mask else None
