@@ -65,7 +65,8 @@ def _cmd_register(args: argparse.Namespace) -> int:
     moving = read_image(args.moving, "moving image")
     fixed_mask = read_mask(args.fixed_mask, fixed, "fixed mask") if args.fixed_mask else None
     moving_mask = read_mask(args.moving_mask, moving, "moving mask") if args.moving_mask else None
-    request = OutputRequest(transform=args.transform, warped=args.warped, affine=args.affine, inverse=args.inverse)
+    request = OutputRequest(transform=args.transform, warped=args.warped, affine=args.affine, inverse=args.inverse,
+                            agreement=args.agreement)
     check_outputs(args.output_dir, request, (args.fixed, args.moving, args.fixed_mask, args.moving_mask),
                   fixed.grid, moving.grid)
     if args.network:
@@ -80,8 +81,6 @@ def _cmd_register(args: argparse.Namespace) -> int:
 
         result = register(fixed, moving, config, fixed_mask, moving_mask, progress=progress,
                           inverse=bool(args.inverse))
-    request = OutputRequest(transform=args.transform, warped=args.warped, affine=args.affine, inverse=args.inverse,
-                            agreement=args.agreement)
     written = write_outputs(result, fixed, moving, args.output_dir, request)
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
