@@ -49,9 +49,13 @@ ROLE_SUFFIXES = {"transform": FIELD_SUFFIXES + IMAGE_SUFFIXES, "vector_field": F
 
 
 def planned_outputs(output_dir: str | os.PathLike, request: OutputRequest) -> dict[str, Path]:
-    """role -> final path of every requested file."""
+    """role -> final path of every requested file (the vector field is left out when the transform itself
+    is written under its name: the same field, once)."""
     folder = Path(output_dir)
-    return {f.name: folder / getattr(request, f.name) for f in fields(request) if getattr(request, f.name)}
+    targets = {f.name: folder / getattr(request, f.name) for f in fields(request) if getattr(request, f.name)}
+    if targets.get("vector_field") == targets["transform"]:
+        del targets["vector_field"]
+    return targets
 
 
 def _bytes_needed(role: str, fixed_grid: Grid, moving_grid: Grid) -> int:
@@ -144,7 +148,7 @@ def write_outputs(result: Result, fixed: Image, moving: Image, output_dir: str |
             return outputs.path(targets[role])
 
         write_displacement(result.displacement, result.fixed_grid, target("transform"))
-        if request.vector_field:
+        if "vector_field" in targets:
             write_displacement(result.displacement, result.fixed_grid, target("vector_field"))
         if request.warped:
             write_image(warped, target("warped"))
