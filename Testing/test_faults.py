@@ -376,6 +376,9 @@ CHILD_PATCHES = {
     "kill-while-writing": "import DiffusionRegistrationLib.engine.outputs as m\n_w = m.write_image\n"
                           "def write_image(*a, **k):\n    _w(*a, **k)\n    os.kill(os.getpid(), signal.SIGKILL)\n"
                           "m.write_image = write_image\n",
+    "kill-while-registering": "import DiffusionRegistrationLib.engine.registration as m\n"
+                              "def register(*a, **k):\n    os.kill(os.getpid(), signal.SIGKILL)\n"
+                              "m.register = register\n",
     "term-while-committing": "import DiffusionRegistrationLib.io.atomic as m\n_r, _n = os.replace, []\n"
                              "def replace(a, b):\n    _n.append(b)\n    if len(_n) == 8:\n"
                              "        os.kill(os.getpid(), signal.SIGTERM)\n    return _r(a, b)\nm.os.replace = replace\n",
@@ -446,14 +449,15 @@ def test_a_signal_during_registration_ends_the_json_stream_with_a_cancelled_even
     assert _contents(out) == set()
 
 
-def test_sigkill_while_writing_keeps_the_previous_set_and_a_rerun_cleans_up(data, tmp_path, capsys):
+@pytest.mark.parametrize("patch, leaves_temporaries", [("kill-while-registering", False), ("kill-while-writing", True)])
+def test_sigkill_keeps_the_previous_set_and_a_rerun_cleans_up(data, tmp_path, capsys, patch, leaves_temporaries):
     out = tmp_path / "out"
     assert main(_register(data, out)) == 0
     previous = _bytes_of(out)
-    process = _run_child(_register(data, out, "--set", "seed=4"), "kill-while-writing")
+    process = _run_child(_register(data, out, "--set", "seed=4"), patch)
     assert process.returncode == -signal.SIGKILL
     leftovers = _contents(out) - DEFAULT_SET
-    assert leftovers and all(".partial" in name for name in leftovers)
+    assert bool(leftovers) == leaves_temporaries and all(".partial" in name for name in leftovers)
     assert {name: data for name, data in _bytes_of(out).items() if name in DEFAULT_SET} == previous
     assert main(_register(data, out)) == 0
     assert _contents(out) == DEFAULT_SET
