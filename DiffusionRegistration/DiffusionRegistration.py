@@ -552,7 +552,8 @@ class DiffusionRegistrationLogic(ScriptedLoadableModuleLogic):
         """
         from DiffusionRegistrationLib.features import weights
 
-        if weights.status(backbone) in ("verified", "not verified"):  # present: the backend verifies on load
+        # present (the backend verifies on load), or a built-in backbone without weights
+        if weights.status(backbone) in ("verified", "unverified", "not checked", "built in"):
             return True
         if not slicer.util.confirmOkCancelDisplay(
                 _("The weights of the diffusion network '{backbone}' are not in the model cache ({folder}). "

@@ -165,7 +165,7 @@ def test_3d_fast_mode_can_sample_cached_slices_per_step(volume_tensor, adm3d, tm
         losses = []
         for _ in range(3):
             loss = similarity.mapped_loss(volume_tensor, moving, grid)
-            axes, sel = similarity._state["last_slices"]
+            axes, sel = similarity.strategy.state.last_slices
             assert len(axes) == 1 and len(sel) == 2
             losses.append((float(loss.detach()), axes[0], tuple(sel)))
         loss.backward()
@@ -187,7 +187,7 @@ def test_3d_exact_mode_uses_four_seeded_slices_along_one_axis(volume_tensor, adm
         for _ in range(2):
             before = extractor.calls
             loss = similarity.mapped_loss(volume_tensor, moving, grid)
-            axis, index = similarity._state["last_slices"]
+            axis, index = similarity.strategy.state.last_slices
             assert len(index) == 4 == len(set(index)) and 0 <= axis < 3
             assert all(0 <= i < shape[axis] for i in index)
             assert 4 <= extractor.calls - before <= 8  # 4 warped slices, plus fixed slices not seen before

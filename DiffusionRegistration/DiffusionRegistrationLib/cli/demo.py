@@ -47,7 +47,7 @@ def demo_pair(seed: int = 0) -> dict[str, Image | np.ndarray]:
 
 def diffusion_weights_status() -> Optional[str]:
     """None when the diffusion backbone's weights are cached and verified, else the reason and the fix."""
-    from ..features.catalog import default_backbone_path
+    from ..features.weights import default_backbone_path
 
     try:
         default_backbone_path()

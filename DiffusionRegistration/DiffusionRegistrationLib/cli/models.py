@@ -45,7 +45,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from ..features.catalog import load_catalog
     from ..features.weights import status, unreferenced, verify
 
-    ids = [args.id] if args.id else [e.id for e in load_catalog().values() if status(e) != "missing"]
+    ids = [args.id] if args.id else [e.id for e in load_catalog().values() if status(e) not in ("missing", "built in")]
     if not ids:
         print("no model is in the cache yet (see `diffreg models list`).")
     for model_id in ids:
