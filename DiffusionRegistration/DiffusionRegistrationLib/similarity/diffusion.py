@@ -5,6 +5,8 @@ Measures (per feature pixel, averaged over the fixed mask downsampled to feature
   (sigma 4 feature pixels in 2D, 5 for slices of 3D volumes), cc = cov / sqrt((var_f + eps)(var_m + eps)),
   eps 1e-6; loss = -mean(cc), so identical feature maps give -1 wherever a channel varies.
 - "cosine": cosine similarity of the feature vectors; loss = -mean(cos).
+- "l1": mean absolute difference of the feature channels (the `mind` similarity's loss: with the `mind`
+  known-answer backbone the diffusion path then computes what `--similarity mind` computes).
 
 Modes:
 - "exact" (the paper): the warped moving image's features are re-extracted at every step and the
@@ -87,6 +89,10 @@ def lncc_loss(fixed: torch.Tensor, moving: torch.Tensor, weights: torch.Tensor, 
     inv_sd_m = torch.rsqrt((mm - mu_m * mu_m).clamp(min=0) + eps)
     cc = (fm - mu_f * mu_m) * inv_sd_f * inv_sd_m
     return -_weighted_mean(cc, weights)
+
+
+def l1_loss(fixed: torch.Tensor, moving: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    return _weighted_mean((fixed.float() - moving.float()).abs(), weights)
 
 
 def cosine_loss(fixed: torch.Tensor, moving: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -409,8 +415,8 @@ class DiffusionFeatureSimilarity(Similarity):
                  intensity_weight: float = 0.0, cache: bool = True, cache_dir: Optional[str] = None,
                  step_slices: Optional[int] = None):
         super().__init__()
-        if measure not in ("lncc", "cosine"):
-            raise RegistrationError(f"diffusion similarity: measure '{measure}' is not one of lncc, cosine.")
+        if measure not in ("lncc", "cosine", "l1"):
+            raise RegistrationError(f"diffusion similarity: measure '{measure}' is not one of lncc, cosine, l1.")
         if mode not in ("exact", "fast"):
             raise RegistrationError(f"diffusion similarity: mode '{mode}' is not one of exact, fast.")
         if isinstance(extractor, str):
@@ -502,6 +508,8 @@ class DiffusionFeatureSimilarity(Similarity):
                      sigma: float, stats: Stats = None) -> torch.Tensor:
         if self.measure == "cosine":
             return cosine_loss(fixed_features, moving_features, weights)
+        if self.measure == "l1":
+            return l1_loss(fixed_features, moving_features, weights)
         return lncc_loss(fixed_features, moving_features, weights, sigma, self.eps, stats)
 
     # -- per level ----------------------------------------------------------------------------------
