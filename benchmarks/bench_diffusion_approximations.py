@@ -1,0 +1,178 @@
+"""What the diffusion similarity's approximations cost: accuracy with known-answer features, time with ADM.
+
+Accuracy (TRE against the known field, mean over the brain, mm): the 2 mm Colin27 pair of the main job with
+the skull-stripped image as both fixed (deformed by the known field) and moving, registered with `image`
+features (the diffusion similarity is then LNCC on the image, so volumetric LNCC is the reference) and
+with `mind` features (l1 measure: what `--similarity mind` computes), through the diffusion path:
+fast vs exact, tri-planar slice stride 1/2/4/8, cached slices per step, the paper's random axis vs
+tri-planar, feature refresh every K steps. Schedule: the `diffusion` preset's levels and iterations,
+no affine stage.
+
+Time with the full-size ADM (552,814,086 parameters, the 3D tap encoder block 11 at t=50) with RANDOM
+weights, on the same pair at each level of the preset: the one-off cost (fast: tri-planar extraction of
+both images) and the cost of a few steps (loss and backward), measured in the same run for both modes
+and extrapolated to the preset's iterations (stated in the output). Accuracy from random weights is
+meaningless and is never reported.
+
+    PYTHONPATH=DiffusionRegistration python benchmarks/bench_diffusion_approximations.py
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from DiffusionRegistrationLib.cli.demo import demo_pair
+from DiffusionRegistrationLib.engine.config import PRESETS, make_config
+from DiffusionRegistrationLib.engine.registration import register
+from DiffusionRegistrationLib.geometry.synthetic import warp_with_displacement
+from DiffusionRegistrationLib.io.atomic import atomic_path
+from DiffusionRegistrationLib.similarity.diffusion import DiffusionFeatureSimilarity
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SIGMA = 2.0  # the LNCC window (voxels of the 2D slices; the same for the volumetric reference)
+
+
+def accuracy_runs(quick: bool) -> list[tuple[str, str, dict]]:
+    """(name, similarity, params) of every accuracy row."""
+    image = {"extractor": "image", "sigma": SIGMA, "cache": False}
+    mind = {"extractor": "mind", "measure": "l1", "cache": False}
+    rows = [("none", "", {}), ("volumetric lncc", "lncc", {"sigma": SIGMA}), ("volumetric mind", "mind", {}),
+            ("image exact (paper: random axis, 4 slices)", "diffusion", {**image, "mode": "exact"})]
+    strides = (2, 4) if quick else (1, 2, 4, 8)
+    rows += [(f"image fast tri-planar stride {s}", "diffusion", {**image, "mode": "fast", "slice_stride": s})
+             for s in strides]
+    if not quick:
+        rows += [(f"image fast stride 2, {n} cached slices per step", "diffusion",
+                  {**image, "mode": "fast", "slice_stride": 2, "step_slices": n}) for n in (4, 16)]
+        rows += [("image fast stride 8, 8 cached slices per step", "diffusion",
+                  {**image, "mode": "fast", "slice_stride": 8, "step_slices": 8})]
+        rows += [(f"image fast stride 4, refresh every {k}", "diffusion",
+                  {**image, "mode": "fast", "slice_stride": 4, "refresh_every": k}) for k in (10, 30)]
+        rows += [("mind exact (random axis, 4 slices)", "diffusion", {**mind, "mode": "exact"}),
+                 ("mind fast stride 4", "diffusion", {**mind, "mode": "fast", "slice_stride": 4})]
+    return rows
+
+
+def accuracy(quick: bool) -> list[dict]:
+    pair = demo_pair(0)
+    moving = pair["moving"]
+    fixed = warp_with_displacement(moving, pair["field"])  # same contrast: the known-answer features apply
+    brain = pair["brain"]
+    preset = PRESETS["diffusion"][1]
+    rows = []
+    for name, similarity, params in accuracy_runs(quick):
+        if not similarity:
+            rows.append({"name": name, "tre_mm": float(np.linalg.norm(pair["field"], axis=-1)[brain].mean()),
+                         "seconds": 0.0, "steps": 0})
+            continue
+        config = make_config("default", {"similarity": similarity, "similarity_params": params, "affine": False,
+                                         "levels": preset["levels"], "iterations": preset["iterations"],
+                                         "regularization": preset["regularization"]})
+        start = time.perf_counter()
+        result = register(fixed, moving, config)
+        seconds = time.perf_counter() - start
+        tre = float(np.linalg.norm(result.displacement - pair["field"], axis=-1)[brain].mean())
+        rows.append({"name": name, "similarity": similarity, "params": params, "tre_mm": tre, "seconds": seconds,
+                     "steps": sum(h["steps"] for h in result.history)})
+        print(f"{name:<52} TRE {tre:5.2f} mm  {seconds:7.1f} s", flush=True)
+    return rows
+
+
+def _level_tensors(image, factor: float) -> torch.Tensor:
+    """The image at a preset level (shrink factor) as [1, 1, D, H, W] in [0, 1] (linear resampling)."""
+    tensor = torch.as_tensor(image.array, dtype=torch.float32)[None, None]
+    tensor = (tensor - tensor.min()) / (tensor.max() - tensor.min())
+    if factor == 1:
+        return tensor
+    size = [max(8, int(round(n / factor))) for n in tensor.shape[2:]]
+    return torch.nn.functional.interpolate(tensor, size=size, mode="trilinear", align_corners=True)
+
+
+def adm_times(steps: int, flags: dict) -> list[dict]:
+    """One-off and per-step seconds of exact and fast mode at each preset level, full-size ADM, random weights."""
+    from DiffusionRegistrationLib.features.adm_extractor import AdmExtractor
+
+    pair = demo_pair(0)
+    preset = PRESETS["diffusion"][1]
+    fast_params = {k: v for k, v in preset["similarity_params"].items() if k not in ("extractor", "mode")}
+    extractor = AdmExtractor.random(seed=0, dim=3, flags=flags)
+    rows = []
+    for factor, iterations in zip(preset["levels"], preset["iterations"]):
+        fixed, moving = _level_tensors(pair["fixed"], factor), _level_tensors(pair["moving"], factor)
+        for mode, params in (("exact", {}), ("fast", fast_params)):
+            similarity = DiffusionFeatureSimilarity(extractor, mode=mode, cache=False, **params)
+            start = time.perf_counter()
+            similarity.prepare(fixed, moving, None, None)
+            one_off = time.perf_counter() - start
+            theta = torch.eye(3, 4)[None]
+            grid = torch.nn.functional.affine_grid(theta, list(fixed.shape), align_corners=True).requires_grad_(True)
+            start = time.perf_counter()
+            for _ in range(steps):
+                similarity.mapped_loss(fixed, moving, grid).backward()
+            per_step = (time.perf_counter() - start) / steps
+            row = {"level": factor, "shape": list(fixed.shape[2:]), "mode": mode, "settings": params,
+                   "one_off_s": one_off, "per_step_s": per_step, "measured_steps": steps,
+                   "preset_iterations": iterations, "extrapolated_s": one_off + iterations * per_step}
+            rows.append(row)
+            print(f"ADM level {factor:g} {mode:<5} one-off {one_off:7.1f} s  per step {per_step:7.2f} s  "
+                  f"-> {iterations} steps {row['extrapolated_s']:7.1f} s (extrapolated)", flush=True)
+    return rows
+
+
+def markdown(report: dict) -> str:
+    lines = ["# Diffusion similarity: cost of the approximations", "",
+             f"Command: `{report['command']}`  ", f"Machine: {report['machine']}, {report['threads']} threads, "
+             f"load average at start {report['load_average'][0]:.1f} (shared machine: times are noisy)", "",
+             "## Accuracy with known-answer features (2 mm Colin27, known field, TRE over the brain)", "",
+             "| run | TRE mean (mm) | time (s) | steps |", "|---|---|---|---|"]
+    for row in report["accuracy"]:
+        lines.append(f"| {row['name']} | {row['tre_mm']:.2f} | {row['seconds']:.1f} | {row['steps']} |")
+    if report["adm"]:
+        lines += ["", "## Time with the full-size ADM (random weights: time only)", "",
+                  f"Each mode measured for {report['adm'][0]['measured_steps']} steps per level in the same run; the "
+                  "preset's total is one-off + iterations x per-step (extrapolated).", "",
+                  "| level | shape | mode | one-off (s) | per step (s) | preset iterations | extrapolated (s) |",
+                  "|---|---|---|---|---|---|---|"]
+        for row in report["adm"]:
+            lines.append(f"| {row['level']:g} | {'x'.join(map(str, row['shape']))} | {row['mode']} | "
+                         f"{row['one_off_s']:.1f} | {row['per_step_s']:.2f} | {row['preset_iterations']} | "
+                         f"{row['extrapolated_s']:.1f} |")
+        totals = {mode: sum(r["extrapolated_s"] for r in report["adm"] if r["mode"] == mode) for mode in ("exact", "fast")}
+        lines += ["", f"Preset total (extrapolated): exact {totals['exact']:.0f} s, fast {totals['fast']:.0f} s, "
+                      f"exact/fast = {totals['exact'] / totals['fast']:.1f}x."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer accuracy rows")
+    parser.add_argument("--adm-steps", type=int, default=2, help="steps timed per mode and level (0: skip ADM)")
+    parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--name", default="bench_diffusion_approximations")
+    args = parser.parse_args()
+    from DiffusionRegistrationLib.features.adm import ADM_256_UNCOND_FLAGS
+
+    report = {"command": "python benchmarks/bench_diffusion_approximations.py " + " ".join(
+                  a for a in ("--quick" if args.quick else "", f"--adm-steps {args.adm_steps}",
+                              "--skip-accuracy" if args.skip_accuracy else "") if a),
+              "machine": platform.machine(), "threads": torch.get_num_threads(), "load_average": os.getloadavg(),
+              "accuracy": [] if args.skip_accuracy else accuracy(args.quick),
+              "adm": adm_times(args.adm_steps, ADM_256_UNCOND_FLAGS) if args.adm_steps > 0 else []}
+    text = markdown(report)
+    print(text)
+    RESULTS.mkdir(exist_ok=True)
+    with atomic_path(RESULTS / f"{args.name}.json") as temporary:
+        temporary.write_text(json.dumps(report, indent=1))
+    with atomic_path(RESULTS / f"{args.name}.md") as temporary:
+        temporary.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
