@@ -8,14 +8,15 @@ Measures (per feature pixel, averaged over the fixed mask downsampled to feature
 - "l1": mean absolute difference of the feature channels (the `mind` similarity's loss: with the `mind`
   known-answer backbone the diffusion path then computes what `--similarity mind` computes).
 
-Modes:
-- "exact" (the paper): the warped moving image's features are re-extracted at every step and the
-  gradient flows through the frozen network. 2D: the fixed features do not change and are extracted
-  once per level. 3D: each call picks one random axis and `slices_per_step` (4) random slice indices
-  (seeded generator) and extracts those 2D slices of the fixed image (cached per slice, no gradient)
-  and of the warped moving image. Same numbers as one batch of both (the same noise is used for every
-  image, and the network treats images independently), at about half the backward cost.
-- "fast": features of the fixed and of the moving image are extracted once per level (3D: tri-planar,
+Modes, each an algorithm class (strategy) with its own typed per-level state, chosen once per level:
+- "exact" (the paper; `Planar2D` without cached moving features, `RandomAxisExact3D`): the warped moving
+  image's features are re-extracted at every step and the gradient flows through the frozen network.
+  2D: the fixed features do not change and are extracted once per level. 3D, as the paper runs it:
+  each call picks one random axis and `slices_per_step` (4) random slice indices (seeded generator)
+  and extracts those 2D slices of the fixed image (cached per slice, no gradient) and of the warped
+  moving image. Same numbers as one batch of both (the same noise is used for every image, and the
+  network treats images independently), at about half the backward cost.
+- "fast" (`Planar2D` with cached moving features, `TriplanarFast3D`): features of the fixed and of the moving image are extracted once per level (3D: tri-planar,
   every `slice_stride`-th slice along each axis), cached in memory and on disk, and the moving feature
   maps are warped with the sampling grid (3D: the moving tri-planar feature volumes are sampled with
   the 3D sampling grid at the fixed slices used). `refresh_every` K > 0 re-extracts, every K steps,
