@@ -14,7 +14,11 @@ both images) and the cost of a few steps (loss and backward), measured in the sa
 and extrapolated to the preset's iterations (stated in the output). Accuracy from random weights is
 meaningless and is never reported.
 
-    PYTHONPATH=DiffusionRegistration python benchmarks/bench_diffusion_approximations.py
+    PYTHONPATH=DiffusionRegistration python benchmarks/bench_diffusion_approximations.py --adm-steps 0 \\
+        --name bench_diffusion_approximations_accuracy
+    PYTHONPATH=DiffusionRegistration python benchmarks/bench_diffusion_approximations.py --skip-accuracy \\
+        --adm-steps 2 --name bench_diffusion_approximations_adm
+    PYTHONPATH=DiffusionRegistration python benchmarks/bench_diffusion_approximations.py --combine
 """
 from __future__ import annotations
 
@@ -139,9 +143,10 @@ def adm_times(steps: int, flags: dict) -> list[dict]:
 def markdown(report: dict) -> str:
     lines = ["# Diffusion similarity: cost of the approximations", "",
              f"Command: `{report['command']}`  ", f"Machine: {report['machine']}, {report['threads']} threads, "
-             f"load average at start {report['load_average'][0]:.1f} (shared machine: times are noisy)", "",
-             "## Accuracy with known-answer features (2 mm Colin27, known field, TRE over the brain)", "",
-             "| run | TRE mean (mm) | time (s) | steps |", "|---|---|---|---|"]
+             f"load average at start {report['load_average'][0]:.1f} (shared machine: times are noisy)"]
+    if report["accuracy"]:
+        lines += ["", "## Accuracy with known-answer features (2 mm Colin27, known field, TRE over the brain)", "",
+                  "| run | TRE mean (mm) | time (s) | steps |", "|---|---|---|---|"]
     for row in report["accuracy"]:
         lines.append(f"| {row['name']} | {row['tre_mm']:.2f} | {row['seconds']:.1f} | {row['steps']} |")
     if report["adm"]:
@@ -167,16 +172,84 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _per_level_costs(adm: list[dict]) -> list[dict]:
+    """From the ADM rows, per preset level: extraction seconds per slice, exact seconds per step, and the fast
+    step's seconds per slice used (from the row that used every cached slice)."""
+    costs = []
+    for level in sorted({row["level"] for row in adm}, reverse=True):
+        rows = [row for row in adm if row["level"] == level]
+        exact = next(row for row in rows if row["mode"] == "exact")
+        extracted = next(row for row in rows if row["mode"] == "fast" and row["slices_extracted_once"])
+        every = next(row for row in rows if row["mode"] == "fast" and "step_slices" not in row["settings"])
+        per_volume = extracted["slices_extracted_once"] // 2
+        costs.append({"level": level, "shape": extracted["shape"], "iterations": exact["preset_iterations"],
+                      "exact_step": exact["per_step_s"],
+                      "slice": extracted["one_off_s"] / extracted["slices_extracted_once"],
+                      "step_slice": every["per_step_s"] / per_volume})
+    return costs
+
+
+def adm_estimate(params: dict, costs: list[dict]) -> float:
+    """Estimated seconds of the preset's schedule with the full-size ADM for one accuracy row's settings, from
+    the measured per-slice costs: one-off extraction of both images' cached slices, per-step work on the
+    slices used, and each refresh (re-extracting the moving image's cached slices)."""
+    from DiffusionRegistrationLib.similarity.diffusion import _slice_positions
+
+    total = 0.0
+    for level in costs:
+        if params.get("mode") == "exact":
+            total += level["iterations"] * level["exact_step"]
+            continue
+        stride = params.get("slice_stride", 4)
+        per_volume = sum(len(_slice_positions(n, stride)) for n in level["shape"])
+        used = min(params.get("step_slices") or per_volume, per_volume)
+        refreshes = level["iterations"] // params["refresh_every"] if params.get("refresh_every") else 0
+        total += (2 + refreshes) * per_volume * level["slice"] + level["iterations"] * used * level["step_slice"]
+    return total
+
+
+def combined(accuracy_report: dict, adm_report: dict) -> str:
+    """One table: each accuracy row with its estimated full-size-ADM time and accuracy per second."""
+    costs = _per_level_costs(adm_report["adm"])
+    none = next(row["tre_mm"] for row in accuracy_report["accuracy"] if row["name"] == "none")
+    lines = ["# Diffusion similarity: accuracy (known-answer features) and time (full-size ADM, estimated)", "",
+             f"Accuracy: `{accuracy_report['command']}`; ADM costs: `{adm_report['command']}` (see the two .md "
+             "files). ADM seconds per row are estimated from the measured per-slice costs of each level "
+             "(extraction, fast step, exact step) for the preset's 60 + 30 steps; accuracy per second = (TRE "
+             f"before, {none:.2f} mm, minus TRE) / ADM seconds. Shared 2-core machine: times are rough.", "",
+             "| run | TRE mean (mm) | ADM seconds (estimated) | exact / this | mm per ADM-second |",
+             "|---|---|---|---|---|"]
+    exact = adm_estimate({"mode": "exact"}, costs)
+    for row in accuracy_report["accuracy"]:
+        if row.get("similarity") != "diffusion":
+            lines.append(f"| {row['name']} | {row['tre_mm']:.2f} | - | - | - |")
+            continue
+        seconds = adm_estimate(row["params"], costs)
+        lines.append(f"| {row['name']} | {row['tre_mm']:.2f} | {seconds:.0f} | {exact / seconds:.1f} | "
+                     f"{(none - row['tre_mm']) / seconds:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer accuracy rows")
     parser.add_argument("--adm-steps", type=int, default=2, help="steps timed per mode and level (0: skip ADM)")
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--name", default="bench_diffusion_approximations")
+    parser.add_argument("--combine", action="store_true",
+                        help="only write the combined table from the accuracy and the ADM results already written")
     args = parser.parse_args()
     from DiffusionRegistrationLib.features.adm import ADM_256_UNCOND_FLAGS
 
-    report = {"command": "python benchmarks/bench_diffusion_approximations.py " + " ".join(
+    if args.combine:
+        reports = [json.loads((RESULTS / f"{args.name}_{part}.json").read_text()) for part in ("accuracy", "adm")]
+        text = combined(*reports)
+        print(text)
+        with atomic_path(RESULTS / f"{args.name}.md") as temporary:
+            temporary.write_text(text)
+        return
+
+    report = {"command": f"python benchmarks/bench_diffusion_approximations.py --name {args.name} " + " ".join(
                   a for a in ("--quick" if args.quick else "", f"--adm-steps {args.adm_steps}",
                               "--skip-accuracy" if args.skip_accuracy else "") if a),
               "machine": platform.machine(), "threads": torch.get_num_threads(), "load_average": os.getloadavg(),

@@ -24,7 +24,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     rows = [("ID", "KIND", "BACKBONE", "SIZE", "STATUS")]
     for entry in load_catalog().values():
-        rows.append((entry.id, entry.kind, entry.backbone, _size(entry.total_size), status(entry)))
+        size = "-" if entry.kind == "builtin" else _size(entry.total_size)
+        rows.append((entry.id, entry.kind, entry.backbone, size, status(entry)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())

@@ -105,6 +105,8 @@ PRESETS: dict[str, Preset] = {
     "multimodal": Preset("different contrasts: MIND descriptors, mutual information for the affine stage",
                          {"similarity": "mind", "affine_similarity": "mi"}),
     # The regulariser weight is the paper's 3D lambda; it needs the weights (`diffreg models download`).
+    # slice_stride 8 with 8 cached slices per step: the best accuracy per second measured, 7.9x faster than
+    # exact mode (benchmarks/bench_diffusion_approximations.py; README, "What the approximations cost").
     "diffusion": Preset("the paper's similarity on diffusion-model features (ADM, fast mode; needs the weights)",
                         {"similarity": "diffusion",
                          "similarity_params": {"extractor": "adm-256-uncond", "mode": "fast", "slice_stride": 8,
