@@ -247,7 +247,7 @@ def hub(tmp_path, monkeypatch):
     and model_index.json with its git blob id, both computed here with hashlib; it does not list
     unet/config.json. Returns the served contents (a dict the test may change) and the calls."""
     huggingface_hub = pytest.importorskip("huggingface_hub", reason="hub models need huggingface_hub")
-    from huggingface_hub.hf_api import BlobLfsInfo, RepoSibling
+    from huggingface_hub.hf_api import ModelInfo
 
     entry = {"kind": "hub", "backbone": "sd", "source": {"repo": "someone/tiny-sd", "revision": "abc123"},
              "licence": "test", "files": [{"name": n, "size": None, "sha256": None, "reason": "hub"} for n in HUB_FILES]}
@@ -257,17 +257,15 @@ def hub(tmp_path, monkeypatch):
     served, calls = dict(HUB_FILES), []
     lfs_name, blob_name = "unet/diffusion_pytorch_model.safetensors", "model_index.json"
     lfs_data, blob_data = HUB_FILES[lfs_name], HUB_FILES[blob_name]
-    siblings = [RepoSibling(lfs_name, len(lfs_data), "0" * 40,
-                            BlobLfsInfo(size=len(lfs_data), sha256=hashlib.sha256(lfs_data).hexdigest(),
-                                        pointer_size=134)),
-                RepoSibling(blob_name, len(blob_data), hashlib.sha1(b"blob %d\0" % len(blob_data) + blob_data).hexdigest())]
+    # the hub's JSON for these files (parsed by huggingface_hub's own ModelInfo)
+    siblings = [{"rfilename": lfs_name, "size": len(lfs_data), "blobId": "0" * 40,
+                 "lfs": {"size": len(lfs_data), "sha256": hashlib.sha256(lfs_data).hexdigest(), "pointerSize": 134}},
+                {"rfilename": blob_name, "size": len(blob_data),
+                 "blobId": hashlib.sha1(b"blob %d\0" % len(blob_data) + blob_data).hexdigest()}]
 
     def fake_info(self, repo_id, revision=None, files_metadata=False, **_):
         calls.append(("info", repo_id, revision, files_metadata))
-        return huggingface_hub.hf_api.ModelInfo(id=repo_id, siblings=[
-            {"rfilename": s.rfilename, "size": s.size, "blobId": s.blob_id,
-             **({"lfs": {"size": s.lfs.size, "sha256": s.lfs.sha256, "pointerSize": 134}} if s.lfs else {})}
-            for s in siblings])
+        return ModelInfo(id=repo_id, siblings=siblings)
 
     def fake_snapshot(repo_id, revision, local_dir, allow_patterns):
         calls.append(("snapshot", repo_id, revision, sorted(allow_patterns)))
