@@ -322,9 +322,11 @@ def status_of_file(folder: Path, expected: ModelFile, stamp: dict) -> str:
         return "pending"
     stat = target.stat()
     same = record.get("size") == stat.st_size and record.get("mtime_ns") == stat.st_mtime_ns
-    if not same or (expected.sha256 is not None and record.get("sha256") != expected.sha256):
+    if not same:
         return "pending"
-    return "verified" if record.get("reference", "none") != "none" else "unverified"
+    if expected.sha256 is not None:  # the catalog's SHA-256 (which the recorded hash matched) is the reference
+        return "verified" if record.get("sha256") == expected.sha256 else "pending"
+    return "verified" if record.get("reference") == "hub" else "unverified"
 
 
 def hub_references(repo: str, revision: str, names: list[str]) -> dict[str, dict[str, Any]]:
