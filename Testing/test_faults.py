@@ -615,7 +615,9 @@ def test_the_api_checks_in_memory_images_and_argument_types(data):
         register(fixed, data["moving"])
 
 
-def test_models_verify_calls_hand_placed_hub_files_unverified(tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def hand_placed_hub_model(tmp_path, monkeypatch):
+    """A hub model of the catalog whose files were put into the cache by hand (zeros of the right size)."""
     from DiffusionRegistrationLib.features.catalog import load_catalog
 
     monkeypatch.setenv("DIFFREG_CACHE", str(tmp_path))
@@ -624,6 +626,11 @@ def test_models_verify_calls_hand_placed_hub_files_unverified(tmp_path, monkeypa
         target = tmp_path / entry.id / expected.name
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(b"\0" * (expected.size or 10))
+    return entry
+
+
+def test_models_verify_calls_hand_placed_hub_files_unverified(hand_placed_hub_model, capsys):
+    entry = hand_placed_hub_model
     assert main(["models", "verify", entry.id, "--progress", "none"]) == 0
     assert capsys.readouterr().out.startswith(f"{entry.id}: unverified")
 
@@ -656,16 +663,10 @@ def test_evaluate_refuses_multi_component_labels(data, transforms, tmp_path, cap
     _one_error(capsys.readouterr().err, "fixed labels", "components")
 
 
-def test_an_unwritable_model_cache_is_an_error_line(tmp_path, monkeypatch, capsys):
-    from DiffusionRegistrationLib.features.catalog import load_catalog
+def test_an_unwritable_model_cache_is_an_error_line(hand_placed_hub_model, tmp_path, capsys):
     from DiffusionRegistrationLib.features.weights import STAMP
 
-    monkeypatch.setenv("DIFFREG_CACHE", str(tmp_path))
-    entry = next(e for e in load_catalog().values() if e.kind == "hub" and all(not f.sha256 for f in e.files))
-    for expected in entry.files:
-        target = tmp_path / entry.id / expected.name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(b"\0" * (expected.size or 10))
+    entry = hand_placed_hub_model
     (tmp_path / entry.id / STAMP).mkdir()  # the stamp cannot be written: as unwritable as a read-only cache
     before = _contents(tmp_path / entry.id)
     assert main(["models", "verify", entry.id, "--progress", "none"]) == 2
