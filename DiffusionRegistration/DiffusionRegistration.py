@@ -4,35 +4,46 @@ Slicer only, and thin: the panel (Widget) reads the parameter node and follows a
 Logic turns MRML nodes into a job of DiffusionRegistrationLib (which runs the backend with Slicer's
 Python in another process) and shows the result. No heavy package is imported at module level.
 """
+import importlib.util
 import logging
 import pathlib
 import shutil
 import sys
 from typing import Annotated, Callable, Optional
 
+import ctk
 import qt
 import slicer
 import vtk
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLTransformNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.parameterNodeWrapper import (Choice, GuiConnector, WithinRange, parameterNodeGuiConnector,
+                                         parameterNodeWrapper, unannotatedType)
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
+from DiffusionRegistrationLib.engine.config import presets as _presets
+from DiffusionRegistrationLib.features.catalog import load_catalog as _load_catalog
+from DiffusionRegistrationLib.similarity.registry import similarity_names as _similarity_names
+
 README_URL = "https://github.com/DiffusionRegistration/SlicerDiffusionRegistration#readme"
 
-PRESETS = ("default", "fast", "accurate", "stripped", "multimodal", "diffusion")
-SIMILARITIES = ("preset", "lncc", "ncc", "mse", "mi", "ngf", "mind", "diffusion")
-BACKBONES = ("adm-256-uncond", "sd-2-1-base", "sd-2-1")  # model catalog ids (Resources/models.json)
+# The choices come from the backend's registries (torch-free modules): presets, similarities ("preset": the
+# preset's own) and the model catalog's backbones.
+PRESETS = tuple(_presets())
+SIMILARITIES = ("preset", *_similarity_names())
+BACKBONES = tuple(_load_catalog())
 MODES = ("exact", "fast")
 DEVICES = ("auto", "cpu", "cuda")
-# Packages the backend needs besides what Slicer bundles; torch comes from the PyTorch extension and
-# SimpleITK, numpy, scipy from Slicer itself, so they are never installed or replaced here.
-PIP_REQUIREMENTS = {"diffusers": "diffusers>=0.30", "transformers": "transformers>=4.40",
-                    "safetensors": "safetensors>=0.4", "huggingface_hub": "huggingface_hub>=0.23",
-                    "tqdm": "tqdm>=4.66"}
+# The panel's choices that are not node references: kept when the scene is closed.
+SETTINGS = ("preset", "similarity", "backbone", "mode", "device", "steps", "regularization", "networkCheckpoint",
+            "finetuneSteps", "checkerboardSquareMm", "agreementMap")
+# Python packages the backend needs besides torch (PyTorch extension) and what Slicer bundles (numpy,
+# scipy, SimpleITK); entries marked `extra == "diffusion"` only for a diffusion backbone.
+REQUIREMENTS_FILE = pathlib.Path(__file__).resolve().parent / "Resources" / "requirements.txt"
+MINIMUM_TORCH = "2.4"
 
 
 #
@@ -87,17 +98,45 @@ class DiffusionRegistrationParameterNode:
     device: Annotated[str, Choice(DEVICES)] = "auto"
     steps: Annotated[int, WithinRange(0, 5000)] = 0
     regularization: Annotated[float, WithinRange(0.0, 100.0)] = 0.0
-    networkCheckpoint: pathlib.Path
+    networkCheckpoint: str = ""
     finetuneSteps: Annotated[int, WithinRange(0, 5000)] = 0
     outputTransform: vtkMRMLTransformNode
     outputVolume: vtkMRMLScalarVolumeNode
     checkerboardSquareMm: Annotated[float, WithinRange(1.0, 200.0)] = 10.0
+    agreementMap: bool = False
 
 
-def _checkpointPath(path) -> str:
-    """The checkpoint as a string, or "" when the path widget is empty (Path("") reads as ".")."""
-    text = str(path) if path is not None else ""
-    return "" if text in ("", ".") else text
+@parameterNodeGuiConnector
+class PathLineEditToStrConnector(GuiConnector):
+    """A file path kept as text, so an empty choice stays empty (a pathlib.Path parameter shows ".")."""
+
+    @staticmethod
+    def canRepresent(widget, datatype) -> bool:
+        return type(widget) == ctk.ctkPathLineEdit and unannotatedType(datatype) == str
+
+    @staticmethod
+    def create(widget, datatype):
+        return PathLineEditToStrConnector(widget) if PathLineEditToStrConnector.canRepresent(widget, datatype) \
+            else None
+
+    def __init__(self, widget) -> None:
+        super().__init__()
+        self._widget = widget
+
+    def _connect(self) -> None:
+        self._widget.currentPathChanged.connect(self.changed)
+
+    def _disconnect(self) -> None:
+        self._widget.currentPathChanged.disconnect(self.changed)
+
+    def widget(self):
+        return self._widget
+
+    def read(self) -> str:
+        return self._widget.currentPath
+
+    def write(self, value: str) -> None:
+        self._widget.currentPath = value
 
 
 #
@@ -117,7 +156,9 @@ class DiffusionRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        self._keptSettings = {}
         self._job = None
+        self._preparing = False  # Apply pressed: dependencies or weights are being checked or fetched
         self._timer = None
 
     def setup(self) -> None:
@@ -126,6 +167,7 @@ class DiffusionRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.ui.progressBar.visible = False
         self.logic = DiffusionRegistrationLogic()
 
         self._timer = qt.QTimer()
@@ -139,22 +181,27 @@ class DiffusionRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
 
     def cleanup(self) -> None:
         self.cancelJob()
+        self._disconnectGui()
         self.removeObservers()
 
     def enter(self) -> None:
         self.initializeParameterNode()
 
     def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self._disconnectGui()
 
     def onSceneStartClose(self, caller, event) -> None:
         self.cancelJob()
+        self._keptSettings = {name: getattr(self._parameterNode, name) for name in SETTINGS} \
+            if self._parameterNode else {}
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
+        """The closed scene's parameter node was reset: the panel's choices (not its nodes) carry over."""
+        kept, self._keptSettings = self._keptSettings, {}
+        parameterNode = self.logic.getParameterNode()
+        for name, value in kept.items():
+            setattr(parameterNode, name, value)
         if self.parent.isEntered:
             self.initializeParameterNode()
 
@@ -166,14 +213,28 @@ class DiffusionRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
                 self._parameterNode.fixed = first
 
     def setParameterNode(self, inputParameterNode: Optional[DiffusionRegistrationParameterNode]) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        """Connects the .ui to the node once; a node already connected stays as it is.
+
+        connectParametersToGui returns the connection's tag on every Slicer version (connectGui returns it
+        only from 5.10 on; a lost tag leaves connectors behind that reset the combo boxes on reconnection).
+        """
+        if inputParameterNode is not None and self._parameterNodeGuiTag is not None \
+                and self._parameterNode.parameterNode is inputParameterNode.parameterNode:
+            return
+        self._disconnectGui()
         self._parameterNode = inputParameterNode
         if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            widgets = [w for w in vars(self.ui).values() if w.property("SlicerParameterName")]
+            self._parameterNodeGuiTag = self._parameterNode.connectParametersToGui(
+                {w.property("SlicerParameterName"): w for w in widgets})
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
             self._checkCanApply()
+
+    def _disconnectGui(self) -> None:
+        if self._parameterNode and self._parameterNodeGuiTag is not None:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self._parameterNodeGuiTag = None
 
     def _checkCanApply(self, caller=None, event=None) -> None:
         if self._job is not None:
@@ -181,27 +242,32 @@ class DiffusionRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
             return
         node = self._parameterNode
         reason = DiffusionRegistrationLogic.inputProblem(node.fixed, node.moving) if node else _("No parameters.")
-        self.ui.applyButton.enabled = reason is None
+        self.ui.applyButton.enabled = reason is None and not self._preparing
         self.ui.applyButton.toolTip = reason or _("Register the moving volume onto the fixed volume.")
-        usesDiffusion = bool(node) and self.logic.usesDiffusion(node.preset, node.similarity)
+        usesDiffusion = bool(node) and self.logic.diffusionBackbone(node) is not None
         self.ui.backboneComboBox.enabled = usesDiffusion
         self.ui.modeComboBox.enabled = usesDiffusion
-        self.ui.finetuneStepsSpinBox.enabled = bool(node) and bool(_checkpointPath(node.networkCheckpoint))
+        self.ui.finetuneStepsSpinBox.enabled = bool(node) and bool(node.networkCheckpoint)
 
     # -- running -------------------------------------------------------------------------------------
     def onApplyButton(self) -> None:
         if self._job is not None:
             self.cancelJob()
             return
-        with slicer.util.tryWithErrorDisplay(_("Could not start the registration."), waitCursor=True):
-            node = self._parameterNode
-            if not self.logic.ensureDependencies(self.logic.usesDiffusion(node.preset, node.similarity),
-                                                 node.backbone):
-                return
-            self.ui.logTextEdit.clear()
-            self._job = self.logic.startJob(node)
-            self._setRunning(True, _("Registering..."))
-            self._timer.start()
+        self._preparing = True  # no second click while dependencies or weights are fetched
+        self._checkCanApply()
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Could not start the registration."), waitCursor=True):
+                node = self._parameterNode
+                if not self.logic.ensureDependencies(self.logic.diffusionBackbone(node)):
+                    return
+                self.ui.logTextEdit.clear()
+                self._job = self.logic.startJob(node)
+                self._setRunning(True, _("Registering..."))
+                self._timer.start()
+        finally:
+            self._preparing = False
+            self._checkCanApply()
 
     def onPollJob(self) -> None:
         """Timer slot: drains the job's events without blocking; imports the result when it ended."""
@@ -260,12 +326,46 @@ class DiffusionRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
 #
 
 
+def readRequirements(diffusion: bool) -> list:
+    """The requirement lines of Resources/requirements.txt; those marked `extra == "diffusion"` only if asked."""
+    requirements = []
+    for line in REQUIREMENTS_FILE.read_text(encoding="utf-8").splitlines():
+        requirement, _sep, marker = line.split("#", 1)[0].partition(";")
+        if requirement.strip() and (diffusion or "diffusion" not in marker):
+            requirements.append(requirement.strip())
+    return requirements
+
+
+def missingRequirements(requirements: list) -> list:
+    """The requirements whose distribution is not installed (versions are checked where `packaging` is)."""
+    import importlib.metadata
+    import re
+
+    missing = []
+    for requirement in requirements:
+        name = re.split(r"[<>=!~\[ ]", requirement, maxsplit=1)[0]
+        try:
+            installed = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(requirement)
+            continue
+        try:
+            from packaging.requirements import Requirement
+        except ImportError:
+            continue
+        if not Requirement(requirement).specifier.contains(installed, prereleases=True):
+            missing.append(requirement)
+    return missing
+
+
 class DiffusionRegistrationLogic(ScriptedLoadableModuleLogic):
     """MRML nodes in, a background registration job, MRML nodes out. Usable without the panel."""
 
+    DOWNLOAD_POLL_MS = 200
+
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self._dependenciesChecked = False
+        self._dependenciesChecked = set()
 
     def getParameterNode(self):
         return DiffusionRegistrationParameterNode(super().getParameterNode())
@@ -280,39 +380,49 @@ class DiffusionRegistrationLogic(ScriptedLoadableModuleLogic):
         return None
 
     @staticmethod
-    def usesDiffusion(preset: str, similarity: str) -> bool:
-        return similarity == "diffusion"
-
-    @staticmethod
     def pythonExecutable() -> str:
         """Slicer's Python launcher (it sets up the libraries' environment), else this interpreter."""
         return shutil.which("PythonSlicer") or sys.executable
 
-    @classmethod
-    def options(cls, preset: str = "default", similarity: str = "preset", backbone: str = "adm-256-uncond",
-                mode: str = "exact", device: str = "auto", steps: int = 0, regularization: float = 0.0,
-                networkCheckpoint=None, finetuneSteps: int = 0, checkerboardSquareMm: float = 10.0,
-                seed: Optional[int] = None):
-        """The backend options for these panel values (backbone and mode only with a diffusion similarity)."""
-        from DiffusionRegistrationLib.slicer.job import RegistrationOptions
+    @staticmethod
+    def options(preset: str = "default", similarity: str = "preset", backbone: str = "adm-256-uncond",
+                mode: str = "fast", device: str = "auto", steps: int = 0, regularization: float = 0.0,
+                networkCheckpoint: str = "", finetuneSteps: int = 0, checkerboardSquareMm: float = 10.0,
+                agreementMap: bool = False, seed: Optional[int] = None):
+        """The backend options for these panel values."""
+        from DiffusionRegistrationLib.slicer.options import RegistrationOptions
 
-        diffusion = cls.usesDiffusion(preset, similarity)
         return RegistrationOptions(
-            preset=preset, similarity="" if similarity == "preset" else similarity,
-            backbone=backbone if diffusion else "", mode=mode if diffusion else "", device=device,
-            steps=int(steps), regularization=float(regularization), network=_checkpointPath(networkCheckpoint),
-            finetune_steps=int(finetuneSteps), seed=seed, checkerboard_square_mm=float(checkerboardSquareMm))
+            preset=preset, similarity="" if similarity == "preset" else similarity, backbone=backbone, mode=mode,
+            device=device, steps=int(steps), regularization=float(regularization), network=str(networkCheckpoint),
+            finetune_steps=int(finetuneSteps), seed=seed, checkerboard_square_mm=float(checkerboardSquareMm),
+            agreement=bool(agreementMap))
+
+    @classmethod
+    def parameterOptions(cls, parameterNode):
+        """The backend options for the panel's parameter node."""
+        return cls.options(**{name: getattr(parameterNode, name) for name in SETTINGS})
+
+    @classmethod
+    def diffusionBackbone(cls, parameterNode) -> Optional[str]:
+        """The catalog id of the diffusion backbone these settings run, from the backend's resolved
+        settings (a preset or the similarity box can select it), or None for an intensity similarity."""
+        from DiffusionRegistrationLib.errors import RegistrationError
+
+        try:
+            return cls.parameterOptions(parameterNode).diffusion_backbone()
+        except RegistrationError:
+            return None
 
     def startJob(self, parameterNode: DiffusionRegistrationParameterNode):
         """Starts a background job for the panel's parameters; returns it at once."""
         p = parameterNode
-        options = self.options(p.preset, p.similarity, p.backbone, p.mode, p.device, p.steps, p.regularization,
-                               p.networkCheckpoint, p.finetuneSteps, p.checkerboardSquareMm)
-        return self.start(p.fixed, p.moving, options, p.fixedMask, p.movingMask, p.outputTransform, p.outputVolume)
+        return self.start(p.fixed, p.moving, self.parameterOptions(p), p.fixedMask, p.movingMask, p.outputTransform,
+                          p.outputVolume)
 
     def start(self, fixed, moving, options=None, fixedMask=None, movingMask=None, outputTransform=None,
               outputVolume=None, python: Optional[str] = None):
-        """Writes the inputs to a temporary folder and starts the backend process; returns the job."""
+        """Writes the inputs and job.json to a temporary folder and starts the backend; returns the job."""
         from DiffusionRegistrationLib.errors import RegistrationError
         from DiffusionRegistrationLib.slicer.job import RegistrationJob
 
@@ -324,27 +434,27 @@ class DiffusionRegistrationLogic(ScriptedLoadableModuleLogic):
         return job.start()
 
     def finishJob(self, job, parameterNode: Optional[DiffusionRegistrationParameterNode] = None):
-        """Imports a finished job's outputs, records the new transform, and shows the result."""
+        """Imports a finished job's outputs, selects the transform it made or filled, and shows the result."""
         result = job.finish()
         if parameterNode is not None:
             parameterNode.outputTransform = result.transform
-        self.showResult(job.fixed, job.moving)
+        self.showResult(job.fixed, job.moving, result.agreement)
         return result
 
     def process(self, fixed, moving, fixedMask=None, movingMask=None, outputTransform=None, outputVolume=None,
                 preset: str = "default", similarity: str = "preset", backbone: str = "adm-256-uncond",
-                mode: str = "exact",
-                device: str = "auto", steps: int = 0, regularization: float = 0.0, networkCheckpoint=None,
-                finetuneSteps: int = 0, checkerboardSquareMm: float = 10.0, seed: Optional[int] = None,
-                progress: Optional[Callable] = None, wait: bool = True, python: Optional[str] = None):
+                mode: str = "fast", device: str = "auto", steps: int = 0, regularization: float = 0.0,
+                networkCheckpoint: str = "", finetuneSteps: int = 0, checkerboardSquareMm: float = 10.0,
+                agreementMap: bool = False, seed: Optional[int] = None, progress: Optional[Callable] = None,
+                wait: bool = True, python: Optional[str] = None):
         """Registers `moving` onto `fixed` (scalar volume nodes), for scripts and tests.
 
         With wait=True, follows the run (calling `progress(event)` for every Progress/LogLine/Finished
-        event) and returns the JobResult (transform, warped, checkerboard, report). With wait=False,
-        returns the running job: poll() it, then finishJob(job) or job.cancel().
+        event) and returns the JobResult (transform, warped, checkerboard, agreement, report). With
+        wait=False, returns the running job: poll() it, then finishJob(job) or job.cancel().
         """
         options = self.options(preset, similarity, backbone, mode, device, steps, regularization,
-                               networkCheckpoint, finetuneSteps, checkerboardSquareMm, seed)
+                               networkCheckpoint, finetuneSteps, checkerboardSquareMm, agreementMap, seed)
         job = self.start(fixed, moving, options, fixedMask, movingMask, outputTransform, outputVolume, python)
         if not wait:
             return job
@@ -353,32 +463,40 @@ class DiffusionRegistrationLogic(ScriptedLoadableModuleLogic):
         except BaseException:
             job.cancel()
             raise
-        self.showResult(fixed, moving)
+        self.showResult(fixed, moving, result.agreement)
         return result
 
     @staticmethod
-    def showResult(fixed, moving) -> None:
-        """Fixed in the slice views' background, the (transformed) moving volume in the foreground."""
+    def showResult(fixed, moving, agreement=None) -> None:
+        """Fixed in the slice views' background; in the foreground the agreement map (a colour overlay)
+        when there is one, else the (transformed) moving volume."""
         if getattr(slicer, "app", None) is None:  # no views without the application (headless MRML)
             return
-        slicer.util.setSliceViewerLayers(background=fixed, foreground=moving, foregroundOpacity=0.5, fit=True)
+        slicer.util.setSliceViewerLayers(background=fixed, foreground=agreement or moving, foregroundOpacity=0.5,
+                                         fit=True)
 
     # -- dependencies --------------------------------------------------------------------------------
-    def ensureDependencies(self, needDiffusion: bool = False, backbone: str = "adm-256-uncond") -> bool:
-        """Checks, once per session, that torch and the backend's packages are importable.
+    def ensureDependencies(self, backbone: Optional[str] = None) -> bool:
+        """Makes sure torch, the backend's packages and, for a diffusion backbone, its packages and
+        weights are there, asking the user before anything is installed or downloaded.
 
-        torch comes through the PyTorch extension (PyTorchUtils, which asks the user and shows what it
-        installs); other missing packages are listed and installed with slicer.util.pip_install after
-        the user agrees. Slicer's own SimpleITK and torch are never replaced. Returns False if declined.
+        torch comes only through the PyTorch extension (PyTorchUtils); other packages are read from
+        Resources/requirements.txt and installed with slicer.packaging.pip_ensure where Slicer has it,
+        else slicer.util.pip_install. Returns False when the user declines.
         """
-        if not self._dependenciesChecked:
-            if not self._ensureTorch() or not self._ensurePipPackages():
+        diffusion = backbone is not None
+        if diffusion not in self._dependenciesChecked:
+            if not self._ensureTorch() or not self._ensurePipPackages(readRequirements(diffusion)):
                 return False
-            self._dependenciesChecked = True
-        return self.ensureWeights(backbone) if needDiffusion else True
+            self._dependenciesChecked.add(diffusion)
+        return self.ensureWeights(backbone) if diffusion else True
 
     @staticmethod
     def _ensureTorch() -> bool:
+        """torch, at least MINIMUM_TORCH, through the PyTorch extension (it picks the CPU or CUDA build)."""
+        import importlib.metadata
+        import re
+
         try:
             import PyTorchUtils
         except ImportError:
@@ -387,20 +505,33 @@ class DiffusionRegistrationLogic(ScriptedLoadableModuleLogic):
             return False
         torchLogic = PyTorchUtils.PyTorchUtilsLogic()
         if torchLogic.torchInstalled():
-            return True
-        if not slicer.util.confirmOkCancelDisplay(
-                _("DiffusionRegistration needs PyTorch. The PyTorch extension will now download and install it "
-                  "(about 1-3 GB; it picks the CPU or CUDA build for this computer). Continue?")):
+            installed = importlib.metadata.version("torch")
+            if tuple(int(part) for part in re.findall(r"\d+", installed)[:2]) >= \
+                    tuple(int(part) for part in MINIMUM_TORCH.split(".")):
+                return True
+            question = _("DiffusionRegistration needs PyTorch {version} or newer; {installed} is installed. The "
+                         "PyTorch extension will now update it (restart Slicer afterwards). Continue?")
+        else:
+            question = _("DiffusionRegistration needs PyTorch {version} or newer. The PyTorch extension will now "
+                         "download and install it (about 1-3 GB; it picks the CPU or CUDA build for this computer). "
+                         "Continue?")
+            installed = ""
+        if not slicer.util.confirmOkCancelDisplay(question.format(version=MINIMUM_TORCH, installed=installed)):
             return False
-        return torchLogic.installTorch(askConfirmation=False) is not None
+        return torchLogic.installTorch(askConfirmation=False,
+                                       torchVersionRequirement=f">={MINIMUM_TORCH}") is not None
 
     @staticmethod
-    def _ensurePipPackages() -> bool:
-        import importlib.util
-
-        missing = [requirement for module, requirement in PIP_REQUIREMENTS.items()
-                   if importlib.util.find_spec(module) is None]
+    def _ensurePipPackages(requirements: list) -> bool:
+        missing = missingRequirements(requirements)
         if not missing:
+            return True
+        packaging = getattr(slicer, "packaging", None)
+        if packaging is not None and hasattr(packaging, "pip_ensure"):
+            try:
+                packaging.pip_ensure(missing, requester="DiffusionRegistration")
+            except RuntimeError:  # the user declined
+                return False
             return True
         if not slicer.util.confirmOkCancelDisplay(
                 _("DiffusionRegistration needs these Python packages, which will be installed now:\n\n{packages}"
@@ -412,43 +543,70 @@ class DiffusionRegistrationLogic(ScriptedLoadableModuleLogic):
         return True
 
     def ensureWeights(self, backbone: str) -> bool:
-        """Makes sure the backbone's weights are in the user cache; downloads them through the catalog.
+        """Makes sure the backbone's weights are in the user cache, offering to download them.
 
-        The cache status is read in-process (cheap, no hashing); a download runs `diffreg models download`
+        The cache status is read in-process (cheap, no hashing). A download runs `diffreg models download`
         in a background process (it verifies the SHA-256 of every file and writes to the user cache
-        folder, never the install folder) behind a progress dialog whose Cancel kills it.
+        folder) behind a modal progress dialog updated by a timer; Cancel kills it and removes the
+        partial file.
         """
-        from DiffusionRegistrationLib import weights
-        from DiffusionRegistrationLib.slicer.job import LIBRARY_PARENT
-        from DiffusionRegistrationLib.slicer.process_runner import Finished, ProcessRunner, backend_environment
-        from DiffusionRegistrationLib.progress import Progress
+        from DiffusionRegistrationLib.features import weights
 
-        if weights.status(backbone) in ("verified", "not verified"):  # present: the backend verifies on load
+        # present (the backend verifies on load), or a built-in backbone without weights
+        if weights.status(backbone) in ("verified", "unverified", "not checked", "built in"):
             return True
         if not slicer.util.confirmOkCancelDisplay(
                 _("The weights of the diffusion network '{backbone}' are not in the model cache ({folder}). "
                   "Download them now?").format(backbone=backbone, folder=weights.model_dir(backbone))):
             return False
-        runner = ProcessRunner([self.pythonExecutable(), "-m", "DiffusionRegistrationLib.cli.main", "models", "download",
+        return self.downloadWeights(backbone)
+
+    def downloadWeights(self, backbone: str) -> bool:
+        """Runs the download in a background process behind a modal progress dialog; True when it succeeded."""
+        from DiffusionRegistrationLib.features import weights
+        from DiffusionRegistrationLib.io.atomic import remove_partial_files
+        from DiffusionRegistrationLib.slicer.job import LIBRARY_PARENT
+        from DiffusionRegistrationLib.slicer.process_runner import Finished, ProcessRunner, backend_environment
+        from DiffusionRegistrationLib.progress import Progress
+
+        runner = ProcessRunner([self.pythonExecutable(), "-m", "DiffusionRegistrationLib", "models", "download",
                                 backbone, "--progress", "json"], env=backend_environment(LIBRARY_PARENT)).start()
         dialog = slicer.util.createProgressDialog(labelText=_("Downloading {backbone}...").format(backbone=backbone),
                                                   maximum=100)
+        dialog.setWindowModality(qt.Qt.ApplicationModal)
+        loop, timer, outcome = qt.QEventLoop(), qt.QTimer(), {}
+
+        def poll() -> None:
+            for event in runner.poll():
+                if isinstance(event, Progress):
+                    dialog.value = int(100 * min(max(event.fraction, 0.0), 1.0))
+                    dialog.labelText = event.message or event.stage
+                elif isinstance(event, Finished):
+                    outcome["returncode"] = event.returncode
+                    loop.quit()
+
+        def cancel() -> None:
+            runner.cancel()
+            remove_partial_files(weights.model_dir(backbone))
+            outcome["cancelled"] = True
+            loop.quit()
+
+        timer.setInterval(self.DOWNLOAD_POLL_MS)
+        timer.connect("timeout()", poll)
+        dialog.connect("canceled()", cancel)
+        timer.start()
         try:
-            while True:
-                slicer.app.processEvents(qt.QEventLoop.AllEvents, 100)
-                if dialog.wasCanceled:
-                    runner.cancel()
-                    return False
-                for event in runner.poll():
-                    if isinstance(event, Progress):
-                        dialog.value = int(100 * min(max(event.fraction, 0.0), 1.0))
-                        dialog.labelText = event.message or event.stage
-                    elif isinstance(event, Finished):
-                        if event.returncode != 0:
-                            slicer.util.errorDisplay(_("Download failed: {error}").format(error=runner.error_message()))
-                        return event.returncode == 0
+            loop.exec_()  # PythonQt names QEventLoop::exec exec_ (Slicer 5.8 and 5.10 alike)
         finally:
+            timer.stop()
             dialog.close()
+        if outcome.get("cancelled"):
+            return False
+        if outcome.get("returncode") != 0:
+            slicer.util.errorDisplay(_("Downloading the weights of '{backbone}' failed: {error}").format(
+                backbone=backbone, error=runner.error_message()))
+            return False
+        return True
 
 
 #
@@ -457,7 +615,11 @@ class DiffusionRegistrationLogic(ScriptedLoadableModuleLogic):
 
 
 class DiffusionRegistrationTest(ScriptedLoadableModuleTest):
-    """Slicer self-test: registers a small shifted pair with an intensity similarity."""
+    """Slicer self-test: registers a small shifted pair with an intensity similarity.
+
+    It never installs or downloads anything: without torch (the PyTorch extension installs it) or
+    the backend's packages it says so and skips.
+    """
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -466,7 +628,21 @@ class DiffusionRegistrationTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_RegistrationImprovesOverlay()
 
+    @staticmethod
+    def skipReason() -> Optional[str]:
+        """Why the registration cannot run in this Slicer, or None."""
+        if importlib.util.find_spec("torch") is None:
+            return _("PyTorch is not installed (install it with the PyTorch extension)")
+        missing = missingRequirements(readRequirements(diffusion=False))
+        if missing:
+            return _("missing Python packages: {packages}").format(packages=", ".join(missing))
+        return None
+
     def test_RegistrationImprovesOverlay(self):
+        reason = self.skipReason()
+        if reason:
+            self.delayDisplay(_("Skipped the registration test: {reason}.").format(reason=reason))
+            return
         import numpy as np
         from DiffusionRegistrationLib.io.images import Grid, Image
         from DiffusionRegistrationLib.slicer import image_from_volume_node, volume_node_from_image
@@ -487,7 +663,6 @@ class DiffusionRegistrationTest(ScriptedLoadableModuleTest):
 
         self.delayDisplay("Registering with MSE")
         logic = DiffusionRegistrationLogic()
-        self.assertTrue(logic.ensureDependencies())
         result = logic.process(fixed, moving, outputVolume=warped, preset="fast", similarity="mse", device="cpu")
         fixedArray = image_from_volume_node(fixed).array
         before = float(np.mean((image_from_volume_node(moving, include_parent_transform=False).array
@@ -497,4 +672,4 @@ class DiffusionRegistrationTest(ScriptedLoadableModuleTest):
         self.assertLess(after, 0.25 * before)
         self.assertEqual(moving.GetTransformNodeID(), result.transform.GetID())
         self.assertIsNotNone(result.transform.GetStorageNode())
-        self.delayDisplay("Test passed")
+        self.delayDisplay(f"Test passed: MSE {before:.1f} before, {after:.1f} after registration")

@@ -135,16 +135,20 @@ def test_unknown_flag_is_an_argparse_error_with_exit_2(capsys):
     assert "--no-such-flag" in capsys.readouterr().err
 
 
-def test_a_failure_while_writing_outputs_leaves_no_file(tmp_path, pair, monkeypatch):
+def test_a_failure_while_writing_outputs_leaves_no_file(tmp_path, pair, monkeypatch, capsys):
+    import errno
+
     import DiffusionRegistrationLib.engine.outputs as outputs
 
     def broken(*args, **kwargs):
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device", "checkerboard.png")
 
     monkeypatch.setattr(outputs, "before_after_checkerboard", broken)
     out = tmp_path / "out"
-    with pytest.raises(OSError):
-        main(["register", "--fixed", pair["fixed"], "--moving", pair["moving"], "--output-dir", str(out), *FAST])
+    assert main(["register", "--fixed", pair["fixed"], "--moving", pair["moving"], "--output-dir", str(out),
+                 "--progress", "none", *FAST]) == 2
+    assert capsys.readouterr().err == "error: checkerboard.png: No space left on device. Check the path, its " \
+                                      "permissions and free space.\n"
     assert list(out.iterdir()) == []
 
 

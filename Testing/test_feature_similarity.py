@@ -111,30 +111,80 @@ def test_gradients_reach_the_sampling_grid_2d(slice_tensor, adm2d, tmp_path, mod
     assert all(p.grad is None for p in similarity.extractor_for(2, slice_tensor.device).parameters())
 
 
-def test_fast_mode_at_identity_equals_exact_mode(slice_tensor, adm2d, tmp_path):
-    shape = tuple(slice_tensor.shape[2:])
-    moving = torch.roll(slice_tensor, shifts=(2, 5), dims=(2, 3))
-    extractor = adm2d
-    losses = {}
-    for mode in ("exact", "fast"):
-        similarity = DiffusionFeatureSimilarity(extractor, mode=mode, cache_dir=str(tmp_path))
-        similarity.prepare(slice_tensor, moving, grid_of(shape), grid_of(shape))
-        with torch.no_grad():
-            losses[mode] = float(similarity.mapped_loss(slice_tensor, moving, identity_grid(shape)))
-    assert losses["fast"] == pytest.approx(losses["exact"], abs=1e-5)
+def _lncc_scipy(fixed: np.ndarray, warped: np.ndarray, sigma: float, eps: float = 1e-6) -> float:
+    """-mean local NCC over the last two axes, written independently: scipy Gaussian window (truncated
+    at 3 sigma, zero padding renormalised by the filtered ones) in float64."""
+    from scipy import ndimage
+
+    axes = (fixed.ndim - 2, fixed.ndim - 1)
+
+    def smooth(a):
+        sigmas = [0.0] * (a.ndim - 2) + [sigma, sigma]
+        return ndimage.gaussian_filter(a, sigmas, mode="constant", truncate=3.0) / \
+            ndimage.gaussian_filter(np.ones_like(a), sigmas, mode="constant", truncate=3.0)
+
+    mu_f, mu_m = smooth(fixed), smooth(warped)
+    var_f, var_m = smooth(fixed * fixed) - mu_f ** 2, smooth(warped * warped) - mu_m ** 2
+    cc = (smooth(fixed * warped) - mu_f * mu_m) / np.sqrt((var_f.clip(0) + eps) * (var_m.clip(0) + eps))
+    assert cc.shape[-2:] == tuple(fixed.shape[a] for a in axes)
+    return -float(cc.mean())
 
 
-def test_fast_mode_refresh_gives_the_exact_value_at_a_refresh(slice_tensor, adm2d, tmp_path):
-    shape = tuple(slice_tensor.shape[2:])
-    extractor = adm2d
-    grid = identity_grid(shape, shift_voxels=(1.5, -2.25))
-    values = {}
-    for mode, refresh in (("exact", 0), ("fast", 1)):
-        similarity = DiffusionFeatureSimilarity(extractor, mode=mode, refresh_every=refresh, cache_dir=str(tmp_path))
-        similarity.prepare(slice_tensor, slice_tensor, grid_of(shape), grid_of(shape))
-        with torch.no_grad():
-            values[mode] = float(similarity.mapped_loss(slice_tensor, slice_tensor, grid))
-    assert values["fast"] == pytest.approx(values["exact"], abs=1e-5)
+def _shifted(image: np.ndarray, shift) -> np.ndarray:
+    """image(x + shift) by linear interpolation, border values outside (scipy, not the code under test)."""
+    from scipy import ndimage
+
+    grid = np.meshgrid(*[np.arange(n, dtype=np.float64) for n in image.shape], indexing="ij")
+    return ndimage.map_coordinates(image, [g + s for g, s in zip(grid, shift)], order=1, mode="nearest")
+
+
+def _translation_grid(shape, shift) -> torch.Tensor:
+    return identity_grid(shape, shift_voxels=shift).requires_grad_(True)
+
+
+@pytest.mark.parametrize("shift", [(1.5, -2.25), (-0.4, 3.7)])
+def test_2d_fast_mode_with_image_features_is_lncc_of_the_shifted_image(slice_tensor, tmp_path, shift):
+    """Known answer: with `image` features (the image itself) the fast mode's warped cached features are
+    the shifted image, so its loss is LNCC of the fixed and the shifted moving image, and its gradient
+    along the shift is that LNCC's derivative (both computed here with scipy)."""
+    fixed = slice_tensor
+    moving = torch.roll(slice_tensor, shifts=(1, -2), dims=(2, 3)) * 0.8 + 0.1
+    shape = tuple(fixed.shape[2:])
+    similarity = DiffusionFeatureSimilarity("image", mode="fast", sigma=2.0, cache=False)
+    similarity.prepare(fixed, moving, grid_of(shape), grid_of(shape))
+    grid = _translation_grid(shape, shift)
+    loss = similarity.mapped_loss(fixed, moving, grid)
+    loss.backward()
+    f, m = fixed[0, 0].double().numpy(), moving[0, 0].double().numpy()
+    expected = _lncc_scipy(f, _shifted(m, shift), sigma=2.0)
+    assert float(loss.detach()) == pytest.approx(expected, abs=1e-4)
+    h = 0.02  # inside one interpolation cell, where the loss is smooth
+    for axis in range(2):
+        plus, minus = list(shift), list(shift)
+        plus[axis] += h
+        minus[axis] -= h
+        numeric = (_lncc_scipy(f, _shifted(m, plus), 2.0) - _lncc_scipy(f, _shifted(m, minus), 2.0)) / (2 * h)
+        analytic = float(grid.grad[..., 1 - axis].sum()) * 2 / (shape[axis] - 1)  # d/d(voxel shift)
+        assert analytic == pytest.approx(numeric, rel=0.02, abs=1e-4)
+    assert similarity.extraction_calls == 2  # fixed and moving once each: the moving image is not re-extracted
+
+
+def test_3d_fast_mode_with_image_features_is_triplanar_lncc_of_the_shifted_volume(volume_tensor):
+    """Known answer in 3D: with `image` features and every slice cached (slice_stride 1), the tri-planar
+    fast loss is the mean over the three axes of the slice-wise 2D LNCC of the fixed volume and the
+    shifted moving volume (scipy)."""
+    fixed = volume_tensor
+    moving = torch.roll(volume_tensor, shifts=(1, 0, -1), dims=(2, 3, 4))
+    shape = tuple(fixed.shape[2:])
+    shift = (0.6, -1.3, 2.2)
+    similarity = DiffusionFeatureSimilarity("image", mode="fast", sigma=2.0, slice_stride=1, cache=False)
+    similarity.prepare(fixed, moving, grid_of(shape), grid_of(shape))
+    with torch.no_grad():
+        loss = float(similarity.mapped_loss(fixed, moving, identity_grid(shape, shift_voxels=shift)))
+    f = fixed[0, 0].double().numpy()
+    w = _shifted(moving[0, 0].double().numpy(), shift)
+    expected = np.mean([_lncc_scipy(np.moveaxis(f, axis, 0), np.moveaxis(w, axis, 0), 2.0) for axis in range(3)])
+    assert loss == pytest.approx(expected, abs=1e-4)
 
 
 def test_3d_fast_mode_maps_identity_exactly_and_passes_gradients(volume_tensor, adm3d, tmp_path):
@@ -165,7 +215,7 @@ def test_3d_fast_mode_can_sample_cached_slices_per_step(volume_tensor, adm3d, tm
         losses = []
         for _ in range(3):
             loss = similarity.mapped_loss(volume_tensor, moving, grid)
-            axes, sel = similarity._state["last_slices"]
+            axes, sel = similarity.strategy.state.last_slices
             assert len(axes) == 1 and len(sel) == 2
             losses.append((float(loss.detach()), axes[0], tuple(sel)))
         loss.backward()
@@ -187,7 +237,7 @@ def test_3d_exact_mode_uses_four_seeded_slices_along_one_axis(volume_tensor, adm
         for _ in range(2):
             before = extractor.calls
             loss = similarity.mapped_loss(volume_tensor, moving, grid)
-            axis, index = similarity._state["last_slices"]
+            axis, index = similarity.strategy.state.last_slices
             assert len(index) == 4 == len(set(index)) and 0 <= axis < 3
             assert all(0 <= i < shape[axis] for i in index)
             assert 4 <= extractor.calls - before <= 8  # 4 warped slices, plus fixed slices not seen before

@@ -27,7 +27,7 @@ from DiffusionRegistrationLib.progress import Progress  # noqa: E402
 SPACING = 8.0
 # small and quick: few steps, one torch thread (torch's thread pool thrashes on a shared 2-core machine)
 FAST = dict(preset="fast", similarity="mse", device="cpu", steps=30, seed=0)
-EXTRA = ["affine_iterations=[30,10]", "threads=1"]
+EXTRA = {"affine_iterations": (30, 10), "threads": 1}
 
 
 def source_path() -> Path:
@@ -85,14 +85,14 @@ def alive(pid: int) -> bool:
 
 def with_extra(module, monkeypatch):
     """Adds the quick-run settings to every job the logic builds."""
-    original = module.DiffusionRegistrationLogic.options.__func__
+    original = module.DiffusionRegistrationLogic.options
 
-    def options(cls, *args, **kwargs):
-        result = original(cls, *args, **kwargs)
-        result.extra_settings = list(EXTRA)
+    def options(*args, **kwargs):
+        result = original(*args, **kwargs)
+        result.overrides = dict(EXTRA)
         return result
 
-    monkeypatch.setattr(module.DiffusionRegistrationLogic, "options", classmethod(options))
+    monkeypatch.setattr(module.DiffusionRegistrationLogic, "options", staticmethod(options))
 
 
 def test_process_registers_and_the_transform_overlays_moving_on_fixed(monkeypatch, tmp_path, pair):

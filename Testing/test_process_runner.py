@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from DiffusionRegistrationLib.slicer import process_runner
 from DiffusionRegistrationLib.slicer.process_runner import (Finished, LogLine, ProcessRunner, backend_environment,
                                                      parse_line)
 from DiffusionRegistrationLib.progress import Progress
@@ -128,3 +129,31 @@ def test_backend_environment_puts_the_module_folder_first():
     environment = backend_environment("/opt/module", base={"PYTHONPATH": "/a" + os.pathsep + "/b"})
     assert environment["PYTHONPATH"].split(os.pathsep) == ["/opt/module", "/a", "/b"]
     assert environment["PYTHONUNBUFFERED"] == "1"
+
+
+def test_cancel_after_the_child_was_reaped_signals_no_process_group(monkeypatch):
+    """Once the child is reaped its pid (its group's id) may belong to another process: no kill may follow."""
+    runner = ProcessRunner([sys.executable, "-c", "pass"]).start()
+    assert runner.wait(timeout=30) == 0
+    signalled = []
+    monkeypatch.setattr(os, "killpg", lambda pgid, sig: signalled.append((pgid, sig)))
+    runner.cancel()
+    assert signalled == []
+
+
+def test_child_writes_utf8_whatever_the_environment_says():
+    code = "import os, sys; print(os.environ['PYTHONUTF8'], sys.stdout.encoding, 'Zürich Ω')"
+    runner = ProcessRunner([sys.executable, "-c", code], env={**os.environ, "PYTHONIOENCODING": "latin-1",
+                                                               "PYTHONUTF8": "0"}).start()
+    assert runner.wait(timeout=30) == 0
+    lines = [e.text for e in runner.poll() if not isinstance(e, Finished)]
+    assert lines == ["1 utf-8 Zürich Ω"]
+
+
+def test_windows_tree_kill_opens_no_console(monkeypatch):
+    calls = []
+    monkeypatch.setattr(process_runner.subprocess, "run", lambda *args, **kwargs: calls.append((args, kwargs)))
+    process_runner.kill_tree_windows(4321)
+    (command,), options = calls[0]
+    assert command == ["taskkill", "/F", "/T", "/PID", "4321"]
+    assert options["creationflags"] == 0x08000000  # CREATE_NO_WINDOW

@@ -6,7 +6,13 @@ vtkMRMLScriptedModuleNode (slicer-core) through the hand-made Qt/app stand-in in
 from __future__ import annotations
 
 import ast
-import pathlib
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import types
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -23,8 +29,9 @@ SOURCE = MODULE / "DiffusionRegistration.py"
 
 # Which widget classes Slicer's parameterNodeWrapper GUI connectors bind to each parameter type
 # (Base/Python/slicer/parameterNodeWrapper/guiConnectors.py: exact widget types).
+# str without a Choice: the module's own PathLineEditToStrConnector.
 CONNECTABLE = {int: {"QSpinBox", "QSlider"}, float: {"QDoubleSpinBox", "ctkSliderWidget"},
-               bool: {"QCheckBox", "QPushButton"}, pathlib.Path: {"ctkPathLineEdit", "ctkDirectoryButton"}}
+               bool: {"QCheckBox", "QPushButton"}, str: {"ctkPathLineEdit"}}
 
 
 def ui_widgets() -> dict[str, ET.Element]:
@@ -89,7 +96,7 @@ def test_every_parameter_has_a_bindable_widget(module):
             by_parameter[parameter] = widget
     expected = {"fixed", "moving", "fixedMask", "movingMask", "similarity", "backbone", "mode", "preset", "device",
                 "steps", "regularization", "networkCheckpoint", "finetuneSteps", "outputTransform", "outputVolume",
-                "checkerboardSquareMm"}
+                "checkerboardSquareMm", "agreementMap"}
     assert set(hints) == expected
     assert set(by_parameter) == expected, set(by_parameter) ^ expected
     for name, annotation in hints.items():
@@ -99,6 +106,8 @@ def test_every_parameter_has_a_bindable_widget(module):
         if fake_slicer_app._is_node_type(plain):
             assert cls == "qMRMLNodeComboBox", name
             assert dynamic_property(widget, "nodeTypes") == [plain.__name__], name
+            if name.startswith("output") or name.endswith("Mask"):  # subclasses: grid transforms, label maps
+                assert dynamic_property(widget, "showChildNodeTypes") == "true", name
         elif any(isinstance(v, fake_slicer_app.Choice) for v in validators):
             assert cls == "QComboBox", name
             choice = next(v for v in validators if isinstance(v, fake_slicer_app.Choice))
@@ -107,13 +116,20 @@ def test_every_parameter_has_a_bindable_widget(module):
             assert cls in CONNECTABLE[plain], (name, cls)
 
 
-def test_choices_match_what_the_backend_accepts(module):
-    from DiffusionRegistrationLib.features.catalog import default_backbone_id, load_catalog
+def test_panel_choices_are_the_registries(module):
+    """The parameter node's choices (what the combo boxes show) are the registries' names, in their order."""
     from DiffusionRegistrationLib.engine.config import PRESETS
-    assert set(module.PRESETS) == set(PRESETS)
-    assert set(module.BACKBONES) == set(load_catalog())
+    from DiffusionRegistrationLib.features.catalog import default_backbone_id, load_catalog
+    from DiffusionRegistrationLib.similarity.registry import SIMILARITIES
+
+    def choices(name):
+        validators = fake_slicer_app._split(module.DiffusionRegistrationParameterNode.allParameters[name])[1]
+        return list(next(v for v in validators if isinstance(v, fake_slicer_app.Choice)).choices)
+
+    assert choices("preset") == list(PRESETS)
+    assert choices("similarity") == ["preset", *SIMILARITIES]
+    assert choices("backbone") == list(load_catalog())
     assert module.DiffusionRegistrationParameterNode.defaults["backbone"] == default_backbone_id()
-    assert {"mse", "ncc", "lncc", "mi", "ngf", "mind", "diffusion"} <= set(module.SIMILARITIES)
 
 
 def test_parameter_node_round_trips_through_a_saved_scene(module, tmp_path):
@@ -126,9 +142,9 @@ def test_parameter_node_round_trips_through_a_saved_scene(module, tmp_path):
     parameters = logic.getParameterNode()
     assert (parameters.preset, parameters.similarity, parameters.steps, parameters.checkerboardSquareMm) == \
         ("default", "preset", 0, 10.0)
-    values = dict(similarity="mind", backbone="sd-2-1-base", mode="fast", preset="accurate", device="cpu", steps=123,
-                  regularization=0.75, networkCheckpoint=pathlib.Path("/models/net.pt"), finetuneSteps=17,
-                  checkerboardSquareMm=12.5, outputTransform=transform, **volumes)
+    values = dict(similarity="mind", backbone="sd-2-1-base", mode="exact", preset="accurate", device="cpu", steps=123,
+                  regularization=0.75, networkCheckpoint="/models/net.pt", finetuneSteps=17,
+                  checkerboardSquareMm=12.5, agreementMap=True, outputTransform=transform, **volumes)
     for name, value in values.items():
         setattr(parameters, name, value)
     with pytest.raises(ValueError):
@@ -146,12 +162,12 @@ def test_parameter_node_round_trips_through_a_saved_scene(module, tmp_path):
         else:
             assert got == value, name
 
-    options = module.DiffusionRegistrationLogic.options(
-        again.preset, again.similarity, again.backbone, again.mode, again.device, again.steps, again.regularization,
-        again.networkCheckpoint, again.finetuneSteps, again.checkerboardSquareMm)
-    assert options.arguments() == ["--preset", "accurate", "--device", "cpu", "--similarity", "mind", "--steps",
-                                   "123", "--regularization", "0.75", "--network", "/models/net.pt",
-                                   "--finetune-steps", "17"]
+    options = module.DiffusionRegistrationLogic.parameterOptions(again)
+    config = options.config()
+    assert (config.similarity, config.iterations, config.regularization, config.device) == \
+        ("mind", (123, 123, 123), 0.75, "cpu")
+    assert config.control_spacing == 2.0  # from the 'accurate' preset
+    assert (options.network, options.finetune_steps, options.agreement) == ("/models/net.pt", 17, True)
 
 
 def test_apply_needs_two_different_volumes(module):
@@ -163,12 +179,294 @@ def test_apply_needs_two_different_volumes(module):
     assert problem(a, a) and problem(None, b) and problem(a, None)
 
 
-def test_module_source_has_no_heavy_imports_at_top_level():
-    tree = ast.parse(SOURCE.read_text())
-    top = set()
-    for node in tree.body:
-        if isinstance(node, ast.Import):
-            top |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            top.add((node.module or "").split(".")[0])
-    assert not top & {"torch", "diffusers", "transformers", "SimpleITK", "numpy", "DiffusionRegistrationLib"}, top
+def test_importing_the_module_loads_no_heavy_package():
+    """Slicer imports every module file at start-up: the module may read the backend's torch-free registries
+    but must not pull in torch, diffusers, transformers or SimpleITK (checked in a fresh interpreter)."""
+    script = (
+        "import sys, slicer, fake_slicer_app\n"
+        "from _pytest.monkeypatch import MonkeyPatch\n"
+        "fake_slicer_app.import_module_file(MonkeyPatch(), slicer.vtkMRMLScene())\n"
+        "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'SimpleITK') if m in sys.modules))\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), str(MODULE),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_ui_string_lists_are_untranslated_and_only_known_properties_are_set():
+    root = ET.parse(UI_FILE).getroot()
+    for element in root.iter("property"):
+        assert element.get("name") != "visible", "Designer has no 'visible' property; hide widgets in setup()"
+        if element.get("name") in ("nodeTypes", "hideChildNodeTypes"):
+            assert all(s.get("notr") == "true" for s in element.iter("string")), element.get("name")
+    for name in ("fixedMaskSelector", "movingMaskSelector", "outputVolumeSelector"):
+        hidden = dynamic_property(ui_widgets()[name], "hideChildNodeTypes")
+        assert {"vtkMRMLTensorVolumeNode", "vtkMRMLDiffusionWeightedVolumeNode"} <= set(hidden), name
+
+
+# -- the panel against the parameterNodeWrapper of Slicer 5.8 (connectGui returns no tag) and 5.10 ----------
+CHOICES = dict(preset="accurate", similarity="mind", backbone="sd-2-1-base", mode="exact", device="cpu", steps=77,
+               regularization=1.5, networkCheckpoint="/models/net.pt", finetuneSteps=5, checkerboardSquareMm=7.5,
+               agreementMap=True)
+
+
+OPEN_PANELS = []
+
+
+@pytest.fixture(autouse=True)
+def close_panels():
+    yield
+    while OPEN_PANELS:
+        OPEN_PANELS.pop().cleanup()  # as Slicer does on exit: no scene observer outlives the test
+
+
+def panel(monkeypatch, version, **options):
+    module = fake_slicer_app.import_module_file(monkeypatch, slicer.vtkMRMLScene(), slicer_version=version,
+                                                **options)
+    widget = module.DiffusionRegistrationWidget()
+    widget.setup()
+    OPEN_PANELS.append(widget)
+    return module, widget
+
+
+def shown(widget, name):
+    """The value the panel's widget for parameter `name` shows."""
+    control = next(w for w in vars(widget.ui).values() if w.property("SlicerParameterName") == name)
+    if isinstance(control, fake_slicer_app.QComboBox):
+        return control.currentText
+    if isinstance(control, fake_slicer_app.ctkPathLineEdit):
+        return control.currentPath
+    if isinstance(control, fake_slicer_app.QCheckBox):
+        return control.checked
+    return control.value
+
+
+def connectors(widget):
+    return {w.name: fake_slicer_app.connectors_of(w) for w in vars(widget.ui).values()
+            if w.property("SlicerParameterName")}
+
+
+@pytest.mark.parametrize("version", fake_slicer_app.SLICER_VERSIONS)
+def test_settings_survive_five_entries_and_a_scene_close(monkeypatch, version):
+    module, widget = panel(monkeypatch, version)
+    parameters = widget._parameterNode
+    assert parameters.mode == "fast" and shown(widget, "mode") == "fast"  # the declared default
+    assert parameters.networkCheckpoint == "" and shown(widget, "networkCheckpoint") == ""  # not "."
+    for name, value in CHOICES.items():
+        setattr(parameters, name, value)
+    widget.parent.isEntered = True
+    for _ in range(5):
+        widget.exit()
+        widget.enter()
+        assert {name: getattr(widget._parameterNode, name) for name in CHOICES} == CHOICES
+        assert {name: shown(widget, name) for name in CHOICES} == CHOICES
+        assert set(connectors(widget).values()) == {1}, connectors(widget)
+    slicer.mrmlScene.Clear(0)  # File > Close Scene: the singleton parameter node is reset
+    assert {name: getattr(widget._parameterNode, name) for name in CHOICES} == CHOICES
+    assert {name: shown(widget, name) for name in CHOICES} == CHOICES
+    assert set(connectors(widget).values()) == {1}, connectors(widget)
+    widget.ui.presetComboBox.currentIndex = module.PRESETS.index("stripped")  # the GUI still writes the node
+    assert widget._parameterNode.preset == "stripped"
+
+
+def test_the_stand_in_shows_the_5_8_reset_of_the_template_pattern(monkeypatch):
+    """The scripted-module template's setParameterNode (connectGui + disconnectGui(tag)) under 5.8 stacks
+    connectors, and reconnecting resets the combo boxes to their first choice: what the test above guards."""
+    module, widget = panel(monkeypatch, "5.8")
+    node = module.DiffusionRegistrationLogic().getParameterNode()
+    node.mode, node.preset = "fast", "accurate"
+    tags = [node.connectGui(widget.ui) for _ in range(2)]
+    assert tags == [None, None]
+    assert node.mode == "exact" and node.preset == "default"
+
+
+def test_the_result_transform_is_listed_and_selected(monkeypatch):
+    module, widget = panel(monkeypatch, "5.8")
+    scene = slicer.mrmlScene
+    fixed, moving = (scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name) for name in ("fixed", "moving"))
+    made = scene.AddNewNodeByClass("vtkMRMLGridTransformNode", "moving to fixed")
+    job = type("Job", (), {"fixed": fixed, "moving": moving,
+                           "finish": lambda self: type("R", (), {"transform": made, "agreement": None,
+                                                                  "report": {}})()})()
+    widget.logic.finishJob(job, widget._parameterNode)
+    assert widget._parameterNode.outputTransform is made
+    assert widget.ui.outputTransformSelector.currentNode() is made  # a grid transform is listed
+
+
+def test_self_test_without_torch_skips_and_installs_nothing(monkeypatch):
+    app = fake_slicer_app.App(testing=True)
+    module = fake_slicer_app.import_module_file(monkeypatch, slicer.vtkMRMLScene(), app=app)
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch fails, find_spec finds nothing
+    started = []
+    monkeypatch.setattr(module.DiffusionRegistrationLogic, "start", lambda *a, **k: started.append(a))
+    monkeypatch.setattr(module.DiffusionRegistrationLogic, "ensureDependencies", lambda *a, **k: started.append(a))
+    module.DiffusionRegistrationTest().runTest()
+    assert not started and not app.calls
+    assert any("Skipped" in m and "PyTorch" in m for m in fake_slicer_app.App.messages), fake_slicer_app.App.messages
+
+
+def test_requirements_file_splits_diffusion_packages(module):
+    base, everything = module.readRequirements(False), module.readRequirements(True)
+    assert not [r for r in base if r.split(">")[0] in ("diffusers", "transformers", "torch")]
+    assert {"diffusers>=0.30", "transformers>=4.40"} <= set(everything) and set(base) < set(everything)
+
+
+@pytest.fixture()
+def served_backbone(tmp_path, monkeypatch):
+    """A catalog whose 'adm-256-uncond' is one file served from a file:// URL, and an empty model cache."""
+    data = os.urandom(200_000)
+    source = tmp_path / "server" / "weights.pt"
+    source.parent.mkdir()
+    source.write_bytes(data)
+    entry = {"kind": "file", "backbone": "adm", "source": {"url": source.as_uri()}, "licence": "test data",
+             "files": [{"name": "weights.pt", "url": source.as_uri(), "size": len(data),
+                        "sha256": hashlib.sha256(data).hexdigest()}],
+             "extractor": {"2d": {"tap": "output_blocks.10", "timestep": 60}}}
+    catalog = tmp_path / "models.json"
+    catalog.write_text(json.dumps({"models": {"adm-256-uncond": entry}}))
+    monkeypatch.setenv("DIFFREG_CATALOG", str(catalog))
+    monkeypatch.setenv("DIFFREG_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "adm-256-uncond" / "weights.pt", data
+
+
+@pytest.mark.parametrize("how", ["preset", "similarity"])
+def test_diffusion_settings_ask_for_the_weights_before_any_backend_run(monkeypatch, served_backbone, how):
+    dialogs = {}
+    module, widget = panel(monkeypatch, "5.10", dialogs=dialogs)
+    torch_utils = types.ModuleType("PyTorchUtils")
+    torch_utils.PyTorchUtilsLogic = lambda: types.SimpleNamespace(torchInstalled=lambda: True)
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", torch_utils)
+    scene = slicer.mrmlScene
+    parameters = widget._parameterNode
+    parameters.fixed, parameters.moving = (scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", n) for n in "fm")
+    if how == "preset":
+        parameters.preset = "diffusion"
+    else:
+        parameters.similarity = "diffusion"
+    assert widget.ui.backboneComboBox.enabled and widget.ui.modeComboBox.enabled
+    events = []
+    download = module.DiffusionRegistrationLogic.downloadWeights
+
+    def spy(logic, backbone):
+        parameters.steps = 40  # a change to the parameter node re-checks Apply: it must stay disabled
+        events.append(("download", backbone, widget.ui.applyButton.enabled))
+        return download(logic, backbone)
+
+    monkeypatch.setattr(module.DiffusionRegistrationLogic, "downloadWeights", spy)
+    monkeypatch.setattr(module.DiffusionRegistrationLogic, "startJob",
+                        lambda logic, node: events.append(("start", served_backbone[0].is_file())) or None)
+    widget.onApplyButton()
+    assert [e[0] for e in events] == ["download", "start"], events
+    assert events[0][1:] == ("adm-256-uncond", False)  # Apply is disabled while the weights come
+    assert events[1] == ("start", True)
+    assert served_backbone[0].read_bytes() == served_backbone[1]
+    assert "adm-256-uncond" in dialogs["shown"][0]
+    assert dialogs["progress"].modality == sys.modules["qt"].Qt.ApplicationModal and dialogs["progress"].closed
+
+
+def diffusion_panel(monkeypatch, dialogs):
+    """A 5.10 panel with two volumes, the diffusion preset and a PyTorchUtils that has torch."""
+    module, widget = panel(monkeypatch, "5.10", dialogs=dialogs)
+    torch_utils = types.ModuleType("PyTorchUtils")
+    torch_utils.PyTorchUtilsLogic = lambda: types.SimpleNamespace(torchInstalled=lambda: True)
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", torch_utils)
+    parameters = widget._parameterNode
+    parameters.fixed, parameters.moving = (slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", n)
+                                           for n in "fm")
+    parameters.preset = "diffusion"
+    started = []
+    monkeypatch.setattr(module.DiffusionRegistrationLogic, "startJob", lambda logic, node: started.append(node))
+    return module, widget, started
+
+
+def test_cancelled_download_removes_the_partial_file_and_starts_nothing(monkeypatch, served_backbone, tmp_path):
+    target, data = served_backbone
+    source = tmp_path / "server" / "weights.pt"
+    source.unlink()
+    os.mkfifo(source)  # the server sends 100 kB, then stalls: the download is cut mid-file
+    release = threading.Event()
+
+    def serve():
+        try:
+            with open(source, "wb") as stream:
+                stream.write(data[:100_000])
+                stream.flush()
+                release.wait(60)
+        except BrokenPipeError:  # the cancelled reader is gone
+            pass
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    dialogs = {}
+    module, widget, started = diffusion_panel(monkeypatch, dialogs)
+    model_folder = target.parent
+    watcher = fake_slicer_app.QTimer()
+    watcher.setInterval(50)
+
+    partial_seen = []
+
+    def cancel_once_partial():
+        partial = list(model_folder.glob(".*.partial*"))
+        if "progress" in dialogs and partial:
+            partial_seen.extend(partial)
+            watcher.stop()
+            dialogs["progress"].canceled.emit()
+
+    watcher.connect("timeout()", cancel_once_partial)
+    watcher.start()
+    try:
+        widget.onApplyButton()
+    finally:
+        watcher.stop()
+        release.set()
+    assert partial_seen and not started
+    assert [p for p in model_folder.rglob("*") if p.is_file()] == []
+    assert dialogs["progress"].closed and widget.ui.applyButton.enabled
+    assert not fake_slicer_app.QTimer.active  # the download's poll timer stopped too
+
+
+def test_failed_download_says_why_and_starts_nothing(monkeypatch, served_backbone, tmp_path):
+    (tmp_path / "server" / "weights.pt").write_bytes(b"not the weights")
+    dialogs = {}
+    module, widget, started = diffusion_panel(monkeypatch, dialogs)
+    widget.onApplyButton()
+    assert not started
+    message = dialogs["shown"][-1]
+    assert "Downloading the weights of 'adm-256-uncond' failed" in message and "instead of" in message, message
+
+
+@pytest.mark.parametrize("packaging", [True, False], ids=["pip_ensure", "pip_install"])
+def test_missing_packages_are_installed_only_for_what_is_used(monkeypatch, tmp_path, packaging):
+    app = fake_slicer_app.App()
+    module = fake_slicer_app.import_module_file(monkeypatch, slicer.vtkMRMLScene(), app=app)
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("numpy>=1.0\ndiffreg-absent-base>=1.0\n"
+                            'diffreg-absent-diffusion>=2.0; extra == "diffusion"  # only for a diffusion backbone\n')
+    monkeypatch.setattr(module, "REQUIREMENTS_FILE", requirements)
+    torch_utils = types.ModuleType("PyTorchUtils")
+    torch_utils.PyTorchUtilsLogic = lambda: types.SimpleNamespace(torchInstalled=lambda: True)
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", torch_utils)
+    if packaging:
+        monkeypatch.setattr(slicer, "packaging", types.SimpleNamespace(
+            pip_ensure=lambda requirements, requester=None: app.calls.append(("pip_ensure", requirements, requester))),
+            raising=False)
+    monkeypatch.setattr(module.DiffusionRegistrationLogic, "ensureWeights", lambda logic, backbone: True)
+    logic = module.DiffusionRegistrationLogic()
+    assert logic.ensureDependencies(None)
+    assert logic.ensureDependencies("adm-256-uncond")
+    installed = [call[1] for call in app.calls]
+    assert installed == [["diffreg-absent-base>=1.0"], ["diffreg-absent-base>=1.0", "diffreg-absent-diffusion>=2.0"]]
+    if packaging:
+        assert {call[0] for call in app.calls} == {"pip_ensure"} and app.calls[0][2] == "DiffusionRegistration"
+    else:
+        assert {call[0] for call in app.calls} == {"pip_install"}
+
+
+def test_self_test_with_torch_registers_and_measures_the_overlay(monkeypatch):
+    """The module's own self-test, run as Slicer's --testing would: the backend runs, nothing is installed."""
+    app = fake_slicer_app.App(testing=True)
+    module = fake_slicer_app.import_module_file(monkeypatch, slicer.vtkMRMLScene(), app=app)
+    module.DiffusionRegistrationTest().runTest()
+    assert not app.calls
+    assert any(m.startswith("Test passed: MSE") for m in fake_slicer_app.App.messages), fake_slicer_app.App.messages

@@ -1,6 +1,7 @@
 """Packaging: a wheel built from the repository, installed into a fresh virtual environment and run from
 outside the source tree, finds its model catalog (package data) and registers a pair."""
 import json
+import os
 import subprocess
 import sys
 import sysconfig
@@ -12,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(*command, cwd, check=True) -> subprocess.CompletedProcess:
-    result = subprocess.run([str(c) for c in command], cwd=cwd, capture_output=True, text=True, timeout=600)
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}  # the wheel, not a source tree
+    result = subprocess.run([str(c) for c in command], cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
     if check and result.returncode != 0:
         raise AssertionError(f"{command} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result

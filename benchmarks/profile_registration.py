@@ -113,7 +113,7 @@ def profile_pair(name: str, fixed_path: str, moving_path: str, preset: str, repe
     levels = []
     device = torch.device("cpu")
     run = engine.Run(engine.prepare(fixed, None, config, device), engine.prepare(moving, None, config, device),
-                      config, device, engine.silent)
+                     config, device, engine.silent)
     affine = engine.AffineTransform(fixed.dim, np.zeros(fixed.dim)).to(device)
     with torch.no_grad():
         affine.linear.copy_(torch.as_tensor(result.affine[:-1, :-1] - np.eye(fixed.dim), dtype=torch.float32)[None])

@@ -17,7 +17,7 @@ def prop(parent: ET.Element, name: str, kind: str, value: str, stdset: bool = Tr
     if kind == "stringlist":
         holder = ET.SubElement(element, "stringlist")
         for item in value.split(","):
-            ET.SubElement(holder, "string").text = item
+            ET.SubElement(holder, "string", {"notr": "true"}).text = item
     else:
         ET.SubElement(element, kind).text = value
 
@@ -42,10 +42,16 @@ def row(layout: ET.Element, index: int, label: str, child_cls: str, name: str, p
     return widget(item, child_cls, name, parameter, **properties)
 
 
+# Volume classes deriving from vtkMRMLScalarVolumeNode that are not one scalar per voxel (vector, tensor and DWI
+# volumes): listed by no volume selector.
+NOT_SCALAR = "vtkMRMLTensorVolumeNode,vtkMRMLDiffusionWeightedVolumeNode"
+
+
 def node_selector(layout, index, label, name, parameter, node_types, tooltip, none=False, add=False,
                   children=False):
+    hidden = {"hideChildNodeTypes": ("stringlist", NOT_SCALAR)} if children and "Volume" in node_types else {}
     return row(layout, index, label, "qMRMLNodeComboBox", name, parameter, toolTip=("string", tooltip),
-               nodeTypes=("stringlist", node_types), showChildNodeTypes=("bool", str(children).lower()),
+               nodeTypes=("stringlist", node_types), showChildNodeTypes=("bool", str(children).lower()), **hidden,
                noneEnabled=("bool", str(none).lower()), addEnabled=("bool", str(add).lower()),
                removeEnabled=("bool", str(add).lower()), renameEnabled=("bool", str(add).lower()),
                selectNodeUponCreation=("bool", "true"))
@@ -72,8 +78,8 @@ def build() -> ET.ElementTree:
         node_selector(inputs, 1, "Moving volume:", "movingSelector", "moving", "vtkMRMLScalarVolumeNode",
                       "The volume to align onto the fixed one; any grid or orientation."),
         node_selector(inputs, 2, "Fixed mask:", "fixedMaskSelector", "fixedMask", "vtkMRMLScalarVolumeNode",
-                      "Optional: similarity is measured only inside this mask (on the fixed grid).", none=True,
-                      children=True),
+                      "Optional: similarity is measured only inside this mask (on the fixed grid); a scalar "
+                      "volume or a label map.", none=True, children=True),
         node_selector(inputs, 3, "Moving mask:", "movingMaskSelector", "movingMask", "vtkMRMLScalarVolumeNode",
                       "Optional: a mask on the moving volume's grid.", none=True, children=True),
     ]
@@ -114,19 +120,23 @@ def build() -> ET.ElementTree:
     selectors += [
         node_selector(outputs, 0, "Output transform:", "outputTransformSelector", "outputTransform",
                       "vtkMRMLTransformNode", "The fixed-to-moving grid transform; it is applied to the moving "
-                      "volume. Create a new one or overwrite an existing one.", none=True, add=True),
+                      "volume. None: a new transform is made and selected here; a transform selected here is "
+                      "overwritten.", none=True, add=True, children=True),
         node_selector(outputs, 1, "Output warped volume:", "outputVolumeSelector", "outputVolume",
                       "vtkMRMLScalarVolumeNode", "Optional: the moving volume resampled on the fixed grid.",
-                      none=True, add=True),
+                      none=True, add=True, children=True),
     ]
     row(outputs, 2, "Checkerboard square:", "QDoubleSpinBox", "checkerboardSquareSpinBox", "checkerboardSquareMm",
         suffix=("string", " mm"), decimals=("number", "1"), minimum=("double", "1"), maximum=("double", "200"),
         value=("double", "10"), toolTip=("string", "Side of the checkerboard preview's squares."))
+    row(outputs, 3, "Agreement map:", "QCheckBox", "agreementCheckBox", "agreementMap",
+        toolTip=("string", "Also compute the local similarity of the fixed and the registered moving volume "
+                           "(the run's similarity, locally) and show it in colour over the fixed volume: low "
+                           "values mark where the alignment is doubtful."))
 
     for name, cls, extra in (("applyButton", "QPushButton", {"text": ("string", "Apply"), "enabled": ("bool", "false"),
                                                                "toolTip": ("string", "Run the registration.")}),
-                             ("progressBar", "QProgressBar", {"value": ("number", "0"),
-                                                             "visible": ("bool", "false")}),
+                             ("progressBar", "QProgressBar", {"value": ("number", "0")}),
                              ("statusLabel", "QLabel", {"text": ("string", ""), "wordWrap": ("bool", "true")}),
                              ("logTextEdit", "QPlainTextEdit", {"readOnly": ("bool", "true"),
                                                                 "maximumBlockCount": ("number", "2000")})):

@@ -80,7 +80,7 @@ def register_like_slicer(fixed: sitk.Image, moving: sitk.Image, square_mm: float
     fixed_node = volume_node_from_image(Image.from_sitk(fixed), scene=scene, name="T1")
     moving_node = volume_node_from_image(Image.from_sitk(moving), scene=scene, name="PD deformed")
     options = RegistrationOptions(preset="multimodal", device="cpu", checkerboard_square_mm=square_mm,
-                                  extra_settings=["threads=1"])
+                                  overrides={"threads": 1})
     start = time.perf_counter()
     result = RegistrationJob(scene, fixed_node, moving_node, options).start().wait()
     seconds = time.perf_counter() - start

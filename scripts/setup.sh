@@ -20,6 +20,23 @@ if [ ! -f "$stamp" ]; then
     touch "$stamp"
 fi
 
+# Python 3.9 (Slicer 5.8) and 3.12 (Slicer 5.10 and later): one small venv each with the backend's torch-free
+# dependencies, in which Testing/test_python_versions.py runs the torch-free unit tests. A version that pyenv
+# lacks is left out (its test is skipped and says so).
+venvs="${DIFFREG_VENVS:-${XDG_CACHE_HOME:-$HOME/.cache}/diffusionregistration/venvs}"
+for version in 3.9.18 3.12.1; do
+    interpreter="${PYENV_ROOT:-$HOME/.pyenv}/versions/$version/bin/python"
+    target="$venvs/$version"
+    if [ ! -x "$interpreter" ]; then
+        echo "setup: pyenv has no Python $version; its version test will be skipped"
+        continue
+    fi
+    [ -f "$target/.installed-1" ] && continue
+    "$interpreter" -m venv --clear "$target"
+    "$target/bin/python" -m pip --disable-pip-version-check -q install numpy SimpleITK scipy Pillow pytest
+    touch "$target/.installed-1"
+done
+
 fetch_deb() {  # package, a file it must provide
     local pkg="$1" probe="$2"
     [ -e "$data/root/$probe" ] && return 0

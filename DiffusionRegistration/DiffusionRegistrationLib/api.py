@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 from .engine.config import resolve_config
 from .engine.outputs import OutputRequest, write_outputs
 from .engine.result import Result
+from .errors import RegistrationError
 from .io.images import Image, check_image, check_mask, read_image, read_labels, read_mask
 from .progress import ProgressCallback, silent
 
@@ -127,6 +128,9 @@ def apply(transform: Union[Registration, str, os.PathLike], image: ImageLike,
         mapping = Result(grid, moving.grid, field)
     else:
         raise TypeError(f"transform must be a Registration or a transform file path, not {type(transform).__name__}")
+    if moving.dim != mapping.fixed_grid.dim:
+        raise RegistrationError(f"image {moving.name} is {moving.dim}D but the transform's grid is "
+                                f"{mapping.fixed_grid.dim}D; give an image of the registered dimension.")
     return mapping.warp(moving, "nearest" if labels else "linear")
 
 

@@ -7,3 +7,11 @@ class RegistrationError(Exception):
 
 class Cancelled(Exception):
     """Raised from a progress callback to stop a run; outputs already written stay untouched."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A termination signal (SIGTERM, SIGHUP) turned into an exception, so outputs are cleaned up as on Ctrl-C."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum

@@ -18,7 +18,7 @@ from ..io.data import COLIN_AAL, COLIN_BET, COLIN_T1, data_file, resample_isotro
 from ..errors import RegistrationError
 from ..io.images import Image, read_image, read_labels, write_image
 from ..geometry.metrics import dice_per_label, field_tre, mask_dice, mean_dice
-from ..engine.outputs import write_outputs
+from ..engine.outputs import OutputRequest, check_outputs, write_outputs
 from ..progress import Progress, ProgressCallback, silent
 from ..engine.registration import register
 from ..engine.result import Result
@@ -47,7 +47,7 @@ def demo_pair(seed: int = 0) -> dict[str, Image | np.ndarray]:
 
 def diffusion_weights_status() -> Optional[str]:
     """None when the diffusion backbone's weights are cached and verified, else the reason and the fix."""
-    from ..features.catalog import default_backbone_path
+    from ..features.weights import default_backbone_path
 
     try:
         default_backbone_path()
@@ -80,6 +80,7 @@ def run_demo(output_dir: str | Path, seed: int = 0, preset: Optional[str] = None
             print(f"NOTE: the diffusion-feature similarity is NOT used in this run: {problem}\n"
                   f"      Running the best intensity preset ('{preset}') instead.", file=log)
     config = make_config(preset)
+    check_outputs(output_dir, OutputRequest(), (), pair["fixed"].grid, pair["moving"].grid)
     result = register(pair["fixed"], pair["moving"], config, progress=progress)
     identity = Result.identity(result.fixed_grid, result.moving_grid)
     extra = {"demo": {"pair": "moving Colin27 skull-stripped (ch2bet) -> fixed Colin27 with skull (ch2) "

@@ -8,15 +8,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
-from typing import Any, Optional, Sequence
+import threading
+from pathlib import Path
+from contextlib import contextmanager
+from typing import Any, Iterator, Optional, Sequence
 
-from ..errors import Cancelled, RegistrationError
+from ..errors import Cancelled, Interrupted, RegistrationError
 from ..io.paths import existing_path
 from .models import add_models_parser
 from .network import add_network_parsers
 from .settings import (add_progress_argument, add_settings_arguments, config_from_args, finetune_settings,
                        progress_from_args, settings_given)
+from ..io.atomic import json_text, write_text
+from ..progress import progress_kind
 
 EPILOG = """examples:
   diffreg register --fixed fixed.nii.gz --moving moving.nii.gz --output-dir out
@@ -43,6 +49,9 @@ def _register_parser(subparsers) -> None:
     parser.add_argument("--warped", default="warped.nii.gz", help="warped moving image file name")
     parser.add_argument("--affine", help="also write the affine part alone (e.g. affine.tfm)")
     parser.add_argument("--inverse", help="also write the inverse (moving->fixed) field (e.g. inverse.h5)")
+    parser.add_argument("--agreement", action="store_const", const="agreement.nii.gz",
+                        help="also write agreement.nii.gz: the local similarity of the fixed and the registered "
+                             "moving image on the fixed grid (higher: better aligned)")
     add_progress_argument(parser)
     parser.set_defaults(handler=_cmd_register)
 
@@ -53,8 +62,8 @@ def _cmd_register(args: argparse.Namespace) -> int:
         if path:
             existing_path(path, role)
     config = config_from_args(args)  # bad paths and settings are answered before torch and SimpleITK load
+    from ..engine.outputs import OutputRequest, check_outputs, write_outputs
     from ..io.images import read_image, read_mask
-    from ..engine.outputs import OutputRequest, write_outputs
     from ..progress import Progress
 
     progress_shown, progress = progress_from_args(args)
@@ -62,6 +71,10 @@ def _cmd_register(args: argparse.Namespace) -> int:
     moving = read_image(args.moving, "moving image")
     fixed_mask = read_mask(args.fixed_mask, fixed, "fixed mask") if args.fixed_mask else None
     moving_mask = read_mask(args.moving_mask, moving, "moving mask") if args.moving_mask else None
+    request = OutputRequest(transform=args.transform, warped=args.warped, affine=args.affine, inverse=args.inverse,
+                            agreement=args.agreement)
+    check_outputs(args.output_dir, request, (args.fixed, args.moving, args.fixed_mask, args.moving_mask),
+                  fixed.grid, moving.grid)
     if args.network:
         from ..network.inference import register_with_network
 
@@ -74,8 +87,9 @@ def _cmd_register(args: argparse.Namespace) -> int:
 
         result = register(fixed, moving, config, fixed_mask, moving_mask, progress=progress,
                           inverse=bool(args.inverse))
-    request = OutputRequest(transform=args.transform, warped=args.warped, affine=args.affine, inverse=args.inverse)
     written = write_outputs(result, fixed, moving, args.output_dir, request)
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     progress(Progress("done", 1.0, written["report"]))
     if progress_shown != "json":
         _print_outputs(written)
@@ -113,6 +127,12 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     from ..api import apply
     from ..io.images import write_image
 
+    from ..engine.outputs import check_folder, check_output_name
+    from ..io.images import IMAGE_WRITE_SUFFIXES
+
+    output = Path(args.output)
+    check_output_name(output, "output", IMAGE_WRITE_SUFFIXES, (args.transform, args.input, args.reference))
+    check_folder(output.parent)
     write_image(apply(args.transform, args.input, args.reference, labels=args.labels), args.output)
     print(f"wrote {args.output}")
     return 0
@@ -132,17 +152,21 @@ def _evaluate_parser(subparsers) -> None:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ..engine.evaluation import evaluate_transform
+    from ..engine.outputs import check_folder, check_output_name
+
+    if args.output:
+        inputs = (args.transform, args.reference, args.fixed_labels, args.moving_labels, args.fixed_landmarks,
+                  args.moving_landmarks)
+        check_output_name(Path(args.output), "output", (".json",), inputs)
+        check_folder(Path(args.output).parent)
 
     report = evaluate_transform(args.transform, reference=args.reference, fixed_labels=args.fixed_labels,
                       moving_labels=args.moving_labels, fixed_landmarks=args.fixed_landmarks,
                       moving_landmarks=args.moving_landmarks)
-    text = json.dumps(report, indent=2)
-    print(text)
+    text = json_text(report)
     if args.output:
-        from ..io.atomic import atomic_path
-
-        with atomic_path(args.output) as temporary:
-            temporary.write_text(text)
+        write_text(args.output, text)
+    print(text)
     return 0
 
 
@@ -159,8 +183,10 @@ def _demo_parser(subparsers) -> None:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    written = run_demo(args.output_dir, seed=args.seed, preset=args.preset, progress=progress_from_args(args)[1])
-    _print_outputs(written)
+    shown, progress = progress_from_args(args)
+    written = run_demo(args.output_dir, seed=args.seed, preset=args.preset, progress=progress)
+    if shown != "json":
+        _print_outputs(written)
     return 0
 
 
@@ -190,6 +216,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextmanager
+def _termination_as_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise Interrupted, like Ctrl-C raises KeyboardInterrupt, so every cleanup runs."""
+    def interrupt(signum, frame):
+        raise Interrupted(signum)
+
+    names = [n for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {n: signal.signal(getattr(signal, n), interrupt) for n in names}
+    try:
+        yield
+    finally:
+        for name, handler in previous.items():
+            signal.signal(getattr(signal, name), handler)
+
+
+def _fail(code: int, stage: str, message: str, json_events: bool) -> int:
+    """The one `error:` line on stderr; with JSON progress also a final event on stdout."""
+    if json_events:
+        print(json.dumps({"stage": stage, "fraction": 1.0, "message": message}), flush=True)
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    return code
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     # Threads that wait for work sleep instead of spinning (unless the user chose otherwise): on a machine
     # shared with other processes, spinning OpenMP threads made a run up to 8x slower (measured with 2
@@ -197,17 +249,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
+    piped = getattr(args, "progress_when_piped", "none")
+    json_events = progress_kind(getattr(args, "progress", "none"), piped) == "json"
     try:
-        return args.handler(args)
+        with _termination_as_interrupt():
+            return args.handler(args)
     except RegistrationError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return _fail(2, "error", str(error), json_events)
+    except OSError as error:
+        where = f"{error.filename}: " if error.filename else ""
+        return _fail(2, "error", f"{where}{error.strerror or error}. Check the path, its permissions and free "
+                     "space.", json_events)
+    except MemoryError:
+        return _fail(2, "error", "not enough memory for these images and settings; use smaller images, fewer "
+                     "levels or a machine with more memory.", json_events)
     except Cancelled:
-        print("cancelled: no outputs were written", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print("interrupted: no outputs were written", file=sys.stderr)
-        return 130
+        return _fail(130, "cancelled", "cancelled: no partial outputs were left", json_events)
+    except KeyboardInterrupt as error:
+        signum = getattr(error, "signum", signal.SIGINT)
+        name = signal.Signals(signum).name
+        return _fail(128 + signum, "cancelled", f"interrupted by {name}: no partial outputs were left",
+                     json_events)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     rows = [("ID", "KIND", "BACKBONE", "SIZE", "STATUS")]
     for entry in load_catalog().values():
-        rows.append((entry.id, entry.kind, entry.backbone, _size(entry.total_size), status(entry)))
+        size = "-" if entry.kind == "builtin" else _size(entry.total_size)
+        rows.append((entry.id, entry.kind, entry.backbone, size, status(entry)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
@@ -43,13 +44,20 @@ def cmd_download(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     """Re-hashes one model, or every model that is (partly) in the cache."""
     from ..features.catalog import load_catalog
-    from ..features.weights import status, verify
+    from ..features.weights import status, unreferenced, verify
 
-    ids = [args.id] if args.id else [e.id for e in load_catalog().values() if status(e) != "missing"]
+    ids = [args.id] if args.id else [e.id for e in load_catalog().values() if status(e) not in ("missing", "built in")]
     if not ids:
         print("no model is in the cache yet (see `diffreg models list`).")
     for model_id in ids:
-        print(f"{model_id}: verified, {verify(model_id, progress_from_args(args)[1])}")
+        location = verify(model_id, progress_from_args(args)[1])
+        unchecked = unreferenced(model_id)
+        if unchecked:
+            print(f"{model_id}: unverified, {location}: no reference checksum for {', '.join(unchecked[:4])}"
+                  f"{' ...' if len(unchecked) > 4 else ''} (sizes checked only); `diffreg models download "
+                  f"{model_id} --force` fetches files whose checksum is known.")
+        else:
+            print(f"{model_id}: verified, {location}")
     return 0
 
 

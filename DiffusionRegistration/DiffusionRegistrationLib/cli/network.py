@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from ..errors import RegistrationError
 from ..progress import json_lines, progress_bar, silent
@@ -130,12 +131,14 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_batch_command(args: argparse.Namespace) -> int:
+    from ..engine.outputs import check_folder
     from ..network.batch import run_batch
 
     config = config_from_args(args)
     if args.network and not args.finetune_steps and settings_given(args):
         raise RegistrationError(f"batch --network cannot honour {', '.join(settings_given(args))}: similarity "
                                 "settings only apply with --finetune-steps N.")
+    check_folder(Path(args.output_dir))
     statuses = run_batch(args.pairs_csv, args.output_dir, None if args.network else config, args.network,
                          args.finetune_steps, config.device, progress_from_args(args)[1], finetune_settings(args, config))
     failed = [s for s in statuses if s["status"] == "failed"]

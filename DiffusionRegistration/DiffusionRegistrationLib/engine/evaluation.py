@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+import numpy as np
+
 
 from ..errors import RegistrationError
 from ..io.images import read_image, read_labels
-from ..io.landmarks import match_landmarks, read_landmarks
+from ..io.landmarks import Landmarks, match_landmarks, read_landmarks
 from ..geometry.metrics import dice_per_label, field_mapping, folding, jacobian_determinant, landmark_tre, mean_dice
 from .result import Result
 from ..io.transform_files import read_displacement
@@ -27,7 +29,14 @@ def evaluate_transform(transform: str, reference: Optional[str] = None, fixed_la
     report: dict[str, Any] = {"transform": str(transform)}
     report["folding"] = folding(jacobian_determinant(field, grid))
     if fixed_label_image is not None:
+        if not fixed_label_image.grid.same_as(grid, tolerance=1e-3):
+            raise RegistrationError(f"fixed labels {fixed_labels}: lie on another grid than the transform's reference "
+                                    f"({fixed_label_image.grid.size} vs {grid.size} voxels); give labels on the fixed "
+                                    "image's grid.")
         moving_label_image = read_labels(moving_labels, "moving labels")
+        if moving_label_image.dim != grid.dim:
+            raise RegistrationError(f"moving labels {moving_labels}: are {moving_label_image.dim}D but the transform "
+                                    f"is {grid.dim}D; give labels of the moving image.")
         warped = Result(grid, moving_label_image.grid, field).warp(moving_label_image, "nearest")
         identity = Result.identity(grid, moving_label_image.grid).warp(moving_label_image, "nearest")
         after = dice_per_label(fixed_label_image.array, warped.array)
@@ -35,9 +44,24 @@ def evaluate_transform(transform: str, reference: Optional[str] = None, fixed_la
         report["dice"] = {"mean_before": mean_dice(before), "mean_after": mean_dice(after),
                           "per_label": {str(k): round(v, 4) for k, v in after.items()}}
     if fixed_landmarks:
-        fixed_points, moving_points, labels = match_landmarks(read_landmarks(fixed_landmarks),
-                                                              read_landmarks(moving_landmarks))
+        fixed_points, moving_points, labels = match_landmarks(_in_dim(read_landmarks(fixed_landmarks), grid.dim),
+                                                              _in_dim(read_landmarks(moving_landmarks), grid.dim))
         tre = landmark_tre(fixed_points, moving_points, field_mapping(field, grid))
         before = landmark_tre(fixed_points, moving_points, lambda p: p)
         report["landmark_tre"] = {"labels": labels, "before": before, "after": tre}
     return report
+
+
+def _in_dim(landmarks: Landmarks, dim: int) -> Landmarks:
+    """The landmarks with `dim` finite coordinates (3D points with z = 0 serve a 2D transform);
+    RegistrationError otherwise."""
+    points = np.asarray(landmarks.points, dtype=np.float64)
+    if not np.isfinite(points).all():
+        raise RegistrationError(f"landmark file {landmarks.path}: holds NaN or infinite coordinates; give finite "
+                                "positions.")
+    if points.shape[1] == 3 and dim == 2 and np.allclose(points[:, 2], 0):
+        points = points[:, :2]
+    if points.shape[1] != dim:
+        raise RegistrationError(f"landmark file {landmarks.path}: has {points.shape[1]}D points but the transform is "
+                                f"{dim}D; give landmarks of the registered images.")
+    return Landmarks(points, landmarks.labels, landmarks.path)

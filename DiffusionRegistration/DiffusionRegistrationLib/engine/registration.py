@@ -22,8 +22,9 @@ import torch
 
 from .config import RegistrationConfig
 from ..errors import RegistrationError
-from ..io.images import Grid, Image, check_mask, normalize
+from ..io.images import Grid, Image, check_grid, check_image, check_mask, normalize
 from ..progress import Progress, ProgressCallback, silent
+from .quality import quality_warnings
 from .result import Result
 from ..similarity import build_similarity
 from ..similarity.base import Similarity
@@ -133,25 +134,35 @@ class _Convergence:
         return previous - recent < self.tolerance * max(abs(previous), 1e-8)
 
 
+def _diverged(setting: str, what: str) -> RegistrationError:
+    return RegistrationError(f"the optimisation diverged ({what}); lower {setting} (e.g. --set {setting}=...) to "
+                             "half its value or less, or raise the regularization.")
+
+
 def _optimise(step: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer, iterations: int,
-              config: RegistrationConfig, report: Callable[[int, float], None]) -> dict:
+              config: RegistrationConfig, report: Callable[[int, float], None], setting: str) -> dict:
+    """Adam steps with a cosine schedule until `iterations` or convergence. Non-finite losses or parameters
+    stop it before they reach grid_sample (whose backward crashes on them), naming `setting` to lower."""
     convergence = _Convergence(config.tolerance, config.patience)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, iterations, eta_min=0.0)
-    loss_value, done = float("nan"), 0
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    loss_value, start_loss, done = float("nan"), None, 0
     for done in range(1, iterations + 1):
         optimizer.zero_grad(set_to_none=True)
         loss = step()
+        loss_value = float(loss.detach())
+        if not np.isfinite(loss_value):
+            raise _diverged(setting, "the loss is not finite")
+        start_loss = loss_value if start_loss is None else start_loss
         loss.backward()
         optimizer.step()
         schedule.step()
-        loss_value = float(loss.detach())
-        if not np.isfinite(loss_value):
-            raise RegistrationError("the optimisation diverged (loss is not finite); lower the learning rate "
-                                    "(lr=...) or raise the regularisation.")
+        if not all(bool(torch.isfinite(p).all()) for p in parameters):
+            raise _diverged(setting, "the transform's parameters are not finite")
         report(done, loss_value)
         if convergence.done(loss_value):
             break
-    return {"steps": done, "loss": loss_value}
+    return {"steps": done, "loss": loss_value, "start_loss": start_loss}
 
 
 def _affine_sampling(affine: AffineTransform, fixed_grid: Grid, moving_grid: Grid,
@@ -217,8 +228,10 @@ class Run:
 LevelBuilder = Callable[[float], tuple[Callable[[], torch.Tensor], torch.optim.Optimizer]]
 
 
-def _run_levels(run: Run, stage: str, plan: list[tuple[float, int]], build: LevelBuilder) -> None:
-    """The level loop every stage shares: build the level's step and optimiser, optimise, record."""
+def _run_levels(run: Run, stage: str, plan: list[tuple[float, int]], build: LevelBuilder, setting: str) -> None:
+    """The level loop every stage shares: build the level's step and optimiser, optimise, record.
+
+    `setting` is the learning rate to name if the optimisation diverges."""
     for index, (factor, iterations) in enumerate(plan):
         start = time.perf_counter()
         step, optimizer = build(factor)
@@ -228,7 +241,7 @@ def _run_levels(run: Run, stage: str, plan: list[tuple[float, int]], build: Leve
                 fraction = (index + done / iterations) / len(plan)
                 run.progress(Progress(stage, fraction, f"level {index + 1}/{len(plan)} step {done} loss {loss:.5f}"))
 
-        outcome = _optimise(step, optimizer, iterations, run.config, report)
+        outcome = _optimise(step, optimizer, iterations, run.config, report, setting)
         spacing = float(np.mean(run.fixed.level(factor)[2].spacing))
         run.history.append({"stage": stage, "level": factor, "spacing_mm": round(spacing, 3), **outcome,
                             "seconds": round(time.perf_counter() - start, 3)})
@@ -261,7 +274,7 @@ def affine_stage(run: Run) -> AffineTransform:
                                            {"params": [affine.linear], "lr": config.affine_lr}])
 
         _run_levels(run, "affine", level_plan(run.fixed.grid, config.affine_levels, config.affine_iterations,
-                                              config.level_spacing_mm), build)
+                                              config.level_spacing_mm), build, "affine_lr")
     affine.requires_grad_(False)
     return affine
 
@@ -314,7 +327,7 @@ def deformable_stage(run: Run, affine: AffineTransform) -> Optional[DenseTransfo
         return current[0].loss, torch.optim.Adam(current[0].dense.parameters(), lr=current[0].lr)
 
     _run_levels(run, "deformable", level_plan(run.fixed.grid, config.levels, config.iterations,
-                                              config.level_spacing_mm), build)
+                                              config.level_spacing_mm), build, "lr")
     return current[0].dense
 
 
@@ -332,9 +345,11 @@ def _result(run: Run, fixed: Image, moving: Image, affine: AffineTransform, dens
         displacement = (mapped - points)[0].cpu().numpy().astype(np.float32)
         warped = sample(_tensor(moving.array, device), to_sampling_grid(mapped, moving.grid), padding_mode="zeros")
         inverse_field = _inverse_on_moving_grid(affine, dense, fixed.grid, moving.grid, device) if inverse else None
-    return Result(fixed.grid, moving.grid, displacement, affine=affine.matrix()[0],
-                  warped=Image(warped[0, 0].cpu().numpy(), fixed.grid, None), inverse=inverse_field,
-                  seconds=time.perf_counter() - start, config=run.config.to_dict(), history=run.history)
+    result = Result(fixed.grid, moving.grid, displacement, affine=affine.matrix()[0],
+                    warped=Image(warped[0, 0].cpu().numpy(), fixed.grid, None), inverse=inverse_field,
+                    seconds=time.perf_counter() - start, config=run.config.to_dict(), history=run.history)
+    result.warnings = quality_warnings(result, fixed, moving, run.config.similarity)
+    return result
 
 
 def _check_inputs(fixed: Image, moving: Image, fixed_mask: Optional[Image], moving_mask: Optional[Image],
@@ -357,16 +372,34 @@ def register(fixed: Image, moving: Image, config: Optional[RegistrationConfig] =
     Images may lie on different grids and orientations: everything happens in physical space.
     The progress callback may raise `Cancelled` to stop the run.
     """
-    config = config or RegistrationConfig()
+    config = _checked_arguments(fixed, moving, config, fixed_mask, moving_mask)
     start = time.perf_counter()
     fixed_mask, moving_mask = _check_inputs(fixed, moving, fixed_mask, moving_mask, config)
     device = resolve_device(config.device)
     with torch_threads(config.threads):
         run = Run(prepare(fixed, fixed_mask, config, device), prepare(moving, moving_mask, config, device),
-                   config, device, progress)
+                  config, device, progress)
         affine = affine_stage(run)
         dense = deformable_stage(run, affine)
         return _result(run, fixed, moving, affine, dense, inverse, start)
+
+
+def _checked_arguments(fixed: Image, moving: Image, config: Optional[RegistrationConfig],
+                       fixed_mask: Optional[Image], moving_mask: Optional[Image]) -> RegistrationConfig:
+    """The API's entrance: TypeError naming a wrong argument; in-memory images get the file checks
+    (finite voxels, usable grid); the settings are validated again (attributes may have been changed)."""
+    given = {"fixed": fixed, "moving": moving, "fixed_mask": fixed_mask, "moving_mask": moving_mask}
+    for name, value in given.items():
+        if value is not None and not isinstance(value, Image):
+            raise TypeError(f"register(): {name} must be an Image (io.images.Image or read_image(path)), "
+                            f"not {type(value).__name__}.")
+    if config is not None and not isinstance(config, RegistrationConfig):
+        raise TypeError(f"register(): config must be a RegistrationConfig (make_config(...)), not "
+                        f"{type(config).__name__}.")
+    for name, image in (("fixed image", fixed), ("moving image", moving)):
+        check_grid(image.grid, f"{name} {image.name}")
+        check_image(image, name)
+    return RegistrationConfig(**(config or RegistrationConfig()).to_dict())
 
 
 def _inverse_on_moving_grid(affine: AffineTransform, dense: Optional[DenseTransform], fixed_grid: Grid,

@@ -30,6 +30,7 @@ class Result:
     seconds: float = 0.0
     config: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # the quality guard's findings (engine.quality)
 
     @classmethod
     def identity(cls, fixed_grid: Grid, moving_grid: Grid) -> "Result":

@@ -1,7 +1,9 @@
 """The model catalog: which diffusion backbones exist, where their weights come from, their files with
-sizes and checksums, licence and extractor defaults. It is one JSON file, package data beside this module
-(features/models.json, read with importlib.resources: the same place in a wheel, an editable install and
-the Slicer extension). $DIFFREG_CATALOG points to another file.
+size, MD5 and SHA-256 (and where each value comes from), licence and extractor defaults. It is one JSON
+file, package data beside this module (features/models.json, read with importlib.resources: the same
+place in a wheel, an editable install and the Slicer extension). $DIFFREG_CATALOG points to another file.
+Backbones of kind "builtin" (the known-answer features `image` and `mind`) have no weights; they are
+listed so that every place that offers backbones offers them too.
 """
 from __future__ import annotations
 
@@ -14,18 +16,21 @@ from typing import Any, Optional
 
 from ..errors import RegistrationError
 
-KINDS = ("file", "hub")  # file: plain files at URLs; hub: a Hugging Face repository snapshot
+KINDS = ("file", "hub", "builtin")  # file: plain files at URLs; hub: a Hugging Face repository snapshot;
+# builtin: computed features without weights
 _HEX = set("0123456789abcdef")
 
 
 @dataclass(frozen=True)
 class ModelFile:
-    """One file of a model: its name (a relative path), expected size and SHA-256 (None: see `reason`)."""
+    """One file of a model: its name (a relative path), expected size, SHA-256 (None: see `reason`) and
+    MD5 (the publisher's, where it publishes one)."""
     name: str
     size: Optional[int]
     sha256: Optional[str]
     url: Optional[str] = None
     reason: str = ""
+    md5: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,10 @@ def _problem(path: Path, where: str, what: str) -> RegistrationError:
     return RegistrationError(f"model catalog {path}: {where} {what}. Fix the file or reinstall the extension.")
 
 
+def _is_hex(value: Any, length: int) -> bool:
+    return isinstance(value, str) and len(value) == length and not set(value.lower()) - _HEX
+
+
 def _parse_file(path: Path, model_id: str, index: int, raw: Any, kind: str) -> ModelFile:
     where = f"model '{model_id}' file {index + 1}"
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str) or not raw["name"]:
@@ -81,15 +90,18 @@ def _parse_file(path: Path, model_id: str, index: int, raw: Any, kind: str) -> M
     size, sha256 = raw["size"], raw["sha256"]
     if size is not None and (not isinstance(size, int) or size < 0):
         raise _problem(path, where, f"('{name}') has a bad size {size!r}")
-    if sha256 is not None and (not isinstance(sha256, str) or len(sha256) != 64 or set(sha256.lower()) - _HEX):
+    if sha256 is not None and not _is_hex(sha256, 64):
         raise _problem(path, where, f"('{name}') has a bad sha256 {sha256!r} (64 hex digits)")
+    md5 = raw.get("md5")
+    if md5 is not None and not _is_hex(md5, 32):
+        raise _problem(path, where, f"('{name}') has a bad md5 {md5!r} (32 hex digits)")
     reason = str(raw.get("reason", ""))
     if sha256 is None and not reason:
         raise _problem(path, where, f"('{name}') has sha256 null without a 'reason'")
     url = raw.get("url")
     if kind == "file" and not url:
         raise _problem(path, where, f"('{name}') needs a 'url' to download it from")
-    return ModelFile(name, size, sha256.lower() if sha256 else None, url, reason)
+    return ModelFile(name, size, sha256.lower() if sha256 else None, url, reason, md5.lower() if md5 else None)
 
 
 def _parse_entry(path: Path, model_id: str, raw: Any) -> ModelEntry:
@@ -99,14 +111,14 @@ def _parse_entry(path: Path, model_id: str, raw: Any) -> ModelEntry:
     kind = raw.get("kind")
     if kind not in KINDS:
         raise _problem(path, where, f"has kind {kind!r}; use one of {', '.join(KINDS)}")
-    source = raw.get("source")
-    if not isinstance(source, dict) or not (source.get("url") or source.get("repo")):
+    source = raw.get("source", {} if kind == "builtin" else None)
+    if kind != "builtin" and (not isinstance(source, dict) or not (source.get("url") or source.get("repo"))):
         raise _problem(path, where, "needs a 'source' with a 'url' or a 'repo'")
     if kind == "hub" and not (source.get("repo") and source.get("revision")):
         raise _problem(path, where, "is a hub model: its source needs 'repo' and 'revision'")
-    files = raw.get("files")
-    if not isinstance(files, list) or not files:
-        raise _problem(path, where, "needs a non-empty 'files' list")
+    files = raw.get("files", [] if kind == "builtin" else None)
+    if not isinstance(files, list) or (kind == "builtin") != (not files):
+        raise _problem(path, where, "needs a non-empty 'files' list (and a builtin backbone none)")
     for key in ("backbone", "licence"):
         if not isinstance(raw.get(key), str) or not raw[key]:
             raise _problem(path, where, f"needs '{key}'")
@@ -158,24 +170,3 @@ def is_catalog_id(name: str) -> bool:
         return name in load_catalog()
     except RegistrationError:
         return False
-
-
-def extractor_spec(model: str | ModelEntry, dim: int = 2) -> dict[str, Any]:
-    """The load_extractor spec for a cached catalog model: its backbone, verified weights and defaults.
-    RegistrationError (with the download command) when the weights are not in the cache."""
-    from .weights import path as weights_path
-
-    entry = get_model(model)
-    defaults = entry.extractor.get(f"{int(dim)}d", entry.extractor)
-    defaults = {k: v for k, v in defaults.items() if not k.endswith("d") or not k[:-1].isdigit()}
-    location = weights_path(entry)
-    if entry.backbone == "adm":
-        return {"backbone": "adm", "checkpoint": str(location), **defaults}
-    return {"backbone": entry.backbone, "model": str(location), **defaults}
-
-
-def default_backbone_path() -> Path:
-    """The verified local weights of the default backbone, or RegistrationError saying how to get them."""
-    from .weights import path as weights_path
-
-    return weights_path(default_backbone_id())

@@ -28,9 +28,13 @@ def _build(backbone: str, options: dict[str, Any], dim: int) -> FeatureExtractor
     if backbone == "unet2d":  # "model": a diffusers UNet2DModel folder or a catalog id
         from .unet2d_extractor import PixelUNetExtractor
         return PixelUNetExtractor.from_pretrained(options.pop("model", None), **options)
-    from .catalog import extractor_spec, is_catalog_id
+    from .catalog import is_catalog_id
+    from .weights import extractor_spec
     if is_catalog_id(backbone):  # a catalog id: its verified weights and defaults, then the options given
         resolved = extractor_spec(backbone, dim)
+        if resolved["backbone"] == backbone:  # a builtin backbone (image, mind): no network to load here
+            raise RegistrationError(f"'{backbone}' is a built-in backbone of the diffusion similarity: use it "
+                                    f"as --similarity diffusion --backbone {backbone}.")
         return _build(resolved.pop("backbone"), {**resolved, **options}, dim)
     raise RegistrationError(f"unknown feature backbone '{backbone}'. Choose one of: {', '.join(BACKBONES)}.")
 

@@ -4,27 +4,31 @@ Cache folder: $DIFFREG_CACHE, else "model_cache" in the settings file ($DIFFREG_
 ~/.config/diffusionregistration/settings.json), else ~/.cache/diffusionregistration/models; never the
 install folder. Each model has its own sub-folder named by its catalog id.
 
-Verification checks each file's size, then its SHA-256 (streamed). A successful check is recorded in
-the model folder (`.diffreg-verified.json`: size, modification time and SHA-256 per file) so `path()`
-does not re-hash gigabytes on every run; `verify()` always re-hashes. For files whose SHA-256 the
-catalog cannot give (hub files, null with a reason) the value recorded at download is the reference.
+Verification checks each file's size, then its MD5 (where the catalog has the publisher's) and SHA-256,
+both computed in one streamed pass (`Digests`). A check is recorded in the model folder
+(`.diffreg-verified.json`: size, modification time, SHA-256 and what it was checked against) so `path()`
+does not re-hash gigabytes on every run; `verify()` always re-hashes. References, in order: the
+catalog's values; for hub files, the hub's own SHA-256 of LFS files (git blob id of the others), read
+at download and checked then and afterwards. A file with no reference at all is "unverified" (only its
+consistency with the first hash is checked), never "verified".
 Downloads stream to a temporary file beside the target, hash on the fly and rename only once verified;
 a progress callback that raises Cancelled leaves no partial file.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
-from ..io.atomic import atomic_path
-from .catalog import ModelEntry, ModelFile, get_model
 from ..errors import RegistrationError
+from ..io.atomic import atomic_path
 from ..progress import Progress, ProgressCallback, silent
+from .catalog import ModelEntry, ModelFile, default_backbone_id, get_model
 
 STAMP = ".diffreg-verified.json"
 CHUNK = 1 << 20
@@ -58,7 +62,16 @@ def cache_dir(configured: Optional[str | os.PathLike] = None) -> Path:
 
 def model_dir(model: str | ModelEntry) -> Path:
     """The folder of one model in the cache (it may not exist yet)."""
-    return cache_dir() / get_model(model).id
+    return cache_dir() / with_weights(model).id
+
+
+def with_weights(model: str | ModelEntry) -> ModelEntry:
+    """The catalog entry of a model that has weights; RegistrationError for a builtin backbone."""
+    entry = get_model(model)
+    if entry.kind == "builtin":
+        raise RegistrationError(f"'{entry.id}' is a built-in backbone: it has no weights to download, verify or "
+                                "locate. Use it directly (e.g. --backbone " + entry.id + ").")
+    return entry
 
 
 def _human(size: Optional[int]) -> str:
@@ -71,15 +84,54 @@ def _human(size: Optional[int]) -> str:
     return ""
 
 
-def sha256_of(path: Path, report: Optional[Callable[[int], None]] = None) -> str:
-    """SHA-256 of a file, read in chunks; `report(bytes_so_far)` after each chunk."""
-    digest, done = hashlib.sha256(), 0
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-            done += len(chunk)
-            if report:
-                report(done)
+class Digests:
+    """Size, MD5 and SHA-256 of a byte stream in one pass, so a 2 GB file is read (or received) once."""
+
+    def __init__(self) -> None:
+        self.size = 0
+        self._md5 = hashlib.md5(usedforsecurity=False)  # the publisher's checksum, not a security measure
+        self._sha256 = hashlib.sha256()
+
+    def update(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        self._md5.update(chunk)
+        self._sha256.update(chunk)
+
+    @property
+    def md5(self) -> str:
+        return self._md5.hexdigest()
+
+    @property
+    def sha256(self) -> str:
+        return self._sha256.hexdigest()
+
+    @classmethod
+    def of_file(cls, path: Path, report: Optional[Callable[[int], None]] = None) -> "Digests":
+        """The digests of a file read in chunks; `report(bytes_so_far)` after each chunk."""
+        digests = cls()
+        with open(path, "rb") as handle:
+            while chunk := handle.read(CHUNK):
+                digests.update(chunk)
+                if report:
+                    report(digests.size)
+        return digests
+
+    def mismatch(self, expected: ModelFile, sha256: Optional[str]) -> Optional[str]:
+        """What differs from the expected size, MD5 and SHA-256 (`sha256`: the reference in use), or None."""
+        if expected.size is not None and self.size != expected.size:
+            return f"{self.size:,} bytes instead of {expected.size:,}"
+        if expected.md5 is not None and self.md5 != expected.md5:
+            return f"MD5 {self.md5}, expected the catalog's {expected.md5}"
+        if sha256 is not None and self.sha256 != sha256:
+            return f"SHA-256 {self.sha256}, expected {sha256}"
+        return None
+
+
+def git_blob_id(path: Path) -> str:
+    """The git object id (SHA-1 of "blob <size>\\0" + bytes) the hub reports for a file not stored in LFS."""
+    digest = hashlib.sha1(usedforsecurity=False)
+    digest.update(f"blob {path.stat().st_size}\0".encode())
+    digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
@@ -95,19 +147,36 @@ def _write_stamp(folder: Path, records: dict) -> None:
         temporary.write_text(json.dumps(records, indent=1, sort_keys=True), encoding="utf-8")
 
 
-def _record(path: Path, sha256: str) -> dict:
+def _record(path: Path, sha256: str, reference: str) -> dict:
+    """What the stamp keeps of a checked file; `reference`: what it was checked against (catalog, hub, none)."""
     stat = path.stat()
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256}
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256, "reference": reference}
+
+
+def _reference(expected: ModelFile, record: dict) -> tuple[Optional[str], str]:
+    """The SHA-256 a file is checked against and its origin: the catalog's, else the one recorded."""
+    if expected.sha256 is not None:
+        return expected.sha256, "catalog"
+    return record.get("sha256"), record.get("reference", "none")
+
+
+def unreferenced(model: str | ModelEntry) -> list[str]:
+    """Names of a cached model's files that were checked against no reference checksum (neither the
+    catalog's nor the hub's): they are "unverified"."""
+    entry = with_weights(model)
+    stamp = _read_stamp(model_dir(entry))
+    return [f.name for f in entry.files if not f.sha256 and stamp.get(f.name, {}).get("reference") != "hub"]
 
 
 def _redownload(entry: ModelEntry) -> str:
     return f"Delete it and run `diffreg models download {entry.id}`."
 
 
-def verify_file(path: Path, expected: ModelFile, entry: ModelEntry, recorded: Optional[str] = None,
-                report: Optional[Callable[[int], None]] = None) -> str:
-    """Checks one file's size then SHA-256 against the catalog (or `recorded` when the catalog has none);
-    returns its SHA-256. RegistrationError naming the file, what is wrong and the fix."""
+def verify_file(path: Path, expected: ModelFile, entry: ModelEntry, record: Optional[dict] = None,
+                report: Optional[Callable[[int], None]] = None) -> dict:
+    """Checks one file's size, then MD5 and SHA-256 (one read) against the catalog, else against the
+    SHA-256 in `record` (a stamp entry: the hub's, or the first hash); returns the file's new stamp entry.
+    RegistrationError naming the file, what is wrong and the fix."""
     if not path.is_file():
         raise RegistrationError(f"{path}: missing. Run `diffreg models download {entry.id}`.")
     size = path.stat().st_size
@@ -115,19 +184,21 @@ def verify_file(path: Path, expected: ModelFile, entry: ModelEntry, recorded: Op
         state = "truncated (an interrupted download?)" if size < expected.size else "larger than expected"
         raise RegistrationError(f"{path}: {state}: {size:,} bytes instead of {expected.size:,}. "
                                 f"{_redownload(entry)}")
-    digest = sha256_of(path, report)
-    reference = expected.sha256 or recorded
-    if reference is not None and digest != reference:
-        origin = "the catalog's" if expected.sha256 else "the one recorded when it was downloaded"
-        raise RegistrationError(f"{path}: wrong checksum, the file is corrupt or not the expected one (SHA-256 "
-                                f"{digest}, expected {origin} {reference}). {_redownload(entry)}")
-    return digest
+    sha256, origin = _reference(expected, record or {})
+    digests = Digests.of_file(path, report)
+    problem = digests.mismatch(expected, sha256)
+    if problem is not None:
+        source = {"catalog": "the catalog", "hub": "the hub's checksum read at download"}.get(
+            origin, "the one recorded when it was first checked")
+        raise RegistrationError(f"{path}: wrong checksum, the file is corrupt or not the expected one ({problem}; "
+                                f"reference: {source}). {_redownload(entry)}")
+    return _record(path, digests.sha256, origin if sha256 is not None else "none")
 
 
 def verify(model: str | ModelEntry, progress: ProgressCallback = silent) -> Path:
     """Re-hashes every file of a cached model; returns its local path (see `path`); RegistrationError if any
     file is missing, truncated or has the wrong checksum."""
-    entry = get_model(model)
+    entry = with_weights(model)
     folder = model_dir(entry)
     stamp = _read_stamp(folder)
     total = sum((folder / f.name).stat().st_size for f in entry.files if (folder / f.name).is_file()) or 1
@@ -135,13 +206,14 @@ def verify(model: str | ModelEntry, progress: ProgressCallback = silent) -> Path
     for expected in entry.files:
         target = folder / expected.name
         progress(Progress("verify", done / total, f"checking {expected.name}"))
-        recorded = stamp.get(expected.name, {}).get("sha256")
-        digest = verify_file(target, expected, entry, recorded,
-                             lambda n, start=done: progress(Progress("verify", (start + n) / total, expected.name)))
-        records[expected.name] = _record(target, digest)
+        records[expected.name] = verify_file(
+            target, expected, entry, stamp.get(expected.name),
+            lambda n, start=done: progress(Progress("verify", (start + n) / total, expected.name)))
         done += target.stat().st_size
     _write_stamp(folder, records)
-    progress(Progress("verify", 1.0, f"{entry.id}: all {len(entry.files)} files verified"))
+    unreferenced = [name for name, record in records.items() if record["reference"] == "none"]
+    state = f"{len(unreferenced)} unverified (no reference checksum)" if unreferenced else "all verified"
+    progress(Progress("verify", 1.0, f"{entry.id}: {len(entry.files)} files checked, {state}"))
     return _location(entry, folder)
 
 
@@ -170,21 +242,24 @@ def _missing_message(entry: ModelEntry, folder: Path, missing: list[str]) -> str
 def path(model: str | ModelEntry) -> Path:
     """The verified local path of a model (its file, or its folder for a hub model). Files already verified
     and unchanged since are not re-hashed. RegistrationError with the exact command and folder if missing."""
-    entry = get_model(model)
+    entry = with_weights(model)
     folder = model_dir(entry)
     missing = [f.name for f in entry.files if not (folder / f.name).is_file()]
     if missing:
         raise RegistrationError(_missing_message(entry, folder, missing))
     stamp = _read_stamp(folder)
-    if any(status_of_file(folder, expected, stamp) != "verified" for expected in entry.files):
+    if any(status_of_file(folder, expected, stamp) == "pending" for expected in entry.files):
         return verify(entry)
     return _location(entry, folder)
 
 
 def status(model: str | ModelEntry) -> str:
-    """'verified', 'not verified' (present, never checked or changed since), 'incomplete' or 'missing';
+    """'verified', 'unverified' (checked, but some file has no reference checksum), 'not checked'
+    (present, never checked or changed since), 'incomplete', 'missing', or 'built in' (no weights);
     cheap: never hashes."""
     entry = get_model(model)
+    if entry.kind == "builtin":
+        return "built in"
     folder = model_dir(entry)
     present = [f for f in entry.files if (folder / f.name).is_file()]
     if not present:
@@ -192,34 +267,34 @@ def status(model: str | ModelEntry) -> str:
     if len(present) < len(entry.files):
         return "incomplete"
     stamp = _read_stamp(folder)
-    verified = all(status_of_file(folder, expected, stamp) == "verified" for expected in entry.files)
-    return "verified" if verified else "not verified"
+    states = {status_of_file(folder, expected, stamp) for expected in entry.files}
+    return "not checked" if "pending" in states else "unverified" if "unverified" in states else "verified"
 
 
 def _fetch(url: str, target: Path, expected: ModelFile, entry: ModelEntry, report: Callable[[int], None]) -> str:
-    """Streams `url` into `target` (a temporary path), hashing as it goes; returns the SHA-256."""
-    digest, done = hashlib.sha256(), 0
+    """Streams `url` into `target` (a temporary path), with size, MD5 and SHA-256 computed on the way;
+    returns the SHA-256. RegistrationError when any differs from the catalog."""
+    digests = Digests()
     try:
         with urllib.request.urlopen(url, timeout=60) as response, open(target, "wb") as out:
             while chunk := response.read(CHUNK):
                 out.write(chunk)
-                digest.update(chunk)
-                done += len(chunk)
-                report(done)
+                digests.update(chunk)
+                report(digests.size)
     except (urllib.error.URLError, OSError, ValueError) as error:
         reason = getattr(error, "reason", None) or error
         raise RegistrationError(f"downloading {url} failed ({reason}). Check the connection and run "
                                 f"`diffreg models download {entry.id}` again; offline, place the file "
                                 f"'{expected.name}' in {model_dir(entry)}.") from None
-    if expected.size is not None and done != expected.size:
-        raise RegistrationError(f"downloading {url}: got {done:,} bytes instead of {expected.size:,} (the transfer "
-                                f"was cut). Run `diffreg models download {entry.id}` again.")
-    sha = digest.hexdigest()
-    if expected.sha256 is not None and sha != expected.sha256:
-        raise RegistrationError(f"downloading {url}: wrong checksum (SHA-256 {sha}, expected {expected.sha256}); "
-                                "nothing was kept. The server sent another file: report it, or place the right "
-                                f"file '{expected.name}' in {model_dir(entry)} by hand.")
-    return sha
+    if expected.size is not None and digests.size != expected.size:
+        raise RegistrationError(f"downloading {url}: got {digests.size:,} bytes instead of {expected.size:,} (the "
+                                f"transfer was cut). Run `diffreg models download {entry.id}` again.")
+    problem = digests.mismatch(expected, expected.sha256)
+    if problem is not None:
+        raise RegistrationError(f"downloading {url}: wrong checksum ({problem}); nothing was kept. The server sent "
+                                f"another file: report it, or place the right file '{expected.name}' in "
+                                f"{model_dir(entry)} by hand.")
+    return digests.sha256
 
 
 def _download_files(entry: ModelEntry, folder: Path, progress: ProgressCallback, force: bool) -> None:
@@ -234,19 +309,55 @@ def _download_files(entry: ModelEntry, folder: Path, progress: ProgressCallback,
         with atomic_path(target) as temporary:
             sha = _fetch(expected.url, temporary, expected, entry,
                          lambda n, start=done: progress(Progress("download", min((start + n) / total, 1.0), message)))
-        stamp[expected.name] = _record(target, sha)
+        stamp[expected.name] = _record(target, sha, "catalog" if expected.sha256 else "none")
         _write_stamp(folder, stamp)
         done += expected.size or 0
 
 
 def status_of_file(folder: Path, expected: ModelFile, stamp: dict) -> str:
-    """'verified' when the file is present and unchanged since it was last verified, else 'pending'."""
+    """For a file present and unchanged since its last check: 'verified' when it was checked against a
+    reference (the catalog's or the hub's checksum), 'unverified' when there was none; else 'pending'."""
     target, record = folder / expected.name, stamp.get(expected.name) or {}
     if not target.is_file():
         return "pending"
     stat = target.stat()
     same = record.get("size") == stat.st_size and record.get("mtime_ns") == stat.st_mtime_ns
-    return "verified" if same and (expected.sha256 is None or record.get("sha256") == expected.sha256) else "pending"
+    if not same:
+        return "pending"
+    if expected.sha256 is not None:  # the catalog's SHA-256 (which the recorded hash matched) is the reference
+        return "verified" if record.get("sha256") == expected.sha256 else "pending"
+    return "verified" if record.get("reference") == "hub" else "unverified"
+
+
+def hub_references(repo: str, revision: str, names: list[str]) -> dict[str, dict[str, Any]]:
+    """The hub's own record of each file at `revision`: {name: {"size", "sha256" (LFS files) or
+    "blob_id" (the git object id of the others)}}, from huggingface_hub's repository info with file
+    metadata. Files the hub does not list are left out."""
+    from huggingface_hub import HfApi
+
+    info = HfApi().model_info(repo, revision=revision, files_metadata=True)
+    references = {}
+    for sibling in info.siblings or []:
+        if sibling.rfilename not in names:
+            continue
+        lfs = sibling.lfs
+        sha256 = (lfs.get("sha256") if isinstance(lfs, dict) else getattr(lfs, "sha256", None)) if lfs else None
+        references[sibling.rfilename] = {"size": sibling.size, "sha256": sha256, "blob_id": sibling.blob_id}
+    return references
+
+
+def _check_hub_file(target: Path, expected: ModelFile, entry: ModelEntry, reference: Optional[dict]) -> dict:
+    """Checks a downloaded hub file against the hub's own record; returns its stamp entry."""
+    if not reference or not (reference.get("sha256") or reference.get("blob_id")):
+        return verify_file(target, expected, entry)  # no reference: recorded as unverified
+    expected = dataclasses.replace(expected, size=reference.get("size", expected.size))
+    if reference.get("sha256"):
+        return verify_file(target, expected, entry, {"sha256": reference["sha256"].lower(), "reference": "hub"})
+    record = verify_file(target, expected, entry)
+    if git_blob_id(target) != reference["blob_id"]:
+        raise RegistrationError(f"{target}: wrong checksum, not the hub's file (git blob id differs from "
+                                f"{reference['blob_id']}). {_redownload(entry)}")
+    return {**record, "reference": "hub"}
 
 
 def _download_hub(entry: ModelEntry, folder: Path, progress: ProgressCallback) -> None:
@@ -257,10 +368,12 @@ def _download_hub(entry: ModelEntry, folder: Path, progress: ProgressCallback) -
         raise RegistrationError("downloading hub models needs the package huggingface_hub: "
                                 "pip install huggingface_hub.") from None
     source = entry.source
+    names = [f.name for f in entry.files]
     progress(Progress("download", 0.0, f"{source['repo']} @ {source['revision']} (huggingface_hub)"))
     try:
+        references = hub_references(source["repo"], source["revision"], names)
         snapshot_download(repo_id=source["repo"], revision=source["revision"], local_dir=str(folder),
-                          allow_patterns=[f.name for f in entry.files])
+                          allow_patterns=names)
     except Exception as error:  # the hub client raises many types (HTTP, offline, repository errors)
         first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
         raise RegistrationError(f"downloading {source['repo']} (revision {source['revision']}) failed ({first}). "
@@ -270,14 +383,14 @@ def _download_hub(entry: ModelEntry, folder: Path, progress: ProgressCallback) -
     for index, expected in enumerate(entry.files):
         target = folder / expected.name
         progress(Progress("download", 0.9 + 0.1 * index / len(entry.files), f"checking {expected.name}"))
-        records[expected.name] = _record(target, verify_file(target, expected, entry))
+        records[expected.name] = _check_hub_file(target, expected, entry, references.get(expected.name))
     _write_stamp(folder, records)
 
 
 def download(model: str | ModelEntry, progress: ProgressCallback = silent, force: bool = False) -> Path:
     """Fetches a model's files into the cache (verified before they take their final names); returns the
     verified local path. Files already verified are skipped unless `force`."""
-    entry = get_model(model)
+    entry = with_weights(model)
     folder = model_dir(entry)
     folder.mkdir(parents=True, exist_ok=True)
     if entry.kind == "hub":
@@ -286,3 +399,23 @@ def download(model: str | ModelEntry, progress: ProgressCallback = silent, force
         _download_files(entry, folder, progress, force)
     progress(Progress("download", 1.0, f"{entry.id} ready in {folder}"))
     return _location(entry, folder)
+
+
+def extractor_spec(model: str | ModelEntry, dim: int = 2) -> dict[str, Any]:
+    """The load_extractor spec of a catalog model: its backbone, its verified weights (none for a builtin
+    backbone) and its defaults. RegistrationError (with the download command) when the weights are not
+    in the cache."""
+    entry = get_model(model)
+    defaults = entry.extractor.get(f"{int(dim)}d", entry.extractor)
+    defaults = {k: v for k, v in defaults.items() if not k.endswith("d") or not k[:-1].isdigit()}
+    if entry.kind == "builtin":
+        return {"backbone": entry.backbone, **defaults}
+    location = path(entry)
+    if entry.backbone == "adm":
+        return {"backbone": "adm", "checkpoint": str(location), **defaults}
+    return {"backbone": entry.backbone, "model": str(location), **defaults}
+
+
+def default_backbone_path() -> Path:
+    """The verified local weights of the default backbone, or RegistrationError saying how to get them."""
+    return path(default_backbone_id())

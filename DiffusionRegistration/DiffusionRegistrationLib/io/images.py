@@ -7,16 +7,19 @@ Conventions (ITK's): physical space is LPS in millimetres; `Grid.size`, `spacing
 from __future__ import annotations
 
 import os
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import SimpleITK as sitk
 
-from .atomic import atomic_path
+from .atomic import WriteError, atomic_path, not_as_written
 from .paths import existing_path
 from ..errors import RegistrationError
+from .image_headers import check_image_file
 
 
 @dataclass(frozen=True)
@@ -111,19 +114,70 @@ class Image:
         return cls(sitk.GetArrayFromImage(image), Grid.from_sitk(image), path)
 
 
-def _read_sitk(path: Path) -> sitk.Image:
+@contextmanager
+def itk_messages_hidden() -> Iterator[None]:
+    """Hides what ITK and its HDF5/MetaIO libraries print on the process's stderr during the block: their
+    failures reach us as exceptions, and the command line promises one `error:` line."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as sink:
+            os.dup2(sink.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _read_sitk(path: Path, role: str) -> sitk.Image:
     if path.is_dir():
         reader = sitk.ImageSeriesReader()
         series = reader.GetGDCMSeriesIDs(str(path))
         if not series:
-            raise RegistrationError(f"{path}: the folder holds no DICOM series. Give an image file or a "
+            raise RegistrationError(f"{role} {path}: the folder holds no DICOM series. Give an image file or a "
                                     "folder with the DICOM files of one series.")
         if len(series) > 1:
-            raise RegistrationError(f"{path}: the folder holds {len(series)} DICOM series "
+            raise RegistrationError(f"{role} {path}: the folder holds {len(series)} DICOM series "
                                     f"({', '.join(series[:4])}...). Put one series per folder.")
         reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
         return reader.Execute()
     return sitk.ReadImage(str(path))
+
+
+def _read_checked(path: Path, role: str) -> sitk.Image:
+    """The image as ITK reads it, after the header checks; its grid must be usable."""
+    existing_path(path, role)
+    if path.is_file():
+        check_image_file(path, role)
+    try:
+        with itk_messages_hidden():
+            image = _read_sitk(path, role)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown reason"
+        raise RegistrationError(f"{role} {path}: cannot be read as an image ({first}). Give a NIfTI, NRRD, "
+                                "MHA/MHD, PNG/TIFF file or a DICOM series folder.") from None
+    if image.GetDimension() == 3 and image.GetSize()[2] == 1:
+        image = image[:, :, 0]
+    if image.GetDimension() not in (2, 3):
+        raise RegistrationError(f"{role} {path}: is {image.GetDimension()}D; give a 2D or 3D image "
+                                "(extract one volume of a 4D series first).")
+    check_grid(Grid.from_sitk(image), f"{role} {path}")
+    return image
+
+
+def check_grid(grid: Grid, name: str) -> None:
+    """Refuses a grid with zero, negative or non-finite spacing, a non-finite origin or a singular direction."""
+    if not all(np.isfinite(s) and s > 0 for s in grid.spacing):
+        raise RegistrationError(f"{name}: voxel spacing {list(grid.spacing)} has a zero, negative or non-finite "
+                                "value. Fix the spacing in the header and save the image again.")
+    if not np.all(np.isfinite(grid.origin)) or not np.all(np.isfinite(grid.direction)) \
+            or abs(np.linalg.det(grid.direction_matrix)) < 1e-6:
+        raise RegistrationError(f"{name}: its origin {list(grid.origin)} or direction {list(grid.direction)} is not "
+                                "finite or not a rotation. Fix the orientation in the header and save it again.")
 
 
 def read_image(path: str | os.PathLike, role: str = "image", dtype=np.float32) -> Image:
@@ -131,24 +185,14 @@ def read_image(path: str | os.PathLike, role: str = "image", dtype=np.float32) -
 
     Colour 2D images are converted to grey. Raises RegistrationError naming the file and the fix.
     """
-    path = existing_path(path, role)
-    try:
-        image = _read_sitk(path)
-    except RuntimeError as error:
-        first = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown reason"
-        raise RegistrationError(f"{role} {path}: cannot be read as an image ({first}). Give a NIfTI, NRRD, "
-                                "MHA/MHD, PNG/TIFF file or a DICOM series folder.") from None
+    path = Path(path)
+    image = _read_checked(path, role)
     if image.GetNumberOfComponentsPerPixel() in (3, 4) and image.GetDimension() == 2:
         channels = [sitk.VectorIndexSelectionCast(image, c, sitk.sitkFloat32) for c in range(3)]
         image = channels[0] * 0.299 + channels[1] * 0.587 + channels[2] * 0.114
     elif image.GetNumberOfComponentsPerPixel() != 1:
         raise RegistrationError(f"{role} {path}: has {image.GetNumberOfComponentsPerPixel()} components per "
                                 "voxel; registration needs a scalar (grey) image.")
-    if image.GetDimension() == 3 and image.GetSize()[2] == 1:
-        image = image[:, :, 0]
-    if image.GetDimension() not in (2, 3):
-        raise RegistrationError(f"{role} {path}: is {image.GetDimension()}D; give a 2D or 3D image "
-                                "(extract one volume of a 4D series first).")
     result = Image(sitk.GetArrayFromImage(image).astype(dtype, copy=False), Grid.from_sitk(image), str(path))
     check_image(result, role)
     return result
@@ -171,13 +215,11 @@ def check_image(image: Image, role: str = "image") -> None:
 
 def read_labels(path: str | os.PathLike, role: str = "label map") -> Image:
     """Reads a label map or mask as stored (integer type kept, no intensity checks)."""
-    if not Path(path).is_file():
-        raise RegistrationError(f"{role} {path}: no such file. Check the path.")
-    try:
-        return Image.from_sitk(sitk.ReadImage(str(path)), str(path))
-    except RuntimeError:
-        raise RegistrationError(f"{role} {path}: cannot be read as a label map. Give a NIfTI, NRRD or MHA "
-                                "file.") from None
+    image = _read_checked(Path(path), role)
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise RegistrationError(f"{role} {path}: has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
+                                "a mask or label map has one value per voxel. Save it as a scalar label map.")
+    return Image.from_sitk(image, str(path))
 
 
 def check_mask(mask: Image, reference: Image, role: str = "mask", label: Optional[str] = None) -> Image:
@@ -205,8 +247,40 @@ def write_image(image: Image | sitk.Image, path: str | os.PathLike) -> Path:
     """Writes an image atomically; the format follows the file name (.nii.gz, .nrrd, .mha, .png ...)."""
     sitk_image = image.to_sitk() if isinstance(image, Image) else image
     with atomic_path(path) as temporary:
-        sitk.WriteImage(sitk_image, str(temporary), useCompression=True)
+        try:
+            with itk_messages_hidden():
+                sitk.WriteImage(sitk_image, str(temporary), useCompression=True)
+        except RuntimeError as error:
+            raise unwritable(path, error) from None
+        check_written(sitk_image, temporary, path)
     return Path(path)
+
+
+IMAGE_WRITE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def unwritable(path: str | os.PathLike, error: RuntimeError) -> RegistrationError:
+    """The error for an image or transform ITK could not write (unknown suffix, I/O failure)."""
+    reason = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown reason"
+    return WriteError(f"cannot write {path} ({reason}). Check the file name's suffix (images: "
+                      f"{', '.join(IMAGE_WRITE_SUFFIXES)}) and that the folder is writable with free space.")
+
+
+def check_written(expected: sitk.Image, temporary: Path, final: str | os.PathLike) -> None:
+    """Reads a just-written image back completely; WriteError unless size, geometry and voxels match."""
+    try:
+        if temporary.suffix.lower() != ".png":
+            check_image_file(temporary, "written file", finite=False)
+        with itk_messages_hidden():
+            back = sitk.ReadImage(str(temporary))
+    except (RegistrationError, RuntimeError) as error:
+        raise not_as_written(final, f" ({str(error).strip().splitlines()[-1]})") from None
+    same = (back.GetSize() == expected.GetSize()
+            and np.allclose(back.GetSpacing(), expected.GetSpacing(), rtol=1e-5)
+            and np.allclose(back.GetOrigin(), expected.GetOrigin(), rtol=1e-5, atol=1e-4)
+            and np.array_equal(sitk.GetArrayViewFromImage(back), sitk.GetArrayViewFromImage(expected), equal_nan=True))
+    if not same:
+        raise not_as_written(final, " (other size, geometry or voxel values)")
 
 
 def normalize(image: Image, low: float = 0.5, high: float = 99.5, mask: Optional[np.ndarray] = None) -> Image:

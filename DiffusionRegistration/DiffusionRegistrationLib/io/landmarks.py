@@ -70,14 +70,20 @@ def _read_json(path: Path, text: str) -> Landmarks:
     if not isinstance(markups, list):
         raise _bad(path, None, 'has no "markups" list; it is not a Slicer markups file (.mrk.json).')
     points, labels = [], []
-    for markup in markups:
+    for index, markup in enumerate(markups, 1):
+        control_points = markup.get("controlPoints", []) if isinstance(markup, dict) else None
+        if not isinstance(control_points, list):
+            raise _bad(path, None, f'markup {index} is not an object with a "controlPoints" list; save the file '
+                                   "again from Slicer (Markups module).")
         system = _coordinate_system(path, None, str(markup.get("coordinateSystem", "LPS")))
-        for number, point in enumerate(markup.get("controlPoints", []), 1):
+        for number, point in enumerate(control_points, 1):
+            if not isinstance(point, dict):
+                raise _bad(path, None, f"control point {number} of markup {index} is not an object.")
             if point.get("positionStatus", "defined") == "undefined":
                 continue
             position = point.get("position")
             if (not isinstance(position, list) or len(position) != 3
-                    or not all(isinstance(v, (int, float)) for v in position)):
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in position)):
                 raise _bad(path, None, f"control point {number} ('{point.get('label', '')}') has no valid "
                                        "position (three numbers expected).")
             xyz = np.asarray(position, dtype=np.float64)[None]
@@ -175,6 +181,8 @@ def _rows(text: str):
 def _finish(path: Path, points: list, labels: list[str]) -> Landmarks:
     if not points:
         raise _bad(path, None, "holds no landmarks. Place points (Slicer: Markups > Point List) and save.")
+    if not np.isfinite(np.asarray(points, dtype=np.float64)).all():
+        raise _bad(path, None, "holds NaN or infinite coordinates; give finite positions.")
     return Landmarks(np.asarray(points, dtype=np.float64), labels, str(path))
 
 

@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image as PILImage, ImageDraw
 
-from .atomic import atomic_path
+from .atomic import atomic_path, not_as_written
 from ..errors import RegistrationError
 from .images import Grid, Image
 
@@ -85,4 +85,11 @@ def before_after_checkerboard(fixed: Image, before: Image, after: Image, path: s
             left += tile.width + gap
     with atomic_path(path) as temporary:
         canvas.save(temporary, format="PNG")
+        try:
+            with PILImage.open(temporary) as back:
+                same = back.convert("RGB").tobytes() == canvas.tobytes()
+        except OSError:
+            same = False
+        if not same:
+            raise not_as_written(path)
     return Path(path)

@@ -12,12 +12,15 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .atomic import atomic_path
+from .atomic import atomic_path, not_as_written, reserve
 from ..errors import RegistrationError
-from .images import Grid
+from .image_headers import check_image_file
+from .images import Grid, check_written, itk_messages_hidden, unwritable
 
 FIELD_SUFFIXES = (".h5", ".hdf5")
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
+AFFINE_SUFFIXES = (".tfm", ".txt", ".mat", ".h5", ".hdf5")
+HDF5_OVERHEAD = 16_384  # bytes an ITK .h5 displacement field holds beside its float64 values
 
 
 def _suffix(path: Path) -> str:
@@ -41,16 +44,41 @@ def write_displacement(displacement: np.ndarray, grid: Grid, path: str | os.Path
     """Writes a fixed->moving displacement field as an ITK transform (.h5) or a vector image, atomically."""
     path = Path(path)
     suffix = _suffix(path)
+    check_transform_name(path)
     with atomic_path(path) as temporary:
         if suffix in FIELD_SUFFIXES:
-            sitk.WriteTransform(displacement_transform(displacement, grid), str(temporary))
-        elif suffix in IMAGE_SUFFIXES:
-            sitk.WriteImage(sitk.Cast(field_image(displacement, grid), sitk.sitkVectorFloat32), str(temporary),
-                            useCompression=True)
+            reserve(temporary, displacement.size * 8 + HDF5_OVERHEAD, path)
+        try:
+            with itk_messages_hidden():
+                if suffix in FIELD_SUFFIXES:
+                    sitk.WriteTransform(displacement_transform(displacement, grid), str(temporary))
+                else:
+                    image = sitk.Cast(field_image(displacement, grid), sitk.sitkVectorFloat32)
+                    sitk.WriteImage(image, str(temporary), useCompression=True)
+        except RuntimeError as error:
+            raise unwritable(path, error) from None
+        if suffix in FIELD_SUFFIXES:
+            try:
+                with itk_messages_hidden():
+                    back = sitk.ReadTransform(str(temporary))
+                back_field = sitk.GetArrayFromImage(back.Downcast().GetDisplacementField())
+            except (RuntimeError, AttributeError) as error:
+                raise not_as_written(path, f" ({str(error).strip().splitlines()[-1] if str(error).strip() else ''})") from None
+            if not np.array_equal(back_field, displacement.astype(np.float64)):
+                raise not_as_written(path, " (other field values)")
         else:
-            raise RegistrationError(f"{path}: unknown transform format '{suffix}'. Use .h5 for an ITK "
-                                    f"transform or one of {', '.join(IMAGE_SUFFIXES)} for a vector image.")
+            check_written(image, temporary, path)
     return path
+
+
+def check_transform_name(path: str | os.PathLike, affine: bool = False) -> None:
+    """RegistrationError when `path`'s suffix is not a transform format this module writes."""
+    suffix = _suffix(Path(path))
+    allowed = AFFINE_SUFFIXES if affine else FIELD_SUFFIXES + IMAGE_SUFFIXES
+    if suffix not in allowed:
+        kind = "affine transform" if affine else "transform"
+        raise RegistrationError(f"{path}: unknown {kind} format '{suffix}'. Use one of {', '.join(allowed)}"
+                                + ("" if affine else " (.h5: ITK transform; the others: a vector image)") + ".")
 
 
 def write_affine(matrix: np.ndarray, path: str | os.PathLike) -> Path:
@@ -59,8 +87,16 @@ def write_affine(matrix: np.ndarray, path: str | os.PathLike) -> Path:
     transform = sitk.AffineTransform(dim)
     transform.SetMatrix(matrix[:dim, :dim].ravel().tolist())
     transform.SetTranslation(matrix[:dim, dim].tolist())
+    check_transform_name(path, affine=True)
     with atomic_path(path) as temporary:
-        sitk.WriteTransform(transform, str(temporary))
+        try:
+            with itk_messages_hidden():
+                sitk.WriteTransform(transform, str(temporary))
+                back = sitk.ReadTransform(str(temporary)).GetParameters()
+        except RuntimeError as error:
+            raise unwritable(path, error) from None
+        if not np.allclose(back, transform.GetParameters(), rtol=1e-6, atol=1e-9):
+            raise not_as_written(path, " (other parameters)")
     return Path(path)
 
 
@@ -70,13 +106,22 @@ def read_displacement(path: str | os.PathLike, grid: Grid | None = None) -> tupl
     if not path.is_file():
         raise RegistrationError(f"transform {path}: no such file. Check the path.")
     suffix = _suffix(path)
+    if suffix in IMAGE_SUFFIXES:
+        check_image_file(path, "transform")
+    elif suffix in (".tfm", ".txt"):
+        _check_parameter_text(path)
     try:
-        if suffix in IMAGE_SUFFIXES:
-            image = sitk.ReadImage(str(path), sitk.sitkVectorFloat64)
-            transform: sitk.Transform = sitk.DisplacementFieldTransform(sitk.Image(image))
+        with itk_messages_hidden():
+            image = sitk.ReadImage(str(path), sitk.sitkVectorFloat64) if suffix in IMAGE_SUFFIXES else None
+            transform = sitk.ReadTransform(str(path)) if image is None else None
+        if image is not None:
+            if image.GetNumberOfComponentsPerPixel() != image.GetDimension():
+                raise RegistrationError(f"transform {path}: has {image.GetNumberOfComponentsPerPixel()} components "
+                                        f"per voxel in a {image.GetDimension()}D image; a displacement field has one "
+                                        "per axis.")
+            transform = sitk.DisplacementFieldTransform(sitk.Image(image))
             own = Grid.from_sitk(image)
         else:
-            transform = sitk.ReadTransform(str(path))
             own = None
     except RuntimeError as error:
         raise RegistrationError(f"transform {path}: cannot be read ({str(error).strip().splitlines()[-1]}).") from None
@@ -87,8 +132,33 @@ def read_displacement(path: str | os.PathLike, grid: Grid | None = None) -> tupl
     target = grid or own
     if target is None:
         raise RegistrationError(f"transform {path}: holds no dense field; give the grid to sample it on.")
+    if transform.GetDimension() != target.dim:
+        raise RegistrationError(f"transform {path}: is {transform.GetDimension()}D but the image grid is {target.dim}D; "
+                                "use the transform of a registration of images of this dimension.")
     converter = sitk.TransformToDisplacementFieldFilter()
     converter.SetReferenceImage(target.apply_to(sitk.Image([int(s) for s in target.size], sitk.sitkUInt8)))
     converter.SetOutputPixelType(sitk.sitkVectorFloat64)
     field = sitk.GetArrayFromImage(converter.Execute(transform)).astype(np.float32)
+    if not np.isfinite(field).all():
+        raise RegistrationError(f"transform {path}: maps points to NaN or infinite positions; the file is damaged. "
+                                "Write the transform again.")
     return field, target
+
+
+def _check_parameter_text(path: Path) -> None:
+    """An ITK text transform's parameter lines must hold finite numbers only (ITK stops at the first bad one)."""
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as error:
+        raise RegistrationError(f"transform {path}: cannot be read ({error.strerror}).") from None
+    for number, line in enumerate(lines, 1):
+        key, _, values = line.partition(":")
+        if key.strip() not in ("Parameters", "FixedParameters"):
+            continue
+        try:
+            finite = all(np.isfinite(float(v)) for v in values.split())
+        except ValueError:
+            finite = False
+        if not finite:
+            raise RegistrationError(f"transform {path}, line {number}: {key.strip()} holds something other than "
+                                    "finite numbers; the file is damaged. Write the transform again.")

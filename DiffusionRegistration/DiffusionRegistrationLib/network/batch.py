@@ -8,14 +8,13 @@ instance optimisation (`register()` with a RegistrationConfig).
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
-from ..io.atomic import OutputSet, atomic_path
+from ..io.atomic import OutputSet, remove_partial_files, write_json
 from ..engine.config import RegistrationConfig
 from ..errors import RegistrationError
 from ..io.images import read_image, write_image
@@ -76,15 +75,19 @@ def run_batch(pairs_csv: str | Path, output_dir: str | Path, config: Optional[Re
             else:
                 result = register(fixed, moving, config)
             summary = {**status, "status": "done", "seconds": result.seconds, "method": result.config.get(
-                "method", "instance optimisation"), "finetune_steps": finetune_steps if trained else None}
+                "method", "instance optimisation"), "finetune_steps": finetune_steps if trained else None,
+                "warnings": result.warnings}
+            remove_partial_files(folder, recursive=False)
             with OutputSet() as outputs:
                 write_displacement(result.displacement, result.fixed_grid, outputs.path(folder / "transform.h5"))
                 write_image(result.warped, outputs.path(folder / "warped.nii.gz"))
-                outputs.path(folder / "result.json").write_text(json.dumps(summary, indent=1))
+                write_json(outputs.path(folder / "result.json"), summary)
             statuses.append(summary)
         except RegistrationError as error:
             statuses.append({**status, "status": "failed", "error": str(error)})
+        except Exception as error:  # an unforeseen failure of one pair must not lose the others
+            statuses.append({**status, "status": "failed",
+                             "error": f"unexpected {type(error).__name__}: {error} (please report this with the pair)"})
     progress(Progress("batch", 1.0, f"{len(mine)} pairs on rank {rank}/{world}"))
-    with atomic_path(output_dir / f"batch_rank{rank}.json") as temporary:
-        temporary.write_text(json.dumps(statuses, indent=1))
+    write_json(output_dir / f"batch_rank{rank}.json", statuses)
     return statuses

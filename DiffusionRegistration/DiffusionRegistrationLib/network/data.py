@@ -77,8 +77,14 @@ def read_csv_rows(path: str | Path, required: tuple[str, ...]) -> list[dict[str,
     path = Path(path)
     if not path.is_file():
         raise RegistrationError(f"CSV {path}: no such file. Check the path.")
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.DictReader(handle))
+    except UnicodeDecodeError as error:
+        raise RegistrationError(f"CSV {path}: is not UTF-8 text (byte {error.start}); save it as UTF-8 (in a "
+                                "spreadsheet: CSV UTF-8).") from None
+    except csv.Error as error:
+        raise RegistrationError(f"CSV {path}: cannot be parsed ({error}); check its quoting.") from None
     columns = set(rows[0]) if rows else set()
     missing = [c for c in required if c not in columns]
     if not rows or missing:

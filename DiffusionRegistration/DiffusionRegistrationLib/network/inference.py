@@ -69,14 +69,24 @@ def read_network_checkpoint(path: Union[str, Path], device: torch.device) -> dic
 
 def load_network(checkpoint: Union[str, Path, dict], device: torch.device) -> TrainedNetwork:
     data = checkpoint if isinstance(checkpoint, dict) else read_network_checkpoint(checkpoint, device)
-    spec = NetworkSpec.from_dict(data["network"])
+    damaged = "the file is damaged or was not written by `diffreg train`."
+    for name, kind in (("network", dict), ("config", dict), ("step", int)):
+        if not isinstance(data.get(name), kind) or isinstance(data.get(name), bool):
+            raise RegistrationError(f"network checkpoint {data.get('path')}: field '{name}' is a "
+                                    f"{type(data.get(name)).__name__}, not a {kind.__name__}; {damaged}")
+    try:
+        spec = NetworkSpec.from_dict(data["network"])
+    except (TypeError, ValueError) as error:
+        raise RegistrationError(f"network checkpoint {data.get('path')}: field 'network' is malformed ({error}); "
+                                f"{damaged}") from None
+    config, step = data["config"], data["step"]
     model = RegistrationNetwork(spec).to(device)
     try:
         model.load_state_dict(data["model"])
     except RuntimeError as error:
         raise RegistrationError(f"network checkpoint {data.get('path')}: weights do not fit the network it "
                                 f"describes ({str(error).splitlines()[0]}). The file is damaged.") from None
-    return TrainedNetwork(model, spec, dict(data["config"]), int(data["step"]), data.get("path"))
+    return TrainedNetwork(model, spec, config, step, data.get("path"))
 
 
 def _pair_batch(fixed: Image, moving: Image, spec: NetworkSpec, device: torch.device,

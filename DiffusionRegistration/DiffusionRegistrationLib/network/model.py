@@ -29,6 +29,9 @@ from ..geometry.transforms import channels_first, channels_last, integrate_veloc
 DEFAULT_SIZE = {2: (128, 128), 3: (96, 112, 96)}
 
 
+MAX_WIDTH = 1024  # largest grid side, stage factor or channel count a checkpoint may describe
+
+
 @dataclass
 class NetworkSpec:
     """Architecture of a registration network; saved in every checkpoint so it can be rebuilt."""
@@ -57,8 +60,12 @@ class NetworkSpec:
         if min(self.size) // self.stages[0] < 4:
             raise RegistrationError(f"network: the coarsest stage (1/{self.stages[0]}) of a {self.size} grid has "
                                     "fewer than 4 voxels per side; use fewer stages or a larger grid.")
-        if not self.channels or min(self.channels) < 1:
-            raise RegistrationError(f"network: channels {self.channels} must be positive widths.")
+        if not self.channels or min(self.channels) < 1 or max(self.channels) > MAX_WIDTH:
+            raise RegistrationError(f"network: channels {self.channels} must be widths from 1 to {MAX_WIDTH}.")
+        if max(self.size) > MAX_WIDTH or max(self.stages) > MAX_WIDTH or not 0 <= int(self.integration_steps) <= 30:
+            raise RegistrationError(f"network: grid {self.size}, stages {self.stages} or integration steps "
+                                    f"{self.integration_steps} out of range (sizes and stages up to {MAX_WIDTH}, "
+                                    "integration steps 0-30).")
 
     @property
     def shape(self) -> tuple[int, ...]:

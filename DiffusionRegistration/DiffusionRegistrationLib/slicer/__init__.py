@@ -4,15 +4,22 @@ They turn volume nodes into backend images and back, displacement fields and ITK
 grid transform nodes, and build checkerboard volumes. Tested against the MRML library from PyPI
 (`slicer-core`), which is the same C++ code Slicer runs.
 """
-from .checkerboard import checkerboard_array, checkerboard_volume
-from .geometry import LPS_TO_RAS, grid_from_ijk_to_ras, ijk_to_ras_from_grid
-from .scene import load_scene, save_scene
-from .transforms import (displacement_from_grid_transform, grid_transform_from_displacement, load_transform,
-                         set_registration_references)
-from .volumes import image_from_volume_node, volume_node_from_image
+from importlib import import_module
 
-__all__ = [
-    "LPS_TO_RAS", "checkerboard_array", "checkerboard_volume", "displacement_from_grid_transform",
-    "grid_from_ijk_to_ras", "grid_transform_from_displacement", "ijk_to_ras_from_grid", "image_from_volume_node",
-    "load_scene", "load_transform", "save_scene", "set_registration_references", "volume_node_from_image",
-]
+# name -> submodule; imported on first use, so that the MRML-free parts (options, process_runner) import
+# without VTK
+_EXPORTS = {
+    "checkerboard_array": "checkerboard", "checkerboard_volume": "checkerboard", "LPS_TO_RAS": "geometry",
+    "grid_from_ijk_to_ras": "geometry", "ijk_to_ras_from_grid": "geometry", "load_scene": "scene",
+    "save_scene": "scene", "displacement_from_grid_transform": "transforms",
+    "grid_transform_from_displacement": "transforms", "load_transform": "transforms",
+    "set_registration_references": "transforms", "image_from_volume_node": "volumes",
+    "volume_node_from_image": "volumes",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)

@@ -1,9 +1,10 @@
 """One registration run for the Slicer logic: MRML nodes in, backend in a background process, nodes out.
 
-`RegistrationJob` writes the input volumes (with their world geometry) to a temporary folder, runs
-`python -m DiffusionRegistrationLib.cli.main register ... --progress json` through ProcessRunner, and on
-success imports the results: a transform node (read through its storage node, Fixed/Moving references,
-set as the moving volume's parent transform), an optional warped volume and a checkerboard volume.
+`RegistrationJob` writes the input volumes (with their world geometry) and job.json (the resolved settings,
+a saved RegistrationConfig) to a temporary folder, runs `python -m DiffusionRegistrationLib.cli.main register
+... --config job.json --progress json` through ProcessRunner, and on success imports the results: a
+transform node (read through its storage node, Fixed/Moving references, set as the moving volume's parent
+transform), an optional warped volume, a checkerboard volume and, on request, the agreement map.
 Nodes are created only when the run succeeded, so a cancelled or failed run leaves no nodes, no files
 and no process behind. No Qt and no Slicer application are needed.
 """
@@ -13,56 +14,24 @@ import json
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+from ..engine.config import save_config
 from ..errors import Cancelled, RegistrationError
 from ..io.images import Image, check_mask, read_image, write_image
 from .process_runner import Event, Finished, ProcessRunner, backend_environment, python_executable
 from ..progress import Progress
 from .checkerboard import checkerboard_volume
-from .transforms import MOVING_ROLE, load_transform, set_registration_references
+from .options import RegistrationOptions
+from .transforms import MOVING_ROLE, end_in_frame, load_transform, matrix_from_world, set_registration_references
 from .volumes import image_from_volume_node, volume_node_from_image
 
 LIBRARY_PARENT = Path(__file__).resolve().parents[2]  # the folder holding DiffusionRegistrationLib
 CHECKERBOARD_ROLE = "Checkerboard"
-
-
-@dataclass
-class RegistrationOptions:
-    """What the panel lets the user choose; empty strings and zeros mean "as the preset says"."""
-
-    preset: str = "default"
-    similarity: str = ""
-    backbone: str = ""
-    mode: str = ""
-    device: str = "auto"
-    steps: int = 0
-    regularization: float = 0.0
-    network: str = ""
-    finetune_steps: int = 0
-    seed: Optional[int] = None
-    checkerboard_square_mm: float = 10.0
-    extra_settings: list[str] = field(default_factory=list)  # KEY=VALUE passed as --set
-
-    def arguments(self) -> list[str]:
-        """The `register` command-line flags for these options."""
-        args = ["--preset", self.preset or "default", "--device", self.device or "auto"]
-        for flag, value in (("--similarity", self.similarity), ("--backbone", self.backbone), ("--mode", self.mode)):
-            if value:
-                args += [flag, value]
-        if self.steps > 0:
-            args += ["--steps", str(int(self.steps))]
-        if self.regularization > 0:
-            args += ["--regularization", repr(float(self.regularization))]
-        if self.network:
-            args += ["--network", str(self.network), "--finetune-steps", str(int(self.finetune_steps))]
-        if self.seed is not None:
-            args += ["--seed", str(int(self.seed))]
-        for setting in self.extra_settings:
-            args += ["--set", setting]
-        return args
+AGREEMENT_ROLE = "Agreement"
+JOB_FILE = "job.json"
 
 
 @dataclass
@@ -74,6 +43,20 @@ class JobResult:
     checkerboard: object
     report: dict
     log: list[str]
+    agreement: Optional[object] = None
+
+
+# Slicer's ColdToHotRainbow table (vtkMRMLColorLogic, 5.8 and later): blue for low values, red for high
+AGREEMENT_COLOURS = "vtkMRMLColorTableNodeFileColdToHotRainbow.txt"
+
+
+def colour_overlay(volume_node, colour_table: str = AGREEMENT_COLOURS) -> None:
+    """Shows a map in [-1, 1] in colour (blue: disagreement, red: agreement), for a foreground layer."""
+    volume_node.CreateDefaultDisplayNodes()
+    display = volume_node.GetDisplayNode()
+    display.SetAndObserveColorNodeID(colour_table)
+    display.SetAutoWindowLevel(False)
+    display.SetWindowLevelMinMax(-1.0, 1.0)
 
 
 def _check_mask(mask_node, image: Image, role: str) -> Image:
@@ -101,9 +84,12 @@ class RegistrationJob:
         self.runner: Optional[ProcessRunner] = None
         self.log: list[str] = []
         self.last_progress: Optional[Progress] = None
+        self._world_to_moving = None
 
     # -- running -------------------------------------------------------------------------------------
     def command(self, folder: Path) -> list[str]:
+        """`diffreg register` on the files in `folder`; the settings are job.json (a saved RegistrationConfig),
+        except for a network without fine-tuning, which takes no similarity settings."""
         command = [self.python, "-m", "DiffusionRegistrationLib.cli.main", "register",
                    "--fixed", str(folder / "fixed.nrrd"), "--moving", str(folder / "moving.nrrd"),
                    "--output-dir", str(folder / "output"), "--progress", "json"]
@@ -111,13 +97,22 @@ class RegistrationJob:
             command += ["--fixed-mask", str(folder / "fixed_mask.nrrd")]
         if self.moving_mask is not None:
             command += ["--moving-mask", str(folder / "moving_mask.nrrd")]
-        return command + self.options.arguments()
+        if self.options.agreement:
+            command += ["--agreement"]
+        if self.options.network:
+            command += ["--network", str(self.options.network), "--finetune-steps", str(int(self.options.finetune_steps))]
+            if not self.options.finetune_steps:
+                return command + ["--device", self.options.device or "auto"]
+        return command + ["--config", str(folder / JOB_FILE)]
 
     def start(self) -> "RegistrationJob":
-        """Writes the inputs and starts the backend; returns at once."""
+        """Resolves the settings, writes the inputs and job.json, and starts the backend; returns at once."""
+        config = self.options.config()
         fixed = image_from_volume_node(self.fixed, "fixed volume")
-        moving = image_from_volume_node(self.moving, "moving volume",
-                                        include_parent_transform=not self._under_previous_result())
+        through_parent = self.moving.GetParentTransformNode() is not None and not self._under_previous_result()
+        moving = image_from_volume_node(self.moving, "moving volume", include_parent_transform=through_parent)
+        # the result replaces the user's parent transforms as the volume's parent, so it must end where they did
+        self._world_to_moving = matrix_from_world(self.moving.GetParentTransformNode()) if through_parent else None
         masks = {"fixed_mask": _check_mask(self.fixed_mask, fixed, "fixed mask") if self.fixed_mask else None,
                  "moving_mask": _check_mask(self.moving_mask, moving, "moving mask") if self.moving_mask else None}
         self.folder = Path(tempfile.mkdtemp(prefix="diffreg-slicer-", dir=self.work_folder)).resolve()
@@ -127,6 +122,7 @@ class RegistrationJob:
             for name, mask in masks.items():
                 if mask is not None:
                     write_image(mask, self.folder / f"{name}.nrrd")
+            save_config(config, self.folder / JOB_FILE)
             self.runner = ProcessRunner(self.command(self.folder), env=backend_environment(LIBRARY_PARENT),
                                         cwd=str(LIBRARY_PARENT), temporary_folder=self.folder).start()
         except BaseException:
@@ -201,6 +197,8 @@ class RegistrationJob:
                 created.append(transform)
             had_storage = transform.GetStorageNode() is not None
             load_transform(transform_path, self.scene, node=transform)
+            if self._world_to_moving is not None:
+                end_in_frame(transform, self._world_to_moving)
             if not had_storage:
                 created.append(transform.GetStorageNode())
             storage = transform.GetStorageNode()
@@ -221,8 +219,20 @@ class RegistrationJob:
                 created.append(board)
             checkerboard_volume(self.fixed, warped_on_fixed, self.options.checkerboard_square_mm, node=board)
             transform.SetNodeReferenceID(CHECKERBOARD_ROLE, board.GetID())
+            agreement = None
+            if "agreement" in outputs:
+                agreement = transform.GetNodeReference(AGREEMENT_ROLE)
+                if agreement is None:
+                    agreement = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode",
+                                                             f"{self.moving.GetName()} agreement")
+                    created.append(agreement)
+                image = read_image(outputs["agreement"], "agreement map")
+                volume_node_from_image(Image(image.array.reshape(fixed_image.array.shape), fixed_image.grid),
+                                       node=agreement)
+                colour_overlay(agreement)
+                transform.SetNodeReferenceID(AGREEMENT_ROLE, agreement.GetID())
             self.moving.SetAndObserveTransformNodeID(transform.GetID())
-            return JobResult(transform, volume, board, report, list(self.log))
+            return JobResult(transform, volume, board, report, list(self.log), agreement)
         except BaseException:
             for node in reversed(created):
                 if node.GetScene() is not None:

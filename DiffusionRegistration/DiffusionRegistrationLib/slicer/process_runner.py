@@ -15,12 +15,13 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Optional, Sequence, Union
 
 from ..progress import Progress
+
+WINDOWS_CREATE_NO_WINDOW = 0x08000000  # subprocess.CREATE_NO_WINDOW, which exists only on Windows
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,21 @@ def backend_environment(library_parent: Union[str, os.PathLike], base: Optional[
     return environment
 
 
+def child_environment(env: Optional[dict]) -> dict:
+    """`env` (default: this process's) with the child's standard streams in UTF-8, which the reader expects
+    (on Windows a Python child would otherwise write in the ANSI code page)."""
+    environment = dict(os.environ if env is None else env)
+    environment["PYTHONUTF8"] = "1"
+    environment["PYTHONIOENCODING"] = "utf-8"
+    return environment
+
+
+def kill_tree_windows(pid: int) -> None:
+    """Ends a Windows process and its descendants, without flashing a console window."""
+    subprocess.run(["taskkill", "/F", "/T", "/PID", str(pid)], capture_output=True,
+                   creationflags=getattr(subprocess, "CREATE_NO_WINDOW", WINDOWS_CREATE_NO_WINDOW))
+
+
 class ProcessRunner:
     """One background process: start it, poll its events, wait for it or cancel it."""
 
@@ -84,6 +100,12 @@ class ProcessRunner:
         self._finished: Optional[Finished] = None
         self._cancelled = False
         self._lock = threading.Lock()
+        # POSIX: the watcher reaps the child only under this lock, and the group is signalled only before
+        # that, while the child's pid (its group's id) cannot have been given to another process
+        self._reap_lock = threading.Lock()
+        self._reaped = False
+        self._exited = threading.Event()
+        self._done = threading.Event()
 
     # -- running -------------------------------------------------------------------------------------
     def start(self) -> "ProcessRunner":
@@ -95,7 +117,8 @@ class ProcessRunner:
         else:
             options["start_new_session"] = True
         self._process = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                         stderr=subprocess.PIPE, env=self.env, cwd=self.cwd, text=True,
+                                         stderr=subprocess.PIPE, env=child_environment(self.env), cwd=self.cwd,
+                                         text=True,
                                          encoding="utf-8", errors="replace", bufsize=1, **options)
         self._readers = [threading.Thread(target=self._read, args=(self._process.stdout, "stdout"), daemon=True),
                          threading.Thread(target=self._read, args=(self._process.stderr, "stderr"), daemon=True)]
@@ -133,11 +156,23 @@ class ProcessRunner:
         stream.close()
 
     def _watch(self) -> None:
-        returncode = self._process.wait()
+        pid = self._process.pid
+        unreaped = os.name != "nt" and hasattr(os, "waitid")
+        if unreaped:
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped: the pid stays ours
+        else:  # Windows (the open handle keeps the pid), or a POSIX without waitid
+            self._process.wait()
+        self._exited.set()
+        with self._reap_lock:
+            if self._cancelled and unreaped:
+                self._signal_group(pid, signal.SIGKILL)  # what the child left running in its group
+            returncode = self._process.wait()
+            self._reaped = True
         for reader in self._readers:
             reader.join()
         self._finished = Finished(returncode, self._cancelled)
         self.events.put(self._finished)
+        self._done.set()
 
     # -- following -----------------------------------------------------------------------------------
     def poll(self) -> list[Event]:
@@ -153,12 +188,8 @@ class ProcessRunner:
         """Blocks until the process and its readers are done; returns the exit code."""
         if self._process is None:
             raise RuntimeError("the process was not started")
-        deadline = None if timeout is None else time.monotonic() + timeout
-        self._process.wait(timeout=timeout)
-        while self._finished is None:
-            if deadline is not None and time.monotonic() > deadline:
-                raise subprocess.TimeoutExpired(self.command, timeout)
-            time.sleep(0.01)
+        if not self._done.wait(timeout):
+            raise subprocess.TimeoutExpired(self.command, timeout)
         return self._finished.returncode
 
     def error_message(self) -> str:
@@ -173,23 +204,26 @@ class ProcessRunner:
 
     # -- stopping ------------------------------------------------------------------------------------
     def cancel(self, grace_seconds: float = 3.0) -> None:
-        """Kills the process and everything it started, waits for it, and removes the temporary folder."""
+        """Kills the process and everything it started, waits for it, and removes the temporary folder.
+
+        POSIX: SIGTERM to the child's process group, then SIGKILL to what is left, but only while the
+        child is not reaped (afterwards its pid may belong to another process). Windows: taskkill /T
+        while the child runs (the open process handle keeps its pid from being reused).
+        """
         self._cancelled = True
         process = self._process
-        if process is not None and process.poll() is None:
-            if os.name == "nt":
-                subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)], capture_output=True)
-            else:
-                self._signal_group(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(timeout=grace_seconds)
-                except subprocess.TimeoutExpired:
-                    pass
-        if process is not None and os.name != "nt":
-            # the child may be gone while its children still run in its group: always kill the group
-            self._signal_group(process.pid, signal.SIGKILL)
         if process is not None:
-            process.wait()
+            if os.name == "nt":
+                if process.poll() is None:
+                    kill_tree_windows(process.pid)
+            else:
+                with self._reap_lock:
+                    if not self._reaped:
+                        self._signal_group(process.pid, signal.SIGTERM)
+                self._exited.wait(grace_seconds)
+                with self._reap_lock:
+                    if not self._reaped:
+                        self._signal_group(process.pid, signal.SIGKILL)
             self.wait()
         self.remove_temporary_folder()
 

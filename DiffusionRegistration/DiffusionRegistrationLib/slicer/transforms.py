@@ -93,6 +93,29 @@ def displacement_from_grid_transform(node) -> tuple[np.ndarray, Grid]:
     return lps.astype(np.float32), grid_from_ijk_to_ras(matrix, size)
 
 
+def matrix_from_world(transform_node) -> np.ndarray:
+    """The 4x4 RAS matrix from world to the frame under `transform_node` (its linear chain of parents)."""
+    matrix = vtk.vtkMatrix4x4()
+    transform_node.GetMatrixTransformFromWorld(matrix)
+    return np.array([[matrix.GetElement(row, column) for column in range(4)] for row in range(4)])
+
+
+def end_in_frame(node, world_to_frame: np.ndarray) -> None:
+    """Makes the node's fixed->moving field end in another frame: x -> world_to_frame(x + d(x)).
+
+    A moving volume registered as seen through linear parent transforms (world coordinates) gets a field
+    that ends in world coordinates; composed with the parents' world-to-volume matrix it ends in the
+    volume's own frame, so the node alone, as the volume's parent, shows the volume where they did.
+    """
+    displacement, grid = displacement_from_grid_transform(node)
+    index = np.stack(np.meshgrid(*[np.arange(n) for n in reversed(grid.size)], indexing="ij"), -1)[..., ::-1]
+    points = index @ grid.index_to_physical()[:3, :3].T + grid.index_to_physical()[:3, 3]
+    mapped = points + displacement
+    frame = LPS_TO_RAS @ world_to_frame[:3, :3] @ LPS_TO_RAS  # the same matrix in LPS coordinates
+    shift = LPS_TO_RAS @ world_to_frame[:3, 3]
+    grid_transform_from_displacement((mapped @ frame.T + shift - points).astype(np.float32), grid, node=node)
+
+
 def load_transform(path: str | os.PathLike, scene, name: str = "Transform", node=None):
     """Loads an ITK transform file (the backend's transform.h5) into a grid transform node.
 

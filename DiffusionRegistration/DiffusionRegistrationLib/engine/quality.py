@@ -1,0 +1,114 @@
+"""The quality guard: warnings for a registration that probably made things worse.
+
+Checked after every run, independently of the similarity that was optimised:
+- the normalised mutual information of the fixed image and the moving image is lower after the
+  registration than with the images as they lie (an intensity similarity such as LNCC can improve
+  while the anatomy drifts apart, typically on a pair of different contrasts);
+- the optimised similarity itself ended worse than it started at some level (divergence);
+- the affine part is implausible: a scale outside 0.5-2, a strong shear or a mirroring.
+Each warning names the likely cause and the setting to try.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..io.images import Image
+from .result import Result
+
+MI_BINS = 32
+MI_DROP = 0.01  # NMI is in [1, 2]; smaller drops are interpolation noise
+SCALE_RANGE = (0.5, 2.0)
+MAX_ANISOTROPY = 1.5  # largest / smallest singular value of the affine's linear part
+LOSS_RISE = 0.2  # a level whose loss ends this much (relative) above its start diverged; less is step noise
+INTENSITY_SIMILARITIES = ("mse", "ncc", "lncc")
+MIN_CORRELATION = 0.3
+
+
+def normalized_mutual_information(a: np.ndarray, b: np.ndarray, bins: int = MI_BINS) -> float:
+    """(H(a) + H(b)) / H(a, b) on robustly scaled intensities; 1 for independent images, 2 for identical."""
+    def scaled(values: np.ndarray) -> np.ndarray:
+        low, high = np.percentile(values, [0.5, 99.5])
+        return np.clip((values - low) / max(high - low, 1e-12), 0, 1)
+
+    joint, _, _ = np.histogram2d(scaled(a.ravel()), scaled(b.ravel()), bins=bins, range=[[0, 1], [0, 1]])
+    joint = joint / max(joint.sum(), 1)
+
+    def entropy(p: np.ndarray) -> float:
+        p = p[p > 0]
+        return float(-(p * np.log(p)).sum())
+
+    return (entropy(joint.sum(0)) + entropy(joint.sum(1))) / max(entropy(joint), 1e-12)
+
+
+def affine_warnings(matrix: np.ndarray) -> list[str]:
+    linear = matrix[:-1, :-1]
+    scales = np.linalg.svd(linear, compute_uv=False)
+    found = []
+    if scales.min() < SCALE_RANGE[0] or scales.max() > SCALE_RANGE[1]:
+        found.append(f"the affine part scales by {scales.min():.2f}-{scales.max():.2f} (outside "
+                     f"{SCALE_RANGE[0]}-{SCALE_RANGE[1]}): the affine stage probably failed; try `--preset "
+                     "multimodal` for different contrasts, `--set init=centers`, or a lower affine_lr.")
+    elif scales.max() / scales.min() > MAX_ANISOTROPY:
+        found.append(f"the affine part shears or stretches strongly (axis ratio {scales.max() / scales.min():.2f}): "
+                     "the affine stage probably failed; try `--preset multimodal` for different contrasts or a "
+                     "lower affine_lr.")
+    if np.linalg.det(linear) < 0:
+        found.append("the affine part mirrors the image: the affine stage failed or the orientation of one image "
+                     "is wrong in its header; check both images in a viewer.")
+    return found
+
+
+def _loss_warnings(history: list[dict[str, Any]]) -> list[str]:
+    worse = [h for h in history if h.get("start_loss") is not None
+             and h["loss"] - h["start_loss"] > LOSS_RISE * max(abs(h["start_loss"]), 1e-6)]
+    return [f"the similarity got worse during the {h['stage']} stage at level {h['level']:g} (from "
+            f"{h['start_loss']:.4f} to {h['loss']:.4f}): lower {'affine_lr' if h['stage'] == 'affine' else 'lr'}."
+            for h in worse]
+
+
+def _affine_only(result: Result) -> Result:
+    """The result's affine part alone, as a mapping on the fixed grid."""
+    grid = result.fixed_grid
+    index = np.stack(np.meshgrid(*[np.arange(n) for n in grid.size], indexing="ij"), -1).reshape(-1, grid.dim)
+    to_physical = grid.index_to_physical()
+    points = index @ to_physical[:-1, :-1].T + to_physical[:-1, -1]
+    mapped = points @ result.affine[:-1, :-1].T + result.affine[:-1, -1]
+    field = (mapped - points).reshape(*grid.size, grid.dim).transpose(*reversed(range(grid.dim)), grid.dim)
+    return Result(grid, result.moving_grid, np.ascontiguousarray(field, dtype=np.float32))
+
+
+def _cause(fixed: np.ndarray, moving: np.ndarray, similarity: str) -> str:
+    """The likely cause of a worse match: different contrasts for an intensity similarity (intensities that
+    correlate weakly where both images show anatomy), else the start."""
+    both = (fixed > np.percentile(fixed, 30)) & (moving > np.percentile(moving, 30))
+    if both.sum() < 100:
+        both = np.ones_like(fixed, dtype=bool)
+    correlation = float(np.nan_to_num(np.corrcoef(fixed[both], moving[both])[0, 1]))
+    if similarity in INTENSITY_SIMILARITIES and correlation < MIN_CORRELATION:
+        return (f"the images probably have different contrasts (intensity correlation {correlation:.2f}) and "
+                f"{similarity} compares intensities: try `--preset multimodal`")
+    return "the start may be too far off or the images may not show the same anatomy: try `--set init=centers` " \
+           "or check both images in a viewer"
+
+
+def quality_warnings(result: Result, fixed: Image, moving: Image, similarity: str) -> list[str]:
+    """The guard's warnings for a finished registration of `moving` onto `fixed` (empty when all is plausible)."""
+    found = _loss_warnings(result.history)
+    if result.affine is not None:
+        found += affine_warnings(result.affine)
+    start = Result.identity(fixed.grid, moving.grid).warp(moving).array
+    before = normalized_mutual_information(fixed.array, start)
+    stages = [("affine", _affine_only(result))] if result.affine is not None else []
+    stages.append(("whole", result))
+    for stage, mapping in stages:
+        warped = mapping.warped if mapping.warped is not None else mapping.warp(moving)
+        after = normalized_mutual_information(fixed.array, warped.array)
+        if after < before - MI_DROP:
+            part = "the affine stage" if stage == "affine" else "the registration"
+            found.append(f"the images match worse after {part} than before it (normalised mutual information "
+                         f"{before:.3f} before, {after:.3f} after; the optimised {similarity} similarity does not "
+                         f"see this): {_cause(fixed.array, start, similarity)}.")
+            break
+    return found

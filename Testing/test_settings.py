@@ -1,0 +1,72 @@
+"""Settings without torch or MRML: preset < file < overrides < flags (engine.config.resolve_config), JSON and
+TOML settings files, and the Slicer job's options (what the panel sends and how it decides on diffusion).
+Runs under every supported Python (see test_python_versions.py)."""
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from DiffusionRegistrationLib.engine import config as config_module
+from DiffusionRegistrationLib.engine.config import RegistrationConfig, resolve_config, save_config
+from DiffusionRegistrationLib.errors import RegistrationError
+from DiffusionRegistrationLib.slicer.options import RegistrationOptions
+
+
+def test_resolve_order_preset_file_overrides_flags(tmp_path):
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps({"lr": 0.5, "regularization": 2.0, "levels": [2, 1], "iterations": [9, 9]}))
+    config = resolve_config("accurate", settings, {"lr": 0.7}, regularization=3.0, steps=4, seed=5)
+    assert (config.lr, config.regularization, config.seed) == (0.7, 3.0, 5)
+    assert (config.levels, config.iterations) == ((2.0, 1.0), (4, 4))
+    assert config.control_spacing == 2.0 and config.tolerance == 2e-5  # kept from the preset
+
+
+def test_saved_config_reads_back_unchanged(tmp_path):
+    config = resolve_config("diffusion", similarity="diffusion", backbone="sd-2-1-base", mode="exact", seed=2)
+    save_config(config, tmp_path / "job.json")
+    assert resolve_config(config_file=tmp_path / "job.json") == config
+    assert resolve_config("multimodal", config_file=tmp_path / "job.json") == config  # a whole config wins
+
+
+def test_toml_settings_or_a_clear_error(tmp_path, monkeypatch):
+    path = tmp_path / "settings.toml"
+    path.write_text('lr = 0.4\nlevels = [2.0, 1.0]\niterations = [5, 5]\n')
+    if config_module.tomllib is not None:
+        assert resolve_config(config_file=path).lr == 0.4
+    monkeypatch.setattr(config_module, "tomllib", None)
+    with pytest.raises(RegistrationError, match="tomli"):
+        resolve_config(config_file=path)
+
+
+def test_tomllib_or_tomli_is_found_where_installed():
+    expected = sys.version_info >= (3, 11)
+    try:
+        import tomli  # noqa: F401
+        expected = True
+    except ImportError:
+        pass
+    assert (config_module.tomllib is not None) == expected
+
+
+@pytest.mark.parametrize("preset, similarity, backbone", [
+    ("diffusion", "", "sd-2-1-base"),  # the preset selects the diffusion similarity
+    ("default", "diffusion", "sd-2-1-base"),  # the similarity box does
+    ("diffusion", "mind", None),  # the box overrides the preset
+    ("multimodal", "", None),
+])
+def test_panel_options_decide_on_diffusion_from_the_resolved_settings(preset, similarity, backbone):
+    options = RegistrationOptions(preset=preset, similarity=similarity, backbone="sd-2-1-base", mode="exact")
+    assert options.diffusion_backbone() == backbone
+    config = options.config()
+    if backbone:
+        assert config.similarity_params["extractor"] == backbone and config.similarity_params["mode"] == "exact"
+    else:
+        assert "extractor" not in config.similarity_params  # an intensity similarity gets no diffusion params
+
+
+def test_panel_zeros_mean_as_the_preset_says():
+    options = RegistrationOptions(preset="fast", steps=0, regularization=0.0, overrides={"threads": 1})
+    assert options.config() == resolve_config("fast", overrides={"threads": 1})
+    assert isinstance(options.config(), RegistrationConfig)
