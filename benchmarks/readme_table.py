@@ -1,6 +1,7 @@
 """Rewrites the README's registration results table from bench_registration.py's JSON (issue 12, item 5).
 
-    python benchmarks/readme_table.py benchmarks/results/bench_registration.json [more.json ...] --readme README.md
+    python benchmarks/readme_table.py benchmarks/results/bench_2mm.json benchmarks/results/bench_1mm.json \
+        benchmarks/results/bench_2d.json --readme README.md
 
 The summary is recomputed from the JSON's rows (means over seeds, ratios to SyN per pair). The table goes between the lines `<!-- bench_registration:start -->` and `<!-- bench_registration:end -->`;
 everything else in the README is left as it is.

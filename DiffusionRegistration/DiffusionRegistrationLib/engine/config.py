@@ -38,9 +38,10 @@ class RegistrationConfig:
     affine_iterations: tuple[int, ...] = (40, 20)
     affine_lr: float = 0.01  # per step, relative units: translation lr is this times 100 mm
     # 3D volumes: levels and affine_levels are shrink factors of this spacing (mm; never finer than the
-    # image), so the pyramid is physical: a 1 mm and a 2 mm volume are optimised on the same levels in mm
-    # and a finer field is upsampled. 2D images, and None: factors of the image's own spacing.
-    level_spacing_mm: Optional[float] = 2.0
+    # image), so the pyramid is physical: a 0.5 mm and a 1 mm volume are optimised on the same levels in
+    # mm and the finer field is upsampled. 2D images, and None: factors of the image's own spacing.
+    # 1 mm: on the 1 mm Colin27 pair TRE 0.09 mm (2 mm: 0.30), MNI152->Colin27 grey matter Dice 0.779 (0.728).
+    level_spacing_mm: Optional[float] = 1.0
     # deformable stage
     transform: str = "svf"  # svf (diffeomorphic) | displacement | none
     levels: tuple[float, ...] = (4.0, 2.0, 1.0)
