@@ -14,15 +14,15 @@ from typing import Optional
 import numpy as np
 
 from ..engine.config import make_config
-from ..io.data import COLIN_AAL, COLIN_BET, COLIN_T1, data_file, resample_isotropic
-from ..errors import RegistrationError
-from ..io.images import Image, read_image, read_labels, write_image
-from ..geometry.metrics import dice_per_label, field_tre, mask_dice, mean_dice
 from ..engine.outputs import OutputRequest, check_outputs, write_outputs
-from ..progress import Progress, ProgressCallback, silent
 from ..engine.registration import register
 from ..engine.result import Result
+from ..errors import RegistrationError
+from ..geometry.metrics import dice_per_label, field_tre, mask_dice, mean_dice
 from ..geometry.synthetic import random_smooth_displacement, warp_with_displacement
+from ..io.data import COLIN_AAL, COLIN_BET, COLIN_T1, data_file, resample_isotropic
+from ..io.images import Image, read_image, read_labels, write_image
+from ..progress import Progress, ProgressCallback, silent
 
 SPACING_MM, MAX_DISPLACEMENT_MM = 2.0, 8.0
 INTENSITY_PRESET = "stripped"

@@ -11,18 +11,18 @@ import os
 import signal
 import sys
 import threading
-from pathlib import Path
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 from ..errors import Cancelled, Interrupted, RegistrationError
+from ..io.atomic import json_text, write_text
 from ..io.paths import existing_path
+from ..progress import progress_kind
 from .models import add_models_parser
 from .network import add_network_parsers
 from .settings import (add_progress_argument, add_settings_arguments, config_from_args, finetune_settings,
                        progress_from_args, settings_given)
-from ..io.atomic import json_text, write_text
-from ..progress import progress_kind
 
 EPILOG = """examples:
   diffreg register --fixed fixed.nii.gz --moving moving.nii.gz --output-dir out
@@ -125,10 +125,8 @@ def _apply_parser(subparsers) -> None:
 
 def _cmd_apply(args: argparse.Namespace) -> int:
     from ..api import apply
-    from ..io.images import write_image
-
     from ..engine.outputs import check_folder, check_output_name
-    from ..io.images import IMAGE_WRITE_SUFFIXES
+    from ..io.images import IMAGE_WRITE_SUFFIXES, write_image
 
     output = Path(args.output)
     check_output_name(output, "output", IMAGE_WRITE_SUFFIXES, (args.transform, args.input, args.reference))

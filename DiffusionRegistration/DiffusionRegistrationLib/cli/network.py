@@ -95,7 +95,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     from ..io.images import read_image
     from ..network.data import (Augmentation, PairDataset, RandomPairDataset, SyntheticPairDataset, cases_from_records,
-                       folder_pairs, images_from_csv, pairs_from_csv, synthetic_cases)
+                                folder_pairs, images_from_csv, pairs_from_csv, synthetic_cases)
     from ..network.model import NetworkSpec
     from ..network.train import TrainConfig, train
 

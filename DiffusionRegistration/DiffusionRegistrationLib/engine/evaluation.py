@@ -5,13 +5,12 @@ from typing import Any, Optional
 
 import numpy as np
 
-
 from ..errors import RegistrationError
+from ..geometry.metrics import dice_per_label, field_mapping, folding, jacobian_determinant, landmark_tre, mean_dice
 from ..io.images import read_image, read_labels
 from ..io.landmarks import Landmarks, match_landmarks, read_landmarks
-from ..geometry.metrics import dice_per_label, field_mapping, folding, jacobian_determinant, landmark_tre, mean_dice
-from .result import Result
 from ..io.transform_files import read_displacement
+from .result import Result
 
 
 def evaluate_transform(transform: str, reference: Optional[str] = None, fixed_labels: Optional[str] = None,

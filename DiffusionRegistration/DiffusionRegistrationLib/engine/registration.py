@@ -20,17 +20,17 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 import torch
 
-from .config import RegistrationConfig
 from ..errors import RegistrationError
+from ..geometry.spatial import gaussian_smooth, physical_points, resample_to, sample, to_sampling_grid
+from ..geometry.transforms import (REGULARIZERS, AffineTransform, DenseTransform, channels_last, resize_field,
+                                   sample_field)
 from ..io.images import Grid, Image, check_grid, check_image, check_mask, normalize
 from ..progress import Progress, ProgressCallback, silent
-from .quality import quality_warnings
-from .result import Result
 from ..similarity import build_similarity
 from ..similarity.base import Similarity
-from ..geometry.spatial import gaussian_smooth, physical_points, resample_to, sample, to_sampling_grid
-from ..geometry.transforms import REGULARIZERS, AffineTransform, DenseTransform, channels_last, \
-    resize_field, sample_field
+from .config import RegistrationConfig
+from .quality import quality_warnings
+from .result import Result
 
 
 def resolve_device(name: str) -> torch.device:

@@ -7,9 +7,9 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from ..io.images import Grid, Image
 from ..geometry.metrics import field_mapping
 from ..geometry.spatial import physical_points, sample, to_sampling_grid
+from ..io.images import Grid, Image
 
 
 @dataclass

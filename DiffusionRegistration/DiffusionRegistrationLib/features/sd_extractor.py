@@ -19,8 +19,7 @@ import torch
 
 from ..errors import RegistrationError
 from .base import FeatureExtractor
-from .diffusers_tap import (block_strides, downsamplings, load_part, model_folder, run_to_tap,
-                            timestep_tensor)
+from .diffusers_tap import block_strides, downsamplings, load_part, model_folder, run_to_tap, timestep_tensor
 
 #: DIFT's settings for Stable Diffusion 2.1
 DIFT_DEFAULTS = {"timestep": 261, "up_block_index": 1, "ensemble": 8}

@@ -14,8 +14,8 @@ from scipy import ndimage
 
 from ..errors import RegistrationError
 from ..io.images import Grid, Image
-from .metrics import jacobian_determinant
 from ..io.transform_files import displacement_transform
+from .metrics import jacobian_determinant
 
 _COARSE_PER_SIGMA = 4  # noise samples per smoothing sigma: plenty for a band-limited field
 

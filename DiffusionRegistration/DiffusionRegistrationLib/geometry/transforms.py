@@ -12,8 +12,7 @@ import numpy as np
 import torch
 
 from ..io.images import Grid
-from .spatial import gaussian_smooth, linear_resize_matrix, physical_points, sample, separable_apply, \
-    to_sampling_grid
+from .spatial import gaussian_smooth, linear_resize_matrix, physical_points, sample, separable_apply, to_sampling_grid
 
 
 def channels_last(field: torch.Tensor) -> torch.Tensor:

@@ -16,10 +16,10 @@ from typing import Iterator, Optional
 import numpy as np
 import SimpleITK as sitk
 
-from .atomic import WriteError, atomic_path, not_as_written
-from .paths import existing_path
 from ..errors import RegistrationError
+from .atomic import WriteError, atomic_path, not_as_written
 from .image_headers import check_image_file
+from .paths import existing_path
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_path
 from ..errors import RegistrationError
+from .atomic import atomic_path
 
 _RAS_TO_LPS_2D = np.array([-1.0, -1.0])
 _FCSV_COLUMNS = "id,x,y,z,ow,ox,oy,oz,vis,sel,lock,label,desc,associatedNodeID".split(",")

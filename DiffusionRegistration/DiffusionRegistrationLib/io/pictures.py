@@ -8,8 +8,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image as PILImage, ImageDraw
 
-from .atomic import atomic_path, not_as_written
 from ..errors import RegistrationError
+from .atomic import atomic_path, not_as_written
 from .images import Grid, Image
 
 

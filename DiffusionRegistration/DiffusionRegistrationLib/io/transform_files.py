@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .atomic import atomic_path, not_as_written, reserve
 from ..errors import RegistrationError
+from .atomic import atomic_path, not_as_written, reserve
 from .image_headers import check_image_file
 from .images import Grid, check_written, itk_messages_hidden, unwritable
 

@@ -14,13 +14,13 @@ from typing import Any, Optional
 
 import torch
 
-from ..io.atomic import OutputSet, remove_partial_files, write_json
 from ..engine.config import RegistrationConfig
-from ..errors import RegistrationError
-from ..io.images import read_image, write_image
-from ..progress import Progress, ProgressCallback, silent
 from ..engine.registration import register, resolve_device
+from ..errors import RegistrationError
+from ..io.atomic import OutputSet, remove_partial_files, write_json
+from ..io.images import read_image, write_image
 from ..io.transform_files import write_displacement
+from ..progress import Progress, ProgressCallback, silent
 from .data import read_csv_rows
 from .inference import load_network, register_with_network
 

@@ -18,12 +18,12 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..io import landmarks
 from ..errors import RegistrationError
-from ..io.images import Grid, Image, normalize, read_image, read_labels
 from ..geometry.spatial import resample_to, sample
 from ..geometry.synthetic import random_smooth_displacement, warp_with_displacement
 from ..geometry.transforms import resize_field
+from ..io import landmarks
+from ..io.images import Grid, Image, normalize, read_image, read_labels
 from .model import NetworkSpec, identity_points, network_grid, normalised_to_mm, warp
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".png", ".tif", ".tiff", ".jpg")

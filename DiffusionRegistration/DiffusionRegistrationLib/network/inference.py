@@ -17,15 +17,15 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 
-from ..errors import RegistrationError
-from ..io.images import Grid, Image, normalize
-from ..geometry.metrics import dice_per_label, field_tre, landmark_tre, mean_dice
-from ..progress import Progress, ProgressCallback, silent
 from ..engine.registration import resolve_device
 from ..engine.result import Result
-from ..similarity import build_similarity
+from ..errors import RegistrationError
+from ..geometry.metrics import dice_per_label, field_tre, landmark_tre, mean_dice
 from ..geometry.spatial import physical_points, sample, to_sampling_grid
 from ..geometry.transforms import invert_displacement, sample_field
+from ..io.images import Grid, Image, normalize
+from ..progress import Progress, ProgressCallback, silent
+from ..similarity import build_similarity
 from .data import ValidationCase, pull_onto
 from .loss import NetworkLoss
 from .model import NetworkSpec, RegistrationNetwork, network_grid, normalised_to_mm, to_millimetres

@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 
 from ..errors import RegistrationError
+from ..geometry.transforms import REGULARIZERS, channels_last
 from ..io.images import Grid
 from ..similarity.base import Similarity
-from ..geometry.transforms import REGULARIZERS, channels_last
 from .model import identity_points, inverse_consistency, normalised_grid, to_millimetres
 
 

@@ -24,10 +24,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..io.atomic import atomic_path
-from ..errors import RegistrationError
-from ..progress import Progress, ProgressCallback, silent
 from ..engine.registration import resolve_device
+from ..errors import RegistrationError
+from ..io.atomic import atomic_path
+from ..progress import Progress, ProgressCallback, silent
 from .data import NetworkDataset, ValidationCase, collate
 from .inference import CHECKPOINT_FORMAT, TrainedNetwork, network_loss, read_network_checkpoint, validate_network
 from .model import NetworkSpec, RegistrationNetwork

@@ -14,8 +14,8 @@ from typing import Optional
 
 import torch
 
-from ..io.images import Grid
 from ..geometry.spatial import sample
+from ..io.images import Grid
 
 
 class Similarity(torch.nn.Module):

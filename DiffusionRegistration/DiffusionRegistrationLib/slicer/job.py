@@ -21,10 +21,10 @@ from typing import Callable, Optional
 from ..engine.config import save_config
 from ..errors import Cancelled, RegistrationError
 from ..io.images import Image, check_mask, read_image, write_image
-from .process_runner import Event, Finished, ProcessRunner, backend_environment, python_executable
 from ..progress import Progress
 from .checkerboard import checkerboard_volume
 from .options import RegistrationOptions
+from .process_runner import Event, Finished, ProcessRunner, backend_environment, python_executable
 from .transforms import MOVING_ROLE, end_in_frame, load_transform, matrix_from_world, set_registration_references
 from .volumes import image_from_volume_node, volume_node_from_image
 
