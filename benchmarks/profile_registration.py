@@ -49,11 +49,12 @@ def level_parts(level, repeats: int) -> dict[str, float]:
     """Seconds per step of each part of one deformable level's step, forward and backward apart."""
     import torch
 
+    from DiffusionRegistrationLib.engine.optimizer import CosineAdam
     from DiffusionRegistrationLib.engine.registration import mask_at
     from DiffusionRegistrationLib.geometry.spatial import sample
 
     dense, similarity = level.dense, level.similarity
-    optimizer = torch.optim.Adam(dense.parameters(), lr=level.lr)
+    optimizer = CosineAdam([(list(dense.parameters()), level.lr)], repeats)
     parts: dict[str, float] = {}
     def fields():
         return dense.fields(level.to_normalised)

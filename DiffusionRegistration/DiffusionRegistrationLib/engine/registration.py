@@ -29,6 +29,7 @@ from ..progress import Progress, ProgressCallback, silent
 from ..similarity import build_similarity
 from ..similarity.base import Similarity
 from .config import RegistrationConfig
+from .optimizer import CosineAdam, ParameterGroup
 from .quality import quality_warnings
 from .result import Result
 
@@ -139,16 +140,16 @@ def _diverged(setting: str, what: str) -> RegistrationError:
                              "half its value or less, or raise the regularization.")
 
 
-def _optimise(step: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer, iterations: int,
+def _optimise(step: Callable[[], torch.Tensor], groups: list[ParameterGroup], iterations: int,
               config: RegistrationConfig, report: Callable[[int, float], None], setting: str) -> dict:
     """Adam steps with a cosine schedule until `iterations` or convergence. Non-finite losses or parameters
     stop it before they reach grid_sample (whose backward crashes on them), naming `setting` to lower."""
     convergence = _Convergence(config.tolerance, config.patience)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, iterations, eta_min=0.0)
-    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    optimizer = CosineAdam(groups, iterations)
+    parameters = optimizer.parameters
     loss_value, start_loss, done = float("nan"), None, 0
     for done in range(1, iterations + 1):
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad()
         loss = step()
         loss_value = float(loss.detach())
         if not np.isfinite(loss_value):
@@ -156,7 +157,6 @@ def _optimise(step: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer
         start_loss = loss_value if start_loss is None else start_loss
         loss.backward()
         optimizer.step()
-        schedule.step()
         if not all(bool(torch.isfinite(p).all()) for p in parameters):
             raise _diverged(setting, "the transform's parameters are not finite")
         report(done, loss_value)
@@ -225,7 +225,7 @@ class Run:
     history: list = field(default_factory=list)
 
 
-LevelBuilder = Callable[[float], tuple[Callable[[], torch.Tensor], torch.optim.Optimizer]]
+LevelBuilder = Callable[[float], tuple[Callable[[], torch.Tensor], list[ParameterGroup]]]
 
 
 def _run_levels(run: Run, stage: str, plan: list[tuple[float, int]], build: LevelBuilder, setting: str) -> None:
@@ -234,14 +234,14 @@ def _run_levels(run: Run, stage: str, plan: list[tuple[float, int]], build: Leve
     `setting` is the learning rate to name if the optimisation diverges."""
     for index, (factor, iterations) in enumerate(plan):
         start = time.perf_counter()
-        step, optimizer = build(factor)
+        step, groups = build(factor)
 
         def report(done: int, loss: float, index=index, iterations=iterations) -> None:
             if done % 5 == 0 or done == iterations:
                 fraction = (index + done / iterations) / len(plan)
                 run.progress(Progress(stage, fraction, f"level {index + 1}/{len(plan)} step {done} loss {loss:.5f}"))
 
-        outcome = _optimise(step, optimizer, iterations, run.config, report, setting)
+        outcome = _optimise(step, groups, iterations, run.config, report, setting)
         spacing = float(np.mean(run.fixed.level(factor)[2].spacing))
         run.history.append({"stage": stage, "level": factor, "spacing_mm": round(spacing, 3), **outcome,
                             "seconds": round(time.perf_counter() - start, 3)})
@@ -270,8 +270,7 @@ def affine_stage(run: Run) -> AffineTransform:
                 sampling = to_sampling_grid(affine(points), m_grid)
                 return similarity.mapped_loss(f_image, m_image, sampling, mask_at(f_mask, m_mask, sampling))
 
-            return step, torch.optim.Adam([{"params": [affine.translation], "lr": config.affine_lr * 100},
-                                           {"params": [affine.linear], "lr": config.affine_lr}])
+            return step, [([affine.translation], config.affine_lr * 100), ([affine.linear], config.affine_lr)]
 
         _run_levels(run, "affine", level_plan(run.fixed.grid, config.affine_levels, config.affine_iterations,
                                               config.level_spacing_mm), build, "affine_lr")
@@ -324,7 +323,7 @@ def deformable_stage(run: Run, affine: AffineTransform) -> Optional[DenseTransfo
 
     def build(factor: float):
         current[:] = [DeformableLevel(run, factor, affine, similarity, current[0].dense if current else None)]
-        return current[0].loss, torch.optim.Adam(current[0].dense.parameters(), lr=current[0].lr)
+        return current[0].loss, [(list(current[0].dense.parameters()), current[0].lr)]
 
     _run_levels(run, "deformable", level_plan(run.fixed.grid, config.levels, config.iterations,
                                               config.level_spacing_mm), build, "lr")
