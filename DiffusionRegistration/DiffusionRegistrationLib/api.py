@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from .engine.config import resolve_config
 from .engine.outputs import OutputRequest, write_outputs
 from .engine.result import Result
 from .errors import RegistrationError
-from .io.images import Image, check_image, check_mask, read_image, read_labels, read_mask
+from .io.images import Image, check_image, check_mask, read_image, read_labels
 from .progress import ProgressCallback, silent
 
 if TYPE_CHECKING:
@@ -27,35 +27,36 @@ if TYPE_CHECKING:
 ImageLike = Union[str, "os.PathLike[str]", "sitk.Image", Image]
 
 
-def _image(value: Any, argument: str) -> Image:
-    """A checked Image from a path, a SimpleITK image or an Image; TypeError naming `argument` otherwise."""
+def _as_image(value: Any, argument: str, read: Callable[[Any], Image], float_pixels: bool = False) -> Image:
+    """An Image from a path (through `read`), a SimpleITK image or an Image; TypeError naming `argument`."""
     import SimpleITK as sitk
 
     if isinstance(value, (str, os.PathLike)):
-        return read_image(value, argument)
+        return read(value)
     if isinstance(value, sitk.Image):
-        value = Image.from_sitk(sitk.Cast(value, sitk.sitkFloat32))
-    if not isinstance(value, Image):
-        raise TypeError(f"{argument} must be a file path, a SimpleITK image or a DiffusionRegistrationLib Image, "
-                        f"not {type(value).__name__}")
-    check_image(value, argument)
-    return value
+        return Image.from_sitk(sitk.Cast(value, sitk.sitkFloat32) if float_pixels else value)
+    if isinstance(value, Image):
+        return value
+    raise TypeError(f"{argument} must be a file path, a SimpleITK image or a DiffusionRegistrationLib Image, "
+                    f"not {type(value).__name__}")
+
+
+def _image(value: Any, argument: str) -> Image:
+    """A checked intensity image (a file is checked as it is read)."""
+    image = _as_image(value, argument, lambda path: read_image(path, argument), float_pixels=True)
+    if not isinstance(value, (str, os.PathLike)):
+        check_image(image, argument)
+    return image
+
+
+def _labels(value: Any, argument: str) -> Image:
+    """A label map or mask as stored (type kept, no intensity checks)."""
+    return _as_image(value, argument, lambda path: read_labels(path, argument))
 
 
 def _mask(value: Any, reference: Image, argument: str) -> Optional[Image]:
     """A binary mask on `reference`'s grid, or None."""
-    import SimpleITK as sitk
-
-    if value is None:
-        return None
-    if isinstance(value, (str, os.PathLike)):
-        return read_mask(value, reference, argument)
-    if isinstance(value, sitk.Image):
-        value = Image.from_sitk(value)
-    if not isinstance(value, Image):
-        raise TypeError(f"{argument} must be a file path, a SimpleITK image, a DiffusionRegistrationLib Image or "
-                        f"None, not {type(value).__name__}")
-    return check_mask(value, reference, argument)
+    return None if value is None else check_mask(_labels(value, argument), reference, argument)
 
 
 @dataclass
@@ -117,7 +118,7 @@ def apply(transform: Union[Registration, str, os.PathLike], image: ImageLike,
     """
     from .io.transform_files import read_displacement
 
-    moving = _labels(image) if labels else _image(image, "image")
+    moving = _labels(image, "image") if labels else _image(image, "image")
     if isinstance(transform, Registration):
         mapping = Result(transform.result.fixed_grid, moving.grid, transform.result.displacement)
     elif isinstance(transform, (str, os.PathLike)):
@@ -132,20 +133,6 @@ def apply(transform: Union[Registration, str, os.PathLike], image: ImageLike,
         raise RegistrationError(f"image {moving.name} is {moving.dim}D but the transform's grid is "
                                 f"{mapping.fixed_grid.dim}D; give an image of the registered dimension.")
     return mapping.warp(moving, "nearest" if labels else "linear")
-
-
-def _labels(value: Any) -> Image:
-    """A label map as stored (type kept, no intensity checks)."""
-    import SimpleITK as sitk
-
-    if isinstance(value, (str, os.PathLike)):
-        return read_labels(value, "image")
-    if isinstance(value, sitk.Image):
-        return Image.from_sitk(value)
-    if isinstance(value, Image):
-        return value
-    raise TypeError(f"image must be a file path, a SimpleITK image or a DiffusionRegistrationLib Image, "
-                    f"not {type(value).__name__}")
 
 
 def evaluate(transform: Union[str, os.PathLike], reference: Optional[str] = None,
