@@ -128,6 +128,23 @@ def test_bad_settings_exit_2(tmp_path, pair, capsys, args, message):
     assert code == 2 and message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("extra, refused", [
+    (["--fixed-mask", "MASK"], "--fixed-mask"),
+    (["--preset", "fast", "--set", "lr=0.1"], "--preset, --set"),
+])
+def test_network_refuses_what_it_cannot_honour_before_reading_anything(tmp_path, pair, capsys, extra, refused):
+    """The refusal comes before any file is read: the mask here is not even an image, and no network exists."""
+    garbage = tmp_path / "mask.nii.gz"
+    garbage.write_bytes(b"not an image")
+    out = tmp_path / "out"
+    args = ["register", "--fixed", pair["fixed"], "--moving", pair["moving"], "--output-dir", str(out),
+            "--network", str(tmp_path / "absent.pt"), *[str(garbage) if a == "MASK" else a for a in extra]]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: --network cannot honour {refused}:")
+    assert not out.exists()
+
+
 def test_unknown_flag_is_an_argparse_error_with_exit_2(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["register", "--fixed", "a", "--moving", "b", "--output-dir", "c", "--no-such-flag"])

@@ -62,6 +62,8 @@ def _cmd_register(args: argparse.Namespace) -> int:
         if path:
             existing_path(path, role)
     config = config_from_args(args)  # bad paths and settings are answered before torch and SimpleITK load
+    if args.network:
+        _check_network_settings(args)
     from ..engine.outputs import OutputRequest, check_outputs, write_outputs
     from ..io.images import read_image, read_mask
     from ..progress import Progress
@@ -78,7 +80,6 @@ def _cmd_register(args: argparse.Namespace) -> int:
     if args.network:
         from ..network.inference import register_with_network
 
-        _check_network_settings(args)
         result = register_with_network(fixed, moving, args.network, finetune_steps=args.finetune_steps,
                                        device=config.device, progress=progress, inverse=bool(args.inverse),
                                        **finetune_settings(args, config))
