@@ -170,6 +170,8 @@ def write_outputs(result: Result, fixed: Image, moving: Image, output_dir: str |
         write_json(target("report"), report, default=_json_default)
         outputs.retire(_previous_outputs(targets["report"], (fixed.path, moving.path)))
     return written
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, (np.floating, np.integer)):
         return value.item()

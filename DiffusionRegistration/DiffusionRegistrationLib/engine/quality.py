@@ -13,7 +13,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 
+from ..geometry.spatial import physical_points
 from ..io.images import Image
 from .result import Result
 
@@ -70,13 +72,9 @@ def _loss_warnings(history: list[dict[str, Any]]) -> list[str]:
 
 def _affine_only(result: Result) -> Result:
     """The result's affine part alone, as a mapping on the fixed grid."""
-    grid = result.fixed_grid
-    index = np.stack(np.meshgrid(*[np.arange(n) for n in grid.size], indexing="ij"), -1).reshape(-1, grid.dim)
-    to_physical = grid.index_to_physical()
-    points = index @ to_physical[:-1, :-1].T + to_physical[:-1, -1]
+    points = physical_points(result.fixed_grid, dtype=torch.float64)[0].numpy()
     mapped = points @ result.affine[:-1, :-1].T + result.affine[:-1, -1]
-    field = (mapped - points).reshape(*grid.size, grid.dim).transpose(*reversed(range(grid.dim)), grid.dim)
-    return Result(grid, result.moving_grid, np.ascontiguousarray(field, dtype=np.float32))
+    return Result(result.fixed_grid, result.moving_grid, (mapped - points).astype(np.float32))
 
 
 def _cause(fixed: np.ndarray, moving: np.ndarray, similarity: str) -> str:
