@@ -36,7 +36,7 @@ def os_error(path: str | os.PathLike, error: OSError, doing: str = "cannot write
     """A WriteError naming `path`, the OS reason and the usual fix."""
     reason = error.strerror or str(error)
     return WriteError(f"{doing} {path}: {reason}. Choose a writable folder with enough free space "
-                             "(--output-dir) or free some space.")
+                      "(--output-dir) or free some space.")
 
 
 def _temporary_sibling(path: Path, kind: str = "partial") -> Path:
