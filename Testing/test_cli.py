@@ -1,5 +1,6 @@
 """The `diffreg` command line: outputs, JSON progress, and clear errors with nothing half-written."""
 import json
+import os
 import subprocess
 import sys
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from DiffusionRegistrationLib.cli.main import main
+from DiffusionRegistrationLib.cli.main import main, openmp_waiting
 from DiffusionRegistrationLib.io.images import Image
 from DiffusionRegistrationLib.geometry.synthetic import random_smooth_displacement, warp_with_displacement
 
@@ -194,3 +195,14 @@ def test_the_command_line_answers_help_and_a_wrong_path_without_importing_torch_
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "2 []"
     assert "fixed image" in out.stderr and "missing.nii.gz" in out.stderr and "no such file" in out.stderr
+
+
+def test_openmp_threads_spin_briefly_unless_the_user_chose(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    openmp_waiting()
+    assert (os.environ["OMP_WAIT_POLICY"], os.environ["GOMP_SPINCOUNT"]) == ("PASSIVE", "2000")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    monkeypatch.setenv("GOMP_SPINCOUNT", "INFINITE")
+    openmp_waiting()
+    assert (os.environ["OMP_WAIT_POLICY"], os.environ["GOMP_SPINCOUNT"]) == ("ACTIVE", "INFINITE")

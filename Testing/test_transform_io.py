@@ -1,4 +1,6 @@
 """Transforms written by the project, read back by SimpleITK as the independent reader."""
+import time
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -82,3 +84,38 @@ def test_unknown_transform_format_is_refused_and_leaves_nothing(tmp_path):
     with pytest.raises(RegistrationError, match="unknown transform format"):
         write_displacement(known_field(GRID), GRID, tmp_path / "t.xyz")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_overlapping_hidden_itk_messages_in_threads_give_stderr_back():
+    """Writers hide ITK's messages in several threads at once; whatever the order they leave in, stderr
+    must end up where it was (a thread restoring another's null device silenced every later error)."""
+    import os
+    import threading
+
+    from DiffusionRegistrationLib.io.images import itk_messages_hidden
+
+    before = os.fstat(2)
+    first_in, first_may_leave = threading.Event(), threading.Event()
+    seen: list[bool] = []
+
+    def first():
+        with itk_messages_hidden():
+            first_in.set()
+            first_may_leave.wait(5)
+
+    def second():
+        first_in.wait(5)
+        with itk_messages_hidden():
+            seen.append(os.path.samestat(os.fstat(2), os.stat(os.devnull)))
+            first_may_leave.set()
+            time.sleep(0.05)  # the first thread leaves while this one is still inside
+            seen.append(os.path.samestat(os.fstat(2), os.stat(os.devnull)))
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert seen == [True, True]
+    after = os.fstat(2)
+    assert (after.st_ino, after.st_dev) == (before.st_ino, before.st_dev)

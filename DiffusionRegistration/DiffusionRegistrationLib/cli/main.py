@@ -241,11 +241,22 @@ def _fail(code: int, stage: str, message: str, json_events: bool) -> int:
     return code
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    # Threads that wait for work sleep instead of spinning (unless the user chose otherwise): on a machine
-    # shared with other processes, spinning OpenMP threads made a run up to 8x slower (measured with 2
-    # threads on 2 busy cores). It must be set before torch starts its thread pool, so here, not in register().
+def openmp_waiting() -> None:
+    """How OpenMP threads wait between torch's operations, unless the user chose otherwise; it must be set
+    before torch starts its thread pool, so here, not in register().
+
+    Spinning until the next operation is fast on idle cores and ruinous on busy ones: with two threads on
+    two cores that two other processes kept busy, libgomp's default spin made a 2 mm registration 12x
+    slower (77 s against 6 s). Sleeping at once (PASSIVE) is safe but cost 1.2 s of 4.4 s on idle cores.
+    libgomp (torch's Linux wheels) spinning 2000 times, then sleeping, was as fast as spinning on idle
+    cores (3.3 s) and no slower than PASSIVE on busy ones (6-8 s); other OpenMP runtimes sleep at once.
+    """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("GOMP_SPINCOUNT", "2000")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    openmp_waiting()
     parser = build_parser()
     args = parser.parse_args(argv)
     piped = getattr(args, "progress_when_piped", "none")

@@ -10,13 +10,15 @@ Each warning names the likely cause and the setting to try.
 """
 from __future__ import annotations
 
+import math
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..geometry.spatial import physical_points
-from ..io.images import Image
+from ..io.images import Grid, Image
 from .result import Result
 
 MI_BINS = 32
@@ -26,6 +28,7 @@ MAX_ANISOTROPY = 1.5  # largest / smallest singular value of the affine's linear
 LOSS_RISE = 0.2  # a level whose loss ends this much (relative) above its start diverged; less is step noise
 INTENSITY_SIMILARITIES = ("mse", "ncc", "lncc")
 MIN_CORRELATION = 0.3
+GUARD_VOXELS = 1 << 18
 
 
 def normalized_mutual_information(a: np.ndarray, b: np.ndarray, bins: int = MI_BINS) -> float:
@@ -70,11 +73,16 @@ def _loss_warnings(history: list[dict[str, Any]]) -> list[str]:
             for h in worse]
 
 
-def _affine_only(result: Result) -> Result:
-    """The result's affine part alone, as a mapping on the fixed grid."""
-    points = physical_points(result.fixed_grid, dtype=torch.float64)[0].numpy()
+def _affine_only(result: Result, grid: Grid) -> Result:
+    """The result's affine part alone, as a mapping on `grid` (in fixed space)."""
+    points = physical_points(grid, dtype=torch.float64)[0].numpy()
     mapped = points @ result.affine[:-1, :-1].T + result.affine[:-1, -1]
-    return Result(result.fixed_grid, result.moving_grid, (mapped - points).astype(np.float32))
+    return Result(grid, result.moving_grid, (mapped - points).astype(np.float32))
+
+
+def _every(grid: Grid, step: int) -> Grid:
+    """The voxels of `grid` at every `step`-th index along each axis, as a grid of their own."""
+    return replace(grid, size=tuple(-(-n // step) for n in grid.size), spacing=tuple(s * step for s in grid.spacing))
 
 
 def _cause(fixed: np.ndarray, moving: np.ndarray, similarity: str) -> str:
@@ -92,21 +100,29 @@ def _cause(fixed: np.ndarray, moving: np.ndarray, similarity: str) -> str:
 
 
 def quality_warnings(result: Result, fixed: Image, moving: Image, similarity: str) -> list[str]:
-    """The guard's warnings for a finished registration of `moving` onto `fixed` (empty when all is plausible)."""
+    """The guard's warnings for a finished registration of `moving` onto `fixed` (empty when all is plausible).
+
+    The images are compared on every `step`-th voxel (at most about GUARD_VOXELS of them): the same
+    statistics as on all voxels for a histogram of 32 x 32 bins, at a fraction of the time.
+    """
     found = _loss_warnings(result.history)
     if result.affine is not None:
         found += affine_warnings(result.affine)
-    start = Result.identity(fixed.grid, moving.grid).warp(moving).array
-    before = normalized_mutual_information(fixed.array, start)
-    stages = [("affine", _affine_only(result))] if result.affine is not None else []
-    stages.append(("whole", result))
-    for stage, mapping in stages:
-        warped = mapping.warped if mapping.warped is not None else mapping.warp(moving)
-        after = normalized_mutual_information(fixed.array, warped.array)
+    step = max(1, math.ceil((fixed.array.size / GUARD_VOXELS) ** (1 / fixed.dim) - 1e-9))
+    grid = _every(fixed.grid, step)
+    strided = (slice(None, None, step),) * fixed.dim
+    fixed_values = fixed.array[strided]
+    start = Result.identity(grid, moving.grid).warp(moving).array
+    before = normalized_mutual_information(fixed_values, start)
+    stages = [("affine", _affine_only(result, grid).warp(moving).array)] if result.affine is not None else []
+    whole = result.warped if result.warped is not None else result.warp(moving)
+    stages.append(("whole", whole.array[strided]))
+    for stage, warped in stages:
+        after = normalized_mutual_information(fixed_values, warped)
         if after < before - MI_DROP:
             part = "the affine stage" if stage == "affine" else "the registration"
             found.append(f"the images match worse after {part} than before it (normalised mutual information "
                          f"{before:.3f} before, {after:.3f} after; the optimised {similarity} similarity does not "
-                         f"see this): {_cause(fixed.array, start, similarity)}.")
+                         f"see this): {_cause(fixed_values, start, similarity)}.")
             break
     return found

@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Callable, Iterable, Optional
 
 import numpy as np
-from scipy import ndimage
 
 from ..errors import RegistrationError
 from ..io.images import Grid
@@ -127,6 +126,8 @@ def folding(determinant: np.ndarray, mask: Optional[np.ndarray] = None) -> dict[
 
 def field_mapping(field: np.ndarray, grid: Grid) -> Callable[[np.ndarray], np.ndarray]:
     """A point mapping p -> p + u(p) from a displacement field, linear interpolation, border extension."""
+    from scipy import ndimage  # here, not at the top: every registration imports this module, few map points
+
     field = np.asarray(field, dtype=np.float64)
     d = grid.dim
     mm_to_index = grid.physical_to_index()

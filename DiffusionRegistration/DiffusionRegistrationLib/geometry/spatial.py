@@ -6,6 +6,7 @@ normalised coordinates torch's grid_sample expects (align_corners=True), for a g
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -42,13 +43,41 @@ def to_sampling_grid(points: torch.Tensor, grid: Grid) -> torch.Tensor:
     return 2.0 * index / (size - 1).clamp(min=1) - 1.0
 
 
+# Below this many sampled points one grid_sample call is cheaper than splitting it.
+CHUNK_MIN_POINTS = 1 << 15
+
+
+def _chunks(image: torch.Tensor, sampling_grid: torch.Tensor) -> int:
+    """How many pieces to cut a grid_sample into: torch's CPU kernel runs one thread per batch entry."""
+    if image.device.type != "cpu" or image.shape[0] != 1 or sampling_grid.shape[1] < 2:
+        return 1
+    points = math.prod(sampling_grid.shape[1:-1])
+    return max(1, min(torch.get_num_threads(), sampling_grid.shape[1], points // CHUNK_MIN_POINTS))
+
+
 def sample(image: torch.Tensor, sampling_grid: torch.Tensor, mode: str = "bilinear",
            padding_mode: str = "border") -> torch.Tensor:
-    """Samples image [B, C, *spatial] at normalised coordinates [B, *out_spatial, D]."""
+    """Samples image [B, C, *spatial] at normalised coordinates [B, *out_spatial, D].
+
+    On the CPU one image's grid is cut along its first axis into one piece per thread, sampled as a
+    batch (the image expanded, not copied): the same numbers, up to twice as fast on two cores.
+    """
     if sampling_grid.shape[0] != image.shape[0]:
         sampling_grid = sampling_grid.expand(image.shape[0], *sampling_grid.shape[1:])
-    return F.grid_sample(image, sampling_grid.to(image.dtype), mode=mode, padding_mode=padding_mode,
-                         align_corners=True)
+    sampling_grid = sampling_grid.to(image.dtype)
+    pieces = _chunks(image, sampling_grid)
+    if pieces == 1:
+        return F.grid_sample(image, sampling_grid, mode=mode, padding_mode=padding_mode, align_corners=True)
+    rows, rest = sampling_grid.shape[1], sampling_grid.shape[2:]
+    size = -(-rows // pieces)
+    padded = sampling_grid
+    if size * pieces > rows:
+        filler = sampling_grid[:, -1:].detach().expand(1, size * pieces - rows, *rest)  # sampled, then dropped
+        padded = torch.cat([sampling_grid, filler], 1)
+    out = F.grid_sample(image.expand(pieces, *image.shape[1:]), padded.reshape(pieces, size, *rest), mode=mode,
+                        padding_mode=padding_mode, align_corners=True)
+    out = out.transpose(0, 1).reshape(1, image.shape[1], size * pieces, *out.shape[3:])
+    return out[:, :, :rows]
 
 
 def resample_to(image: torch.Tensor, source: Grid, target: Grid, mode: str = "bilinear",
@@ -78,13 +107,24 @@ def separable_apply(image: torch.Tensor, matrices: list[Optional[torch.Tensor]])
 
     Along an axis, out = M @ values with M [out, in]: a convolution (banded M) or a resampling. One
     matrix product per axis is far faster on CPUs than a depthwise convolution or F.interpolate,
-    forward and backward, and it is differentiable and device-agnostic.
+    forward and backward, and it is differentiable and device-agnostic. The tensor is viewed as
+    [before, axis, after] so that no axis is ever moved: no copies, forward or backward (2-3x faster
+    than moving each axis last).
     """
     out = image
     for axis, matrix in enumerate(matrices):
-        if matrix is not None:
-            dim = 2 + axis
-            out = (out.movedim(dim, -1) @ matrix.to(out.dtype).T).movedim(-1, dim)
+        if matrix is None:
+            continue
+        dim = 2 + axis
+        shape = list(out.shape)
+        before, after = math.prod(shape[:dim]), math.prod(shape[dim + 1:])
+        matrix = matrix.to(out.dtype)
+        if after == 1:
+            flat = out.reshape(before, shape[dim]) @ matrix.T
+        else:
+            flat = matrix @ out.reshape(before, shape[dim], after)
+        shape[dim] = matrix.shape[0]
+        out = flat.reshape(shape)
     return out
 
 

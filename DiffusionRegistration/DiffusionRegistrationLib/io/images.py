@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -114,23 +115,36 @@ class Image:
         return cls(sitk.GetArrayFromImage(image), Grid.from_sitk(image), path)
 
 
+_HIDING = threading.Lock()
+_hidden: dict[str, int] = {"depth": 0, "saved": -1}
+
+
 @contextmanager
 def itk_messages_hidden() -> Iterator[None]:
     """Hides what ITK and its HDF5/MetaIO libraries print on the process's stderr during the block: their
-    failures reach us as exceptions, and the command line promises one `error:` line."""
-    sys.stderr.flush()
+    failures reach us as exceptions, and the command line promises one `error:` line.
+
+    Blocks may overlap in several threads (outputs are written side by side): the first one in points
+    stderr at the null device and the last one out restores it, so no thread restores another's null."""
+    with _HIDING:
+        if _hidden["depth"] == 0:
+            sys.stderr.flush()
+            try:
+                _hidden["saved"] = os.dup(2)
+                with open(os.devnull, "wb") as sink:
+                    os.dup2(sink.fileno(), 2)
+            except OSError:
+                _hidden["saved"] = -1
+        _hidden["depth"] += 1
     try:
-        saved = os.dup(2)
-    except OSError:
-        yield
-        return
-    try:
-        with open(os.devnull, "wb") as sink:
-            os.dup2(sink.fileno(), 2)
         yield
     finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+        with _HIDING:
+            _hidden["depth"] -= 1
+            if _hidden["depth"] == 0 and _hidden["saved"] >= 0:
+                os.dup2(_hidden["saved"], 2)
+                os.close(_hidden["saved"])
+                _hidden["saved"] = -1
 
 
 def _read_sitk(path: Path, role: str) -> sitk.Image:
@@ -249,7 +263,7 @@ def write_image(image: Image | sitk.Image, path: str | os.PathLike) -> Path:
     with atomic_path(path) as temporary:
         try:
             with itk_messages_hidden():
-                sitk.WriteImage(sitk_image, str(temporary), useCompression=True)
+                sitk.WriteImage(sitk_image, str(temporary), useCompression=True, imageIO=image_io(path))
         except RuntimeError as error:
             raise unwritable(path, error) from None
         check_written(sitk_image, temporary, path)
@@ -257,6 +271,16 @@ def write_image(image: Image | sitk.Image, path: str | os.PathLike) -> Path:
 
 
 IMAGE_WRITE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+_IMAGE_IOS = {".nii.gz": "NiftiImageIO", ".nii": "NiftiImageIO", ".nrrd": "NrrdImageIO", ".nhdr": "NrrdImageIO",
+              ".mha": "MetaImageIO", ".mhd": "MetaImageIO", ".png": "PNGImageIO"}
+
+
+def image_io(path: str | os.PathLike) -> str:
+    """ITK's reader/writer for a file name ('' for ITK's choice). Naming it skips ITK's probing of every
+    format, which opens the file with the HDF5 library: not thread-safe, and the outputs are written by
+    several threads while another writes an HDF5 transform."""
+    name = Path(path).name.lower()
+    return next((io for suffix, io in _IMAGE_IOS.items() if name.endswith(suffix)), "")
 
 
 def unwritable(path: str | os.PathLike, error: RuntimeError) -> RegistrationError:
@@ -272,7 +296,7 @@ def check_written(expected: sitk.Image, temporary: Path, final: str | os.PathLik
         if temporary.suffix.lower() != ".png":
             check_image_file(temporary, "written file", finite=False)
         with itk_messages_hidden():
-            back = sitk.ReadImage(str(temporary))
+            back = sitk.ReadImage(str(temporary), imageIO=image_io(final))
     except (RegistrationError, RuntimeError) as error:
         raise not_as_written(final, f" ({str(error).strip().splitlines()[-1]})") from None
     same = (back.GetSize() == expected.GetSize()

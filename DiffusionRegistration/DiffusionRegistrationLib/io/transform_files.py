@@ -15,7 +15,7 @@ import SimpleITK as sitk
 from ..errors import RegistrationError
 from .atomic import atomic_path, not_as_written, reserve
 from .image_headers import check_image_file
-from .images import Grid, check_written, itk_messages_hidden, unwritable
+from .images import Grid, check_written, image_io, itk_messages_hidden, unwritable
 
 FIELD_SUFFIXES = (".h5", ".hdf5")
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
@@ -54,7 +54,7 @@ def write_displacement(displacement: np.ndarray, grid: Grid, path: str | os.Path
                     sitk.WriteTransform(displacement_transform(displacement, grid), str(temporary))
                 else:
                     image = sitk.Cast(field_image(displacement, grid), sitk.sitkVectorFloat32)
-                    sitk.WriteImage(image, str(temporary), useCompression=True)
+                    sitk.WriteImage(image, str(temporary), useCompression=True, imageIO=image_io(path))
         except RuntimeError as error:
             raise unwritable(path, error) from None
         if suffix in FIELD_SUFFIXES:

@@ -191,7 +191,7 @@ class LocalNormalizedCrossCorrelation(Similarity):
         inverse, mean_f, var_f = self._fixed.get(lambda: self._fixed_moments(fixed, mask, kernels), fixed, mask)
         weighted = warped if mask is None else warped * mask
         moments = separable_filter(torch.cat([weighted, weighted * warped, weighted * fixed], 1), kernels) * inverse
-        mean_w, square_w, cross = moments[:, :c], moments[:, c:2 * c], moments[:, 2 * c:]
+        mean_w, square_w, cross = moments.split(c, 1)  # one backward for the three (slices: three zero-filled copies)
         var_w = (square_w - mean_w * mean_w).clamp_min(0.0)
         cov = cross - mean_f * mean_w
         local = cov * torch.rsqrt((var_f + self.eps) * (var_w + self.eps))

@@ -1,0 +1,62 @@
+"""The torch geometry's fast paths against independent references: separable filtering against scipy,
+grid sampling cut into one piece per thread against a single torch grid_sample call."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from DiffusionRegistrationLib.geometry import spatial
+from DiffusionRegistrationLib.geometry.spatial import gaussian_kernel1d, sample, separable_filter
+
+
+@pytest.fixture
+def threads():
+    previous = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 9, 14, 11), (1, 2, 17, 12), (1, 1, 40, 5, 8)])
+def test_separable_filter_is_scipy_zero_padded_correlation_forward_and_backward(shape):
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand(*shape, dtype=torch.float64, generator=generator).requires_grad_(True)
+    weights = torch.rand(*shape, dtype=torch.float64, generator=generator)
+    kernels = [gaussian_kernel1d(sigma, dtype=torch.float64) for sigma in (1.5, 0.7, 2.0)[:len(shape) - 2]]
+    filtered = separable_filter(image, kernels)
+
+    def scipy_filter(values: np.ndarray) -> np.ndarray:
+        for axis, kernel in enumerate(kernels):
+            values = ndimage.correlate1d(values, kernel.numpy(), axis=2 + axis, mode="constant", cval=0.0)
+        return values
+
+    np.testing.assert_allclose(filtered.detach().numpy(), scipy_filter(image.detach().numpy()), atol=1e-12)
+    gradient, = torch.autograd.grad((filtered * weights).sum(), image)
+    # the adjoint of a correlation with a symmetric kernel and zero padding is the same correlation
+    np.testing.assert_allclose(gradient.numpy(), scipy_filter(weights.numpy()), atol=1e-12)
+
+
+@pytest.mark.parametrize("image_shape, grid_shape", [((1, 2, 40, 50, 30), (1, 67, 45, 35, 3)),
+                                                     ((1, 1, 300, 200), (1, 401, 250, 2)),
+                                                     ((1, 1, 30, 30, 30), (1, 64, 40, 40, 3))])
+@pytest.mark.parametrize("padding_mode", ["border", "zeros"])
+@pytest.mark.parametrize("count", [2, 3])
+def test_sampling_cut_per_thread_equals_one_grid_sample(image_shape, grid_shape, padding_mode, count, threads):
+    threads(count)
+    generator = torch.Generator().manual_seed(1)
+    image = torch.rand(*image_shape, generator=generator)
+    grid = (torch.rand(*grid_shape, generator=generator) * 2.2 - 1.1).requires_grad_(True)
+    assert spatial._chunks(image, grid) == count  # the fast path is the one under test
+    expected = F.grid_sample(image, grid, padding_mode=padding_mode, align_corners=True)
+    got = sample(image, grid, padding_mode=padding_mode)
+    assert got.shape == expected.shape and torch.equal(got, expected)
+    weights = torch.rand(expected.shape, generator=generator)
+    expected_gradient, = torch.autograd.grad((expected * weights).sum(), grid)
+    gradient, = torch.autograd.grad((sample(image, grid, padding_mode=padding_mode) * weights).sum(), grid)
+    assert torch.equal(gradient, expected_gradient)
+
+
+def test_small_or_batched_sampling_is_one_call(threads):
+    threads(2)
+    assert spatial._chunks(torch.zeros(1, 1, 8, 8, 8), torch.zeros(1, 8, 8, 8, 3)) == 1
+    assert spatial._chunks(torch.zeros(2, 1, 64, 64, 64), torch.zeros(2, 64, 64, 64, 3)) == 1
