@@ -27,7 +27,8 @@ def pair(tmp_path, t1_slice, write_image_file):
 def test_register_writes_every_output_and_follows_the_json_progress_contract(tmp_path, pair, capsys):
     out = tmp_path / "out"
     code = main(["register", "--fixed", pair["fixed"], "--moving", pair["moving"], "--output-dir", str(out),
-                 "--progress", "json", "--inverse", "inverse.h5", "--affine", "affine.tfm", *FAST])
+                 "--progress", "json", "--inverse", "inverse.h5", "--affine", "affine.tfm",
+                 "--vector-field", "transform.nii.gz", *FAST])
     assert code == 0
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert all(set(e) == {"stage", "fraction", "message"} for e in events)
@@ -40,6 +41,9 @@ def test_register_writes_every_output_and_follows_the_json_progress_contract(tmp
         assert (out / name).is_file(), name
     assert set(report["outputs"]) >= {"transform", "warped", "jacobian", "checkerboard", "inverse", "report"}
     transform = sitk.ReadTransform(str(out / "transform.h5"))
+    vectors = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "transform.nii.gz")))
+    np.testing.assert_allclose(vectors, sitk.GetArrayFromImage(transform.Downcast().GetDisplacementField()),
+                               atol=1e-5)  # the same field twice (float32 image, float64 transform)
     centre = pair["image"].grid.center()
     index = np.round(pair["image"].grid.physical_to_index() @ np.append(centre, 1))[:2].astype(int)
     truth_at_centre = pair["truth"][index[1], index[0]]

@@ -36,7 +36,7 @@ def _tre(tmp_path, pair, name: str, *flags: str) -> float:
     code = main(["register", "--fixed", fixed, "--moving", moving, "--output-dir", str(out), "--progress", "none",
                  "--set", "affine=false", *flags])
     assert code == 0
-    estimated, _ = read_displacement(out / "transform.nii.gz")
+    estimated, _ = read_displacement(out / "transform.h5")
     return float(np.linalg.norm(estimated - truth, axis=-1)[tissue].mean())
 
 

@@ -30,7 +30,7 @@ def test_default_on_a_pd_to_t1_pair_warns_and_names_multimodal(tmp_path, t1_slic
 def _field(folder):
     import SimpleITK as sitk
 
-    return sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "transform.nii.gz")))
+    return sitk.GetArrayFromImage(sitk.ReadTransform(str(folder / "transform.h5")).Downcast().GetDisplacementField())
 
 
 def test_a_good_same_contrast_registration_gives_no_warning(t1_slice):

@@ -218,7 +218,7 @@ def run_method(method: str, case: Case, folder: Path) -> dict:
             print(f"WARNING: {method}: its warped image differs from resampling with its field by "
                   f"{row['consistency']:.3f} (relative); the field conversion may be wrong.")
     else:
-        field, _ = read_displacement(work / "transform.nii.gz")
+        field, _ = read_displacement(work / "transform.h5")
         report = json.loads((work / "report.json").read_text())
         row.update(seconds=process_seconds, cpu_seconds=process_cpu, register_seconds=float(report["seconds"]))
     row.update(case.score(np.asarray(field, dtype=np.float64)))

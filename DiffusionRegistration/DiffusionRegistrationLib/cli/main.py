@@ -47,6 +47,8 @@ def _register_parser(subparsers) -> None:
     parser.add_argument("--finetune-steps", type=int, default=0, help="fine-tune the network on this pair")
     parser.add_argument("--transform", default="transform.h5", help="transform file name (.h5, .nii.gz, .mha)")
     parser.add_argument("--warped", default="warped.nii.gz", help="warped moving image file name")
+    parser.add_argument("--vector-field", help="also write the field as a vector image, the ANTs warp format "
+                                               "(e.g. transform.nii.gz)")
     parser.add_argument("--affine", help="also write the affine part alone (e.g. affine.tfm)")
     parser.add_argument("--inverse", help="also write the inverse (moving->fixed) field (e.g. inverse.h5)")
     parser.add_argument("--agreement", action="store_const", const="agreement.nii.gz",
@@ -73,8 +75,8 @@ def _cmd_register(args: argparse.Namespace) -> int:
     moving = read_image(args.moving, "moving image")
     fixed_mask = read_mask(args.fixed_mask, fixed, "fixed mask") if args.fixed_mask else None
     moving_mask = read_mask(args.moving_mask, moving, "moving mask") if args.moving_mask else None
-    request = OutputRequest(transform=args.transform, warped=args.warped, affine=args.affine, inverse=args.inverse,
-                            agreement=args.agreement)
+    request = OutputRequest(transform=args.transform, vector_field=args.vector_field, warped=args.warped,
+                            affine=args.affine, inverse=args.inverse, agreement=args.agreement)
     check_outputs(args.output_dir, request, (args.fixed, args.moving, args.fixed_mask, args.moving_mask),
                   fixed.grid, moving.grid)
     if args.network:

@@ -45,10 +45,10 @@ class RegistrationConfig:
     # deformable stage
     transform: str = "svf"  # svf (diffeomorphic) | displacement | none
     levels: tuple[float, ...] = (4.0, 2.0, 1.0)
-    iterations: tuple[int, ...] = (60, 40, 20)
+    iterations: tuple[int, ...] = (40, 30, 12)
     lr: float = 0.25  # Adam step in voxels of the level being optimised
     control_spacing: float = 4.0  # control grid coarser than the level grid by this factor
-    field_smoothing: float = 3.0  # Gaussian sigma (level voxels) applied to the field parameter
+    field_smoothing: float = 1.5  # Gaussian sigma (level voxels) applied to the field parameter
     regularizer: str = "diffusion"  # diffusion | bending
     regularization: float = 0.3
     integration_steps: int = 6

@@ -27,7 +27,7 @@ class OutputRequest:
     """Which files to write; names are relative to the output folder unless absolute."""
 
     transform: str = "transform.h5"
-    vector_field: Optional[str] = "transform.nii.gz"
+    vector_field: Optional[str] = None  # e.g. "transform.nii.gz": the field again, as a vector image (ANTs)
     warped: Optional[str] = "warped.nii.gz"
     jacobian: Optional[str] = "jacobian.nii.gz"
     checkerboard: Optional[str] = "checkerboard.png"
@@ -46,7 +46,8 @@ def summary(result: Result, determinant: np.ndarray) -> dict[str, Any]:
 
 ROLE_SUFFIXES = {"transform": FIELD_SUFFIXES + IMAGE_SUFFIXES, "vector_field": FIELD_SUFFIXES + IMAGE_SUFFIXES,
                  "inverse": FIELD_SUFFIXES + IMAGE_SUFFIXES, "warped": IMAGE_WRITE_SUFFIXES,
-                 "jacobian": IMAGE_WRITE_SUFFIXES, "agreement": IMAGE_WRITE_SUFFIXES, "checkerboard": (".png",), "affine": AFFINE_SUFFIXES,
+                 "jacobian": IMAGE_WRITE_SUFFIXES, "agreement": IMAGE_WRITE_SUFFIXES, "checkerboard": (".png",),
+                 "affine": AFFINE_SUFFIXES,
                  "report": (".json",)}
 
 
@@ -181,30 +182,26 @@ def write_outputs(result: Result, fixed: Image, moving: Image, output_dir: str |
 def run_concurrently(jobs: list[tuple[Callable[[], object], Path]]) -> None:
     """Runs the writers side by side (compressing and reading back release the GIL: the set is written in
     about half the time on two cores). HDF5 files are written on this thread, one after the other: the
-    HDF5 library in SimpleITK is not thread-safe. The first failure, in the order of `jobs`, is raised once
-    every started writer has stopped; writers not started yet are dropped."""
+    HDF5 library in SimpleITK is not thread-safe. Ctrl-C and SIGTERM take effect once every writer has
+    stopped (a writer cannot be stopped inside ITK, and one that outlived the set's clean-up would leave its
+    file behind). The first failure, in the order of `jobs`, is raised after all of them ran."""
     here = [job for job, path in jobs if path.name.lower().endswith(FIELD_SUFFIXES)]
     elsewhere = [job for job, path in jobs if not path.name.lower().endswith(FIELD_SUFFIXES)]
-    pool = ThreadPoolExecutor(max_workers=max(1, min(len(elsewhere), os.cpu_count() or 1, 4)))
-    try:
-        futures = {job: pool.submit(job) for job in elsewhere}
-        failures: dict[int, BaseException] = {}
+    failures: dict[int, BaseException] = {}
+    workers = max(1, min(len(elsewhere), os.cpu_count() or 1, 4))
+    with signals_held(), ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {id(job): pool.submit(job) for job in elsewhere}
         for job in here:
             try:
                 job()
-            except Exception as error:  # raised below in the order of `jobs`, with the writers' failures
+            except Exception as error:  # raised below, in the order of `jobs`
                 failures[id(job)] = error
-                break
-        for job, future in futures.items():
-            error = future.exception()
-            if error is not None:
-                failures[id(job)] = error
-        for job, _ in jobs:
-            if id(job) in failures:
-                raise failures[id(job)]
-    finally:
-        with signals_held():  # a second Ctrl-C or SIGTERM must not cut this wait short: no writer may outlive
-            pool.shutdown(wait=True, cancel_futures=True)  # the set's clean-up
+        for key, future in futures.items():
+            if future.exception() is not None:
+                failures[key] = future.exception()
+    for job, _ in jobs:
+        if id(job) in failures:
+            raise failures[id(job)]
 
 
 def _write_agreement(fixed: Image, warped: Image, config: dict[str, Any], path: Path) -> None:
