@@ -150,28 +150,28 @@ def write_outputs(result: Result, fixed: Image, moving: Image, output_dir: str |
             written[role] = str(targets[role].resolve())
             return outputs.path(targets[role])
 
-        jobs: list[tuple[Callable[[], object], Path]] = []
+        transforms: list[Callable[[], object]] = []  # HDF5 and ITK's transform readers: not thread-safe
+        images: list[Callable[[], object]] = []
 
-        def add(role: str, writer: Callable[..., object], *arguments: Any) -> None:
-            path = target(role)
-            jobs.append((partial(writer, *arguments, path), path))
+        def add(jobs: list[Callable[[], object]], role: str, writer: Callable[..., object], *arguments: Any) -> None:
+            jobs.append(partial(writer, *arguments, target(role)))
 
-        add("transform", write_displacement, result.displacement, result.fixed_grid)
+        add(transforms, "transform", write_displacement, result.displacement, result.fixed_grid)
         if "vector_field" in targets:
-            add("vector_field", write_displacement, result.displacement, result.fixed_grid)
-        if request.warped:
-            add("warped", write_image, warped)
-        if request.jacobian:
-            add("jacobian", write_image, Image(determinant.astype(np.float32), result.fixed_grid))
+            add(transforms, "vector_field", write_displacement, result.displacement, result.fixed_grid)
         if request.affine and result.affine is not None:
-            add("affine", write_affine, result.affine)
+            add(transforms, "affine", write_affine, result.affine)
         if request.inverse and result.inverse is not None:
-            add("inverse", write_displacement, result.inverse, result.moving_grid)
+            add(transforms, "inverse", write_displacement, result.inverse, result.moving_grid)
+        if request.warped:
+            add(images, "warped", write_image, warped)
+        if request.jacobian:
+            add(images, "jacobian", write_image, Image(determinant.astype(np.float32), result.fixed_grid))
         if request.agreement:
-            add("agreement", _write_agreement, fixed, warped, result.config)
+            add(images, "agreement", _write_agreement, fixed, warped, result.config)
         if request.checkerboard:
-            add("checkerboard", _write_checkerboard, result, fixed, moving, warped)
-        run_concurrently(jobs)
+            add(images, "checkerboard", _write_checkerboard, result, fixed, moving, warped)
+        run_concurrently(transforms, images)
         report = {**summary(result, determinant), **(extra or {}), "fixed": fixed.path, "moving": moving.path}
         report["outputs"] = dict(written, report=str(targets["report"].resolve()))
         write_json(target("report"), report, default=_json_default)
@@ -179,29 +179,26 @@ def write_outputs(result: Result, fixed: Image, moving: Image, output_dir: str |
     return written
 
 
-def run_concurrently(jobs: list[tuple[Callable[[], object], Path]]) -> None:
-    """Runs the writers side by side (compressing and reading back release the GIL: the set is written in
-    about half the time on two cores). HDF5 files are written on this thread, one after the other: the
-    HDF5 library in SimpleITK is not thread-safe. Ctrl-C and SIGTERM take effect once every writer has
-    stopped (a writer cannot be stopped inside ITK, and one that outlived the set's clean-up would leave its
-    file behind). The first failure, in the order of `jobs`, is raised after all of them ran."""
-    here = [job for job, path in jobs if path.name.lower().endswith(FIELD_SUFFIXES)]
-    elsewhere = [job for job, path in jobs if not path.name.lower().endswith(FIELD_SUFFIXES)]
-    failures: dict[int, BaseException] = {}
+def run_concurrently(here: list[Callable[[], object]], elsewhere: list[Callable[[], object]]) -> None:
+    """Runs the `elsewhere` writers on worker threads (compressing and reading back release the GIL: the set
+    is written in about half the time on two cores) while this thread runs `here`, one after the other:
+    writers that may reach the HDF5 library, which is not thread-safe in SimpleITK (ITK probes every
+    transform format, HDF5's included, when it reads a transform back). Ctrl-C and SIGTERM take effect once
+    every writer has stopped (a writer cannot be stopped inside ITK, and one that outlived the set's
+    clean-up would leave its file behind). The first failure (those of `here` first) is raised at the end."""
+    failures: list[BaseException] = []
     workers = max(1, min(len(elsewhere), os.cpu_count() or 1, 4))
     with signals_held(), ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = {id(job): pool.submit(job) for job in elsewhere}
+        futures = [pool.submit(job) for job in elsewhere]
         for job in here:
             try:
                 job()
-            except Exception as error:  # raised below, in the order of `jobs`
-                failures[id(job)] = error
-        for key, future in futures.items():
-            if future.exception() is not None:
-                failures[key] = future.exception()
-    for job, _ in jobs:
-        if id(job) in failures:
-            raise failures[id(job)]
+            except Exception as error:
+                failures.append(error)
+                break
+        failures += [future.exception() for future in futures if future.exception() is not None]
+    if failures:
+        raise failures[0]
 
 
 def _write_agreement(fixed: Image, warped: Image, config: dict[str, Any], path: Path) -> None:
