@@ -50,7 +50,6 @@ def level_parts(level, repeats: int) -> dict[str, float]:
     import torch
 
     from DiffusionRegistrationLib.engine.optimizer import CosineAdam
-    from DiffusionRegistrationLib.engine.registration import mask_at
     from DiffusionRegistrationLib.geometry.spatial import sample
 
     dense, similarity = level.dense, level.similarity
@@ -66,7 +65,7 @@ def level_parts(level, repeats: int) -> dict[str, float]:
     moving_u = normalised.detach().requires_grad_(True)
     parts["sampling grid"] = _timed(lambda: level.sampling(moving_u), repeats)
     sampling = level.sampling(normalised).detach().requires_grad_(True)
-    mask = mask_at(level.fixed_mask, level.moving_mask, sampling)
+    mask = level.mask
     parts["grid_sample"] = _timed(lambda: sample(level.moving, sampling), repeats)
     parts["grid_sample backward"] = _timed(
         lambda: torch.autograd.grad(sample(level.moving, sampling).sum(), sampling), repeats) - parts["grid_sample"]

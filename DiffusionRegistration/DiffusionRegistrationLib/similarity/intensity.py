@@ -185,10 +185,11 @@ class LocalNormalizedCrossCorrelation(Similarity):
         return inverse, mean, (square - mean * mean).clamp_min(0.0)
 
     def forward(self, fixed: Tensor, warped: Tensor, mask: Optional[Tensor] = None) -> Tensor:
-        mask = _mask_weights("lncc", fixed, warped, mask)
+        given, mask = mask, _mask_weights("lncc", fixed, warped, mask)
         c = fixed.shape[1]
         kernels = self._kernels(fixed)
-        inverse, mean_f, var_f = self._fixed.get(lambda: self._fixed_moments(fixed, mask, kernels), fixed, mask)
+        # keyed on the mask as given (the weights are a new tensor at every call)
+        inverse, mean_f, var_f = self._fixed.get(lambda: self._fixed_moments(fixed, mask, kernels), fixed, given)
         weighted = warped if mask is None else warped * mask
         moments = separable_filter(torch.cat([weighted, weighted * warped, weighted * fixed], 1), kernels) * inverse
         mean_w, square_w, cross = moments.split(c, 1)  # one backward for the three (slices: three zero-filled copies)
