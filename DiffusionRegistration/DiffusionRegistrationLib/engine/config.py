@@ -58,8 +58,10 @@ class RegistrationConfig:
     # images and run
     normalize: bool = True
     # measure similarity only where the moving image is non-zero (a skull-stripped or masked moving
-    # image against a fixed image that shows more anatomy); ignored when a moving mask is given
-    moving_foreground_mask: bool = False
+    # image against a fixed image that shows more anatomy); ignored when a moving mask is given. "auto":
+    # when the moving image has far more zero voxels than the fixed one (engine.registration.cut_out);
+    # the report's config holds what was decided.
+    moving_foreground_mask: Union[bool, str] = "auto"
     percentiles: tuple[float, float] = (0.5, 99.5)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0
@@ -100,13 +102,14 @@ class Preset(NamedTuple):
 
 
 PRESETS: dict[str, Preset] = {
-    "default": Preset("same contrast: local NCC, stationary velocity field, three levels", {}),
+    "default": Preset("same contrast: local NCC, stationary velocity field, three levels; a skull-stripped moving "
+                      "image onto one with more anatomy is masked (moving_foreground_mask=auto)", {}),
     "fast": Preset("same contrast, two levels and fewer steps",
                    {"levels": (4.0, 2.0), "iterations": (60, 40), "affine_iterations": (50, 20)}),
     "accurate": Preset("same contrast, more steps and a finer control grid",
                        {"iterations": (150, 100, 50), "control_spacing": 2.0, "tolerance": 2e-5}),
-    "stripped": Preset("a skull-stripped (or masked) moving image against a fixed image with more anatomy: "
-                       "similarity only where the moving image is non-zero", {"moving_foreground_mask": True}),
+    "stripped": Preset("similarity only where the moving image is non-zero, always (default decides from the "
+                       "share of zero voxels)", {"moving_foreground_mask": True}),
     "multimodal": Preset("different contrasts: MIND descriptors, mutual information for the affine stage",
                          {"similarity": "mind", "affine_similarity": "mi"}),
     # The regulariser weight is the paper's 3D lambda; it needs the weights (`diffreg models download`).

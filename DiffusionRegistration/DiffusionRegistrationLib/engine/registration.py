@@ -13,6 +13,7 @@ draw comes from the similarity's own generator, seeded from `config.seed`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
@@ -360,16 +361,35 @@ def _result(run: Run, fixed: Image, moving: Image, affine: AffineTransform, dens
     return result
 
 
+# moving_foreground_mask="auto" masks a moving image with at least this share of zero voxels and this many
+# times the fixed image's share. Colin27 skull-stripped onto Colin27 with skull: 0.76 against 0.41 (masked);
+# both skull-stripped: 0.76 against 0.73, MNI152 onto Colin27: 0.79 against 0.76 (not masked: no gain, and the
+# masked LNCC costs about 7 % more); the BrainWeb slices: 0.003 and 0.011.
+CUT_OUT_ZEROS = 0.2
+CUT_OUT_RATIO = 1.5
+
+
+def cut_out(fixed: Image, moving: Image) -> bool:
+    """Whether `moving` looks cut out of a larger scene (skull-stripped or masked) that `fixed` shows."""
+    moving_zeros, fixed_zeros = float((moving.array == 0).mean()), float((fixed.array == 0).mean())
+    return moving_zeros >= CUT_OUT_ZEROS and moving_zeros >= CUT_OUT_RATIO * fixed_zeros
+
+
 def _check_inputs(fixed: Image, moving: Image, fixed_mask: Optional[Image], moving_mask: Optional[Image],
-                  config: RegistrationConfig) -> tuple[Optional[Image], Optional[Image]]:
+                  config: RegistrationConfig) -> tuple[Optional[Image], Optional[Image], RegistrationConfig]:
+    """Checked masks, and the config with moving_foreground_mask decided (what the report shows)."""
     if fixed.dim != moving.dim:
         raise RegistrationError(f"fixed {fixed.name} is {fixed.dim}D but moving {moving.name} is {moving.dim}D; "
                                 "register images of the same dimension.")
     fixed_mask = None if fixed_mask is None else check_mask(fixed_mask, fixed, "fixed mask")
     moving_mask = None if moving_mask is None else check_mask(moving_mask, moving, "moving mask")
-    if moving_mask is None and config.moving_foreground_mask:
+    foreground = config.moving_foreground_mask
+    if foreground == "auto":
+        foreground = moving_mask is None and cut_out(fixed, moving)
+        config = dataclasses.replace(config, moving_foreground_mask=foreground)
+    if moving_mask is None and foreground:
         moving_mask = moving.with_array((moving.array != 0).astype(np.float32))
-    return fixed_mask, moving_mask
+    return fixed_mask, moving_mask, config
 
 
 def register(fixed: Image, moving: Image, config: Optional[RegistrationConfig] = None,
@@ -382,7 +402,7 @@ def register(fixed: Image, moving: Image, config: Optional[RegistrationConfig] =
     """
     config = _checked_arguments(fixed, moving, config, fixed_mask, moving_mask)
     start = time.perf_counter()
-    fixed_mask, moving_mask = _check_inputs(fixed, moving, fixed_mask, moving_mask, config)
+    fixed_mask, moving_mask, config = _check_inputs(fixed, moving, fixed_mask, moving_mask, config)
     device = resolve_device(config.device)
     with torch_threads(config.threads):
         run = Run(prepare(fixed, fixed_mask, config, device), prepare(moving, moving_mask, config, device),

@@ -100,12 +100,18 @@ class Choice:
 
 @dataclass(frozen=True)
 class Flag:
-    def describe(self) -> str:
-        return "true or false"
+    """true or false; with `auto`, also the word "auto" (decided from the images)."""
 
-    def check(self, name: str, value: Any) -> bool:
+    auto: bool = False
+
+    def describe(self) -> str:
+        return "true, false or auto" if self.auto else "true or false"
+
+    def check(self, name: str, value: Any) -> Any:
+        if self.auto and value == "auto":
+            return value
         if not isinstance(value, bool):
-            raise _refuse(name, value, "is not true or false", self.describe())
+            raise _refuse(name, value, f"is not {self.describe()}", self.describe())
         return value
 
 
@@ -188,7 +194,7 @@ SETTINGS: dict[str, Any] = {
     "tolerance": Number(float, 0, 1),
     "patience": Number(int, 1, 100_000),
     "normalize": Flag(),
-    "moving_foreground_mask": Flag(),
+    "moving_foreground_mask": Flag(auto=True),
     "percentiles": Numbers(Number(float, 0, 100), length=2),
     "device": Device(),
     "seed": Number(int, 0, 2**32 - 1),
