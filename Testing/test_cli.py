@@ -210,3 +210,19 @@ def test_openmp_threads_spin_briefly_unless_the_user_chose(monkeypatch):
     monkeypatch.setenv("GOMP_SPINCOUNT", "INFINITE")
     openmp_waiting()
     assert (os.environ["OMP_WAIT_POLICY"], os.environ["GOMP_SPINCOUNT"]) == ("ACTIVE", "INFINITE")
+
+
+def test_the_command_ends_at_once_with_its_code_and_everything_it_printed(tmp_path):
+    """`python -m DiffusionRegistrationLib` ends with os._exit (no interpreter teardown): piped output must
+    still arrive whole, and the exit code must be main()'s."""
+    from DiffusionRegistrationLib.engine.config import PRESETS
+
+    listed = subprocess.run([sys.executable, "-m", "DiffusionRegistrationLib", "presets"], capture_output=True,
+                            text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    assert all(name in listed.stdout for name in PRESETS)
+    failed = subprocess.run([sys.executable, "-m", "DiffusionRegistrationLib", "register", "--fixed",
+                             str(tmp_path / "absent.nii.gz"), "--moving", str(tmp_path / "absent.nii.gz"),
+                             "--output-dir", str(tmp_path / "out")], capture_output=True, text=True, timeout=60)
+    assert failed.returncode == 2
+    assert failed.stderr.startswith("error: ") and "absent.nii.gz" in failed.stderr

@@ -1,6 +1,4 @@
 """`python -m DiffusionRegistrationLib` is the `diffreg` command."""
-import sys
+from .cli.main import run
 
-from .cli.main import main
-
-sys.exit(main())
+run()

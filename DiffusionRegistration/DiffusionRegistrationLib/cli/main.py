@@ -284,5 +284,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                      json_events)
 
 
+def run() -> None:
+    """The `diffreg` command: `main()`, then the process ends at once with its exit code. Python's own
+    teardown with torch and SimpleITK loaded takes 0.25-0.3 s (measured: `import torch, SimpleITK` 1.15 s
+    as a process, 0.89 s ending with os._exit), 7 % of a 2 mm registration; every file is closed and every
+    output committed by then. An unexpected exception still ends the usual way, with its traceback."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
