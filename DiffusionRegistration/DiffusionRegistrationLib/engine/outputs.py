@@ -196,7 +196,7 @@ def run_concurrently(here: list[Callable[[], object]], elsewhere: list[Callable[
             except Exception as error:
                 failures.append(error)
                 break
-        failures += [future.exception() for future in futures if future.exception() is not None]
+        failures += filter(None, (future.exception() for future in futures))
     if failures:
         raise failures[0]
 

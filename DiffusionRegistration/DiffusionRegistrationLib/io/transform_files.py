@@ -15,7 +15,7 @@ import SimpleITK as sitk
 from ..errors import RegistrationError
 from .atomic import atomic_path, not_as_written, reserve
 from .image_headers import check_image_file
-from .images import Grid, check_written, image_io, itk_messages_hidden, unwritable
+from .images import Grid, itk_messages_hidden, unwritable, write_image
 
 FIELD_SUFFIXES = (".h5", ".hdf5")
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
@@ -43,31 +43,24 @@ def displacement_transform(displacement: np.ndarray, grid: Grid) -> sitk.Displac
 def write_displacement(displacement: np.ndarray, grid: Grid, path: str | os.PathLike) -> Path:
     """Writes a fixed->moving displacement field as an ITK transform (.h5) or a vector image, atomically."""
     path = Path(path)
-    suffix = _suffix(path)
     check_transform_name(path)
+    if _suffix(path) not in FIELD_SUFFIXES:
+        return write_image(sitk.Cast(field_image(displacement, grid), sitk.sitkVectorFloat32), path)
     with atomic_path(path) as temporary:
-        if suffix in FIELD_SUFFIXES:
-            reserve(temporary, displacement.size * 8 + HDF5_OVERHEAD, path)
+        reserve(temporary, displacement.size * 8 + HDF5_OVERHEAD, path)
         try:
             with itk_messages_hidden():
-                if suffix in FIELD_SUFFIXES:
-                    sitk.WriteTransform(displacement_transform(displacement, grid), str(temporary))
-                else:
-                    image = sitk.Cast(field_image(displacement, grid), sitk.sitkVectorFloat32)
-                    sitk.WriteImage(image, str(temporary), useCompression=True, imageIO=image_io(path))
+                sitk.WriteTransform(displacement_transform(displacement, grid), str(temporary))
         except RuntimeError as error:
             raise unwritable(path, error) from None
-        if suffix in FIELD_SUFFIXES:
-            try:
-                with itk_messages_hidden():
-                    back = sitk.ReadTransform(str(temporary))
-                back_field = sitk.GetArrayFromImage(back.Downcast().GetDisplacementField())
-            except (RuntimeError, AttributeError) as error:
-                raise not_as_written(path, f" ({str(error).strip().splitlines()[-1] if str(error).strip() else ''})") from None
-            if not np.array_equal(back_field, displacement.astype(np.float64)):
-                raise not_as_written(path, " (other field values)")
-        else:
-            check_written(image, temporary, path)
+        try:
+            with itk_messages_hidden():
+                back = sitk.ReadTransform(str(temporary))
+            back_field = sitk.GetArrayFromImage(back.Downcast().GetDisplacementField())
+        except (RuntimeError, AttributeError) as error:
+            raise not_as_written(path, f" ({str(error).strip().splitlines()[-1] if str(error).strip() else ''})") from None
+        if not np.array_equal(back_field, displacement.astype(np.float64)):
+            raise not_as_written(path, " (other field values)")
     return path
 
 
