@@ -217,12 +217,14 @@ def test_the_command_ends_at_once_with_its_code_and_everything_it_printed(tmp_pa
     still arrive whole, and the exit code must be main()'s."""
     from DiffusionRegistrationLib.engine.config import PRESETS
 
+    buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # as a user's shell has it
     listed = subprocess.run([sys.executable, "-m", "DiffusionRegistrationLib", "presets"], capture_output=True,
-                            text=True, timeout=60)
+                            text=True, timeout=60, env=buffered)
     assert listed.returncode == 0, listed.stderr
     assert all(name in listed.stdout for name in PRESETS)
     failed = subprocess.run([sys.executable, "-m", "DiffusionRegistrationLib", "register", "--fixed",
                              str(tmp_path / "absent.nii.gz"), "--moving", str(tmp_path / "absent.nii.gz"),
-                             "--output-dir", str(tmp_path / "out")], capture_output=True, text=True, timeout=60)
+                             "--output-dir", str(tmp_path / "out")], capture_output=True, text=True, timeout=60,
+                            env=buffered)
     assert failed.returncode == 2
     assert failed.stderr.startswith("error: ") and "absent.nii.gz" in failed.stderr
