@@ -644,7 +644,7 @@ class DiffusionRegistrationTest(ScriptedLoadableModuleTest):
             self.delayDisplay(_("Skipped the registration test: {reason}.").format(reason=reason))
             return
         import numpy as np
-        from DiffusionRegistrationLib.io.images import Grid, Image
+        from DiffusionRegistrationLib.core.image import Grid, Image
         from DiffusionRegistrationLib.slicer import image_from_volume_node, volume_node_from_image
 
         self.delayDisplay("Creating a blob volume and a copy shifted by (3, -2, 2) voxels")

@@ -3,7 +3,8 @@ import pytest
 import SimpleITK as sitk
 
 from DiffusionRegistrationLib.io.data import COLIN_BET, ITK_PD_SLICE, ITK_T1_SLICE, data_file
-from DiffusionRegistrationLib.io.images import Image, read_image
+from DiffusionRegistrationLib.core.image import Image
+from DiffusionRegistrationLib.io.images import read_image
 
 
 def _shrunk(path, factor: int) -> Image:

@@ -8,7 +8,7 @@ import pytest
 from scipy import ndimage
 
 from DiffusionRegistrationLib.engine.agreement import agreement_map
-from DiffusionRegistrationLib.io.images import Image
+from DiffusionRegistrationLib.core.image import Image
 
 SMALL_ADM = {"similarity": "diffusion", "similarity_params": {"extractor": {"backbone": "adm-small-random", "seed": 1},
                                                                "cache": False}}

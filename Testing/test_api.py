@@ -12,7 +12,7 @@ import SimpleITK as sitk
 
 from DiffusionRegistrationLib.geometry.metrics import field_mapping
 from DiffusionRegistrationLib.geometry.synthetic import random_smooth_displacement, warp_with_displacement
-from DiffusionRegistrationLib.io.images import Image
+from DiffusionRegistrationLib.core.image import Image
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 
 from DiffusionRegistrationLib.cli.main import main, openmp_waiting
-from DiffusionRegistrationLib.io.images import Image
+from DiffusionRegistrationLib.core.image import Image
 from DiffusionRegistrationLib.geometry.synthetic import random_smooth_displacement, warp_with_displacement
 
 FAST = ["--preset", "fast", "--similarity", "mse", "--set", "affine=false", "--set", "regularization=0.01"]

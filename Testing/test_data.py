@@ -5,7 +5,7 @@ import SimpleITK as sitk
 
 from DiffusionRegistrationLib.io.data import COLIN_BET, data_file, data_root, resample_isotropic
 from DiffusionRegistrationLib.errors import RegistrationError
-from DiffusionRegistrationLib.io.images import Grid, Image
+from DiffusionRegistrationLib.core.image import Grid, Image
 
 
 def test_missing_data_names_the_setup_command(tmp_path, monkeypatch):

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from DiffusionRegistrationLib.features.adm_extractor import AdmExtractor
 from DiffusionRegistrationLib.similarity.diffusion import (DiffusionFeatureSimilarity, feature_weights,
                                                           lncc_loss)
-from DiffusionRegistrationLib.io.images import Grid
+from DiffusionRegistrationLib.core.image import Grid
 from DiffusionRegistrationLib.similarity import build_similarity
 
 

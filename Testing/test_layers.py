@@ -6,7 +6,7 @@ from pathlib import Path
 LIB = Path(__file__).resolve().parents[1] / "DiffusionRegistration" / "DiffusionRegistrationLib"
 # top -> bottom; the two front ends (cli, slicer) and the base modules (errors, progress) share a rank each
 LAYERS = [("cli", "slicer"), ("api",), ("network",), ("engine",), ("similarity",), ("features",), ("geometry",),
-          ("io",), ("errors", "progress")]
+          ("io",), ("core", "errors", "progress")]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 
 

@@ -19,7 +19,7 @@ slicer = pytest.importorskip("slicer", reason="slicer-core (the MRML library fro
 
 import fake_slicer_app  # noqa: E402
 from DiffusionRegistrationLib.io.data import COLIN_BET, data_root  # noqa: E402
-from DiffusionRegistrationLib.io.images import Image  # noqa: E402
+from DiffusionRegistrationLib.core.image import Image  # noqa: E402
 from DiffusionRegistrationLib.slicer import image_from_volume_node, volume_node_from_image  # noqa: E402
 from DiffusionRegistrationLib.slicer.process_runner import Finished  # noqa: E402
 from DiffusionRegistrationLib.progress import Progress  # noqa: E402

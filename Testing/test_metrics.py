@@ -4,7 +4,7 @@ import pytest
 import SimpleITK as sitk
 
 from DiffusionRegistrationLib.errors import RegistrationError
-from DiffusionRegistrationLib.io.images import Grid
+from DiffusionRegistrationLib.core.image import Grid
 from DiffusionRegistrationLib.geometry.metrics import (dice_per_label, displacement_gradient, field_mapping,
                                                        field_tre, folding, jacobian_determinant, landmark_tre,
                                                        mask_dice, mean_dice)

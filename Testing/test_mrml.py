@@ -7,7 +7,7 @@ import pytest
 sitk = pytest.importorskip("SimpleITK")
 slicer = pytest.importorskip("slicer", reason="slicer-core (the MRML library from PyPI) is not installed")
 
-from DiffusionRegistrationLib.io.images import Grid, Image  # noqa: E402
+from DiffusionRegistrationLib.core.image import Grid, Image  # noqa: E402
 from DiffusionRegistrationLib.slicer import (  # noqa: E402
     checkerboard_array, checkerboard_volume, displacement_from_grid_transform, grid_transform_from_displacement,
     image_from_volume_node, load_scene, load_transform, save_scene, set_registration_references,

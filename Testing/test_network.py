@@ -19,7 +19,8 @@ import torch
 
 from DiffusionRegistrationLib.io.data import ITK_T1_SLICE, data_file
 from DiffusionRegistrationLib.errors import RegistrationError
-from DiffusionRegistrationLib.io.images import Grid, Image, normalize, read_image, write_image
+from DiffusionRegistrationLib.core.image import Grid, Image
+from DiffusionRegistrationLib.io.images import normalize, read_image, write_image
 from DiffusionRegistrationLib.geometry.metrics import field_tre
 from DiffusionRegistrationLib.network.batch import run_batch
 from DiffusionRegistrationLib.network.data import Augmentation, SyntheticPairDataset, pull_onto, synthetic_cases

@@ -7,7 +7,7 @@ from scipy.linalg import expm
 
 from DiffusionRegistrationLib.engine.config import make_config
 from DiffusionRegistrationLib.errors import Cancelled, RegistrationError
-from DiffusionRegistrationLib.io.images import Grid, Image
+from DiffusionRegistrationLib.core.image import Grid, Image
 from DiffusionRegistrationLib.engine.registration import level_plan, register
 from DiffusionRegistrationLib.geometry.spatial import physical_points
 from DiffusionRegistrationLib.geometry.synthetic import random_smooth_displacement, warp_with_displacement

@@ -17,7 +17,7 @@ slicer = pytest.importorskip("slicer", reason="slicer-core (the MRML library fro
 from DiffusionRegistrationLib.cli.main import main as diffreg  # noqa: E402
 from DiffusionRegistrationLib.engine.agreement import agreement_map  # noqa: E402
 from DiffusionRegistrationLib.geometry.synthetic import random_smooth_displacement, warp_with_displacement  # noqa: E402
-from DiffusionRegistrationLib.io.images import Image  # noqa: E402
+from DiffusionRegistrationLib.core.image import Image  # noqa: E402
 from DiffusionRegistrationLib.slicer import image_from_volume_node, volume_node_from_image  # noqa: E402
 from DiffusionRegistrationLib.slicer import job as job_module  # noqa: E402
 from DiffusionRegistrationLib.slicer.job import JOB_FILE, RegistrationJob  # noqa: E402

@@ -5,7 +5,8 @@ import SimpleITK as sitk
 
 from DiffusionRegistrationLib.io.data import COLIN_AAL, COLIN_BET, data_file, resample_isotropic
 from DiffusionRegistrationLib.errors import RegistrationError
-from DiffusionRegistrationLib.io.images import Grid, Image, read_image
+from DiffusionRegistrationLib.core.image import Grid, Image
+from DiffusionRegistrationLib.io.images import read_image
 from DiffusionRegistrationLib.geometry.synthetic import random_smooth_displacement, warp_with_displacement
 
 LPS_FLIPPED = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)  # how a NIfTI in RAS reads in ITK

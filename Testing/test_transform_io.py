@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from DiffusionRegistrationLib.io.images import Grid, Image
+from DiffusionRegistrationLib.core.image import Grid, Image
 from DiffusionRegistrationLib.engine.result import Result
 from DiffusionRegistrationLib.geometry.spatial import physical_points
 from DiffusionRegistrationLib.io.transform_files import read_displacement, write_affine, write_displacement

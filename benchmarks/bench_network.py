@@ -36,7 +36,8 @@ sys.path.insert(0, str(ROOT / "DiffusionRegistration"))
 
 from DiffusionRegistrationLib.engine.config import make_config  # noqa: E402
 from DiffusionRegistrationLib.io.data import COLIN_AAL, COLIN_BET, COLIN_T1, ITK_HEAD, MNI152, data_file  # noqa: E402
-from DiffusionRegistrationLib.io.images import Grid, Image, write_image  # noqa: E402
+from DiffusionRegistrationLib.core.image import Grid, Image  # noqa: E402
+from DiffusionRegistrationLib.io.images import write_image  # noqa: E402
 from DiffusionRegistrationLib.geometry.metrics import dice_per_label, field_tre, mean_dice  # noqa: E402
 from DiffusionRegistrationLib.network.data import Augmentation, SyntheticPairDataset  # noqa: E402
 from DiffusionRegistrationLib.network.inference import load_network, register_with_network  # noqa: E402

@@ -47,7 +47,8 @@ from DiffusionRegistrationLib.geometry.metrics import (dice_per_label, field_tre
 from DiffusionRegistrationLib.geometry.synthetic import random_smooth_displacement, warp_with_displacement  # noqa: E402
 from DiffusionRegistrationLib.io.data import (COLIN_AAL, COLIN_BET, COLIN_T1, ITK_PD_SLICE,  # noqa: E402
                                               ITK_T1_SLICE, data_file, resample_isotropic)
-from DiffusionRegistrationLib.io.images import Image, read_image, write_image  # noqa: E402
+from DiffusionRegistrationLib.core.image import Image  # noqa: E402
+from DiffusionRegistrationLib.io.images import read_image, write_image  # noqa: E402
 from DiffusionRegistrationLib.io.transform_files import read_displacement  # noqa: E402
 from peers import PEERS  # noqa: E402
 

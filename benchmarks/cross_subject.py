@@ -12,7 +12,8 @@ from typing import Optional
 import numpy as np
 
 from DiffusionRegistrationLib.io.data import COLIN_BET, MNI152, data_file, resample_isotropic
-from DiffusionRegistrationLib.io.images import Image, read_image
+from DiffusionRegistrationLib.core.image import Image
+from DiffusionRegistrationLib.io.images import read_image
 from DiffusionRegistrationLib.geometry.metrics import dice_per_label
 from DiffusionRegistrationLib.geometry.synthetic import warp_with_displacement
 

@@ -83,7 +83,8 @@ def registration(device: torch.device, tiny: bool) -> list[dict]:
     from DiffusionRegistrationLib.engine.registration import register
     from DiffusionRegistrationLib.features.adm import ADM_256_UNCOND_FLAGS, ADM_SMALL_FLAGS
     from DiffusionRegistrationLib.io.data import COLIN_BET, COLIN_T1, data_file
-    from DiffusionRegistrationLib.io.images import Image, read_image
+    from DiffusionRegistrationLib.core.image import Image
+    from DiffusionRegistrationLib.io.images import read_image
 
     if tiny:  # Colin27 with skull and skull-stripped at 6 mm, no known field needed for times
         fixed, moving = (Image.from_sitk(sitk.Shrink(read_image(data_file(name)).to_sitk(), [6] * 3), name)

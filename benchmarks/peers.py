@@ -22,7 +22,9 @@ from typing import Callable
 import numpy as np
 import SimpleITK as sitk
 
-from DiffusionRegistrationLib.io.images import Grid, Image, read_image
+from DiffusionRegistrationLib.core.image import Grid, Image
+
+from DiffusionRegistrationLib.io.images import read_image
 from DiffusionRegistrationLib.geometry.synthetic import warp_with_displacement
 
 

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "DiffusionRegistration"))
 
 from DiffusionRegistrationLib.io.data import ITK_PD_SLICE, ITK_T1_SLICE, data_file  # noqa: E402
-from DiffusionRegistrationLib.io.images import Image  # noqa: E402
+from DiffusionRegistrationLib.core.image import Image  # noqa: E402
 
 ICONS = [ROOT / "DiffusionRegistration" / "Resources" / "Icons" / "DiffusionRegistration.png",
          ROOT / "Resources" / "Icons" / "DiffusionRegistration.png"]

@@ -18,7 +18,8 @@ from .engine.config import resolve_config
 from .engine.outputs import OutputRequest, write_outputs
 from .engine.result import Result
 from .errors import RegistrationError
-from .io.images import Image, check_image, check_mask, read_image, read_labels
+from .core.image import Image
+from .io.images import check_image, check_mask, read_image, read_labels
 from .progress import ProgressCallback, silent
 
 if TYPE_CHECKING:

@@ -21,7 +21,8 @@ from ..errors import RegistrationError
 from ..geometry.metrics import dice_per_label, field_tre, mask_dice, mean_dice
 from ..geometry.synthetic import random_smooth_displacement, warp_with_displacement
 from ..io.data import COLIN_AAL, COLIN_BET, COLIN_T1, data_file, resample_isotropic
-from ..io.images import Image, read_image, read_labels, write_image
+from ..core.image import Image
+from ..io.images import read_image, read_labels, write_image
 from ..progress import Progress, ProgressCallback, silent
 
 SPACING_MM, MAX_DISPLACEMENT_MM = 2.0, 8.0

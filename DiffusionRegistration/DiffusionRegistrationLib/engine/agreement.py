@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from ..geometry.spatial import gaussian_smooth
-from ..io.images import Image, normalize
+from ..core.image import Image
+from ..io.images import normalize
 
 EPS = 1e-4  # variance floor for images in [0, 1]
 INTENSITY_SIGMA = 2.0

@@ -16,7 +16,8 @@ import numpy as np
 from ..errors import RegistrationError
 from ..geometry.metrics import folding, jacobian_determinant
 from ..io.atomic import OutputSet, os_error, remove_partial_files, signals_held, write_json
-from ..io.images import IMAGE_WRITE_SUFFIXES, Grid, Image, write_image
+from ..core.image import Grid, Image
+from ..io.images import IMAGE_WRITE_SUFFIXES, write_image
 from ..io.pictures import before_after_checkerboard
 from ..io.transform_files import AFFINE_SUFFIXES, FIELD_SUFFIXES, IMAGE_SUFFIXES, write_affine, write_displacement
 from .result import Result

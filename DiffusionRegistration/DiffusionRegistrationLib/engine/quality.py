@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..geometry.spatial import physical_points
-from ..io.images import Grid, Image
+from ..core.image import Grid, Image
 from .result import Result
 
 MI_BINS = 32

@@ -25,7 +25,8 @@ from ..errors import RegistrationError
 from ..geometry.spatial import gaussian_smooth, physical_points, resample_to, sample, to_sampling_grid
 from ..geometry.transforms import (REGULARIZERS, AffineTransform, DenseTransform, channels_last, resize_field,
                                    sample_field)
-from ..io.images import Grid, Image, check_grid, check_image, check_mask, normalize
+from ..core.image import Grid, Image
+from ..io.images import check_grid, check_image, check_mask, normalize
 from ..progress import Progress, ProgressCallback, silent
 from ..similarity import build_similarity
 from ..similarity.base import Similarity
@@ -419,7 +420,7 @@ def _checked_arguments(fixed: Image, moving: Image, config: Optional[Registratio
     given = {"fixed": fixed, "moving": moving, "fixed_mask": fixed_mask, "moving_mask": moving_mask}
     for name, value in given.items():
         if value is not None and not isinstance(value, Image):
-            raise TypeError(f"register(): {name} must be an Image (io.images.Image or read_image(path)), "
+            raise TypeError(f"register(): {name} must be an Image (core.image.Image or io.images.read_image(path)), "
                             f"not {type(value).__name__}.")
     if config is not None and not isinstance(config, RegistrationConfig):
         raise TypeError(f"register(): config must be a RegistrationConfig (make_config(...)), not "

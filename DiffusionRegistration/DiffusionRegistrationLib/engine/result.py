@@ -9,7 +9,7 @@ import torch
 
 from ..geometry.metrics import field_mapping
 from ..geometry.spatial import physical_points, sample, to_sampling_grid
-from ..io.images import Grid, Image
+from ..core.image import Grid, Image
 
 
 @dataclass

@@ -10,7 +10,7 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 
 from ..errors import RegistrationError
-from ..io.images import Grid
+from ..core.image import Grid
 
 
 def dice_per_label(a: np.ndarray, b: np.ndarray, labels: Optional[Iterable[int]] = None) -> dict[int, float]:

@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ..io.images import Grid
+from ..core.image import Grid
 
 
 def _matrix(grid: Grid, inverse: bool, device, dtype) -> torch.Tensor:

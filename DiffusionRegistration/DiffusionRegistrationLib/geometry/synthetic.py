@@ -13,7 +13,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from ..errors import RegistrationError
-from ..io.images import Grid, Image
+from ..core.image import Grid, Image
 from ..io.transform_files import displacement_transform
 from .metrics import jacobian_determinant
 

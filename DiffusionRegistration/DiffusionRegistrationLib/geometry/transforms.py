@@ -11,7 +11,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..io.images import Grid
+from ..core.image import Grid
 from .spatial import gaussian_smooth, linear_resize_matrix, physical_points, sample, separable_apply, to_sampling_grid
 
 

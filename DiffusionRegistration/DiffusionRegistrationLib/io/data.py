@@ -13,7 +13,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import RegistrationError
-from .images import Grid, Image
+from ..core.image import Grid, Image
 
 _TEMPLATES = "usr/share/mricron/templates"
 _ITK_DATA = "usr/share/doc/insighttoolkit5-examples/examples/Data"

@@ -10,7 +10,7 @@ from PIL import Image as PILImage, ImageDraw
 
 from ..errors import RegistrationError
 from .atomic import atomic_path, not_as_written
-from .images import Grid, Image
+from ..core.image import Grid, Image
 
 
 def checkerboard_array(first: np.ndarray, second: np.ndarray, grid: Grid, square_mm: float) -> np.ndarray:

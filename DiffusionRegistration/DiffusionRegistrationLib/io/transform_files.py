@@ -15,7 +15,8 @@ import SimpleITK as sitk
 from ..errors import RegistrationError
 from .atomic import atomic_path, not_as_written, reserve
 from .image_headers import check_image_file
-from .images import Grid, itk_messages_hidden, unwritable, write_image
+from ..core.image import Grid
+from .images import itk_messages_hidden, unwritable, write_image
 
 FIELD_SUFFIXES = (".h5", ".hdf5")
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")

@@ -23,7 +23,8 @@ from ..geometry.spatial import resample_to, sample
 from ..geometry.synthetic import random_smooth_displacement, warp_with_displacement
 from ..geometry.transforms import resize_field
 from ..io import landmarks
-from ..io.images import Grid, Image, normalize, read_image, read_labels
+from ..core.image import Grid, Image
+from ..io.images import normalize, read_image, read_labels
 from .model import NetworkSpec, identity_points, network_grid, normalised_to_mm, warp
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".png", ".tif", ".tiff", ".jpg")

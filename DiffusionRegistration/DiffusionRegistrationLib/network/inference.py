@@ -23,7 +23,8 @@ from ..errors import RegistrationError
 from ..geometry.metrics import dice_per_label, field_tre, landmark_tre, mean_dice
 from ..geometry.spatial import physical_points, sample, to_sampling_grid
 from ..geometry.transforms import invert_displacement, sample_field
-from ..io.images import Grid, Image, normalize
+from ..core.image import Grid, Image
+from ..io.images import normalize
 from ..progress import Progress, ProgressCallback, silent
 from ..similarity import build_similarity
 from .data import ValidationCase, pull_onto

@@ -10,7 +10,7 @@ import torch
 
 from ..errors import RegistrationError
 from ..geometry.transforms import REGULARIZERS, channels_last
-from ..io.images import Grid
+from ..core.image import Grid
 from ..similarity.base import Similarity
 from .model import identity_points, inverse_consistency, normalised_grid, to_millimetres
 

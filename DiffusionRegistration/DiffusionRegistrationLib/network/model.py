@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from ..errors import RegistrationError
 from ..geometry.spatial import gaussian_smooth, sample
 from ..geometry.transforms import channels_first, channels_last, integrate_velocity, resize_field, sample_field
-from ..io.images import Grid
+from ..core.image import Grid
 
 DEFAULT_SIZE = {2: (128, 128), 3: (96, 112, 96)}
 

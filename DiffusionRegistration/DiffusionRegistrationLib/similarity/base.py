@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 
 from ..geometry.spatial import sample
-from ..io.images import Grid
+from ..core.image import Grid
 
 
 class Similarity(torch.nn.Module):

@@ -47,7 +47,7 @@ from ..features.base import FeatureExtractor
 from ..features.loading import load_extractor
 from ..geometry.spatial import gaussian_smooth, sample
 from ..io.atomic import atomic_path
-from ..io.images import Grid
+from ..core.image import Grid
 from .base import Similarity
 from .registry import build_similarity
 

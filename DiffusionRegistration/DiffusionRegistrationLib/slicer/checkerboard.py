@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..errors import RegistrationError
-from ..io.images import Image
+from ..core.image import Image
 from ..io.pictures import checkerboard_array
 from .volumes import image_from_volume_node, volume_node_from_image
 

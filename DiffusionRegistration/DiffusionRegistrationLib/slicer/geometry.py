@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..io.images import Grid
+from ..core.image import Grid
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 

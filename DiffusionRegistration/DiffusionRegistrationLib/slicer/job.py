@@ -20,7 +20,8 @@ from typing import Callable, Optional
 
 from ..engine.config import save_config
 from ..errors import Cancelled, RegistrationError
-from ..io.images import Image, check_mask, read_image, write_image
+from ..core.image import Image
+from ..io.images import check_mask, read_image, write_image
 from ..progress import Progress
 from .checkerboard import checkerboard_volume
 from .options import RegistrationOptions

@@ -19,7 +19,7 @@ import vtk
 from vtk.util import numpy_support
 
 from ..errors import RegistrationError
-from ..io.images import Grid
+from ..core.image import Grid
 from .geometry import LPS_TO_RAS, grid_from_ijk_to_ras, ijk_to_ras_from_grid
 
 FIXED_ROLE = "Fixed"

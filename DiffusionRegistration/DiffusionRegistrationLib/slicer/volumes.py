@@ -6,7 +6,7 @@ import vtk
 from vtk.util import numpy_support
 
 from ..errors import RegistrationError
-from ..io.images import Image
+from ..core.image import Image
 from .geometry import grid_from_ijk_to_ras, ijk_to_ras_from_grid
 
 

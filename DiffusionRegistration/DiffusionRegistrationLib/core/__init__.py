@@ -1,0 +1,1 @@
+"""The bottom layer's data types, shared by every layer above."""
