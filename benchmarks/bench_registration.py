@@ -1,4 +1,5 @@
-"""Benchmark (issue 12): this project's presets against ANTsPy SyN and elastix, each method in its own process.
+"""Benchmark (issues 12, 20): this project's presets against ANTsPy SyN, elastix and Greedy, each method in its
+own process.
 
 Suites (`--suites`):
 - known2, known1: Colin27 at 2 mm / 1 mm; moving = ch2bet (skull-stripped); fixed = ch2bet ("bet") or ch2
@@ -10,11 +11,12 @@ Suites (`--suites`):
 
 Every method runs as a child process; its peak memory is that process's VmHWM (peak_memory.py). A
 preset is timed as a user runs it: the whole `diffreg register` process (start-up, reading, registration,
-writing every default output). A peer is timed by its registration call alone (ants.registration or
-elastix), without its start-up and without the field conversion done for scoring, so the comparison is
-conservative for this project; the same holds for CPU seconds (a preset: the whole process's user +
-system time; a peer: its call's). `vs SyN` is a method's time (or CPU time) over ANTsPy SyN's on the
-same pair in the same run.
+writing every default output). ANTsPy and elastix are timed by their registration call alone, without
+their start-up and without the field conversion done for scoring, so the comparison is conservative for
+this project; Greedy, whose Python module is its command-line program, by its whole process (start-up,
+reading, affine and deformable runs, writing its matrix and warp), as a preset. The same holds for CPU
+seconds and peak memory. `vs SyN` is a method's time (or CPU time) over ANTsPy SyN's on the same pair in
+the same run.
 
     python benchmarks/bench_registration.py --suites known2,cross2 --seeds 0,1,2 --out results/bench.json
 
@@ -26,10 +28,8 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -50,6 +50,7 @@ from DiffusionRegistrationLib.io.data import (COLIN_AAL, COLIN_BET, COLIN_T1, IT
 from DiffusionRegistrationLib.core.image import Image  # noqa: E402
 from DiffusionRegistrationLib.io.images import read_image, write_image  # noqa: E402
 from DiffusionRegistrationLib.io.transform_files import read_displacement  # noqa: E402
+from peak_memory import run_child  # noqa: E402
 from peers import PEERS  # noqa: E402
 
 SPACING_MM = 2.0
@@ -182,17 +183,6 @@ def build_cases(suites: list[str], seeds: list[int], kinds: list[str], folder: P
     return cases
 
 
-def run_child(command: list[str], log: Path) -> tuple[float, float, int]:
-    """Runs `command`; returns its wall seconds, CPU seconds (user + system) and exit code."""
-    with open(log, "w") as output:
-        start = time.perf_counter()
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)
-        seconds = time.perf_counter() - start
-    process.returncode = os.waitstatus_to_exitcode(status)
-    return seconds, usage.ru_utime + usage.ru_stime, process.returncode
-
-
 def run_method(method: str, case: Case, folder: Path) -> dict:
     """Runs one method on one case in a child process; returns its timings, peak memory and field."""
     work = folder / f"{case.suite}_{case.group}_{case.seed}_{method}"
@@ -215,6 +205,8 @@ def run_method(method: str, case: Case, folder: Path) -> dict:
         field = data["displacement"]
         row.update(seconds=float(data["seconds"]), cpu_seconds=float(data["cpu_seconds"]),
                    consistency=float(data["consistency"]))
+        if "peak_mb" in data:  # the peer ran in a process of its own: its peak, not the scoring wrapper's
+            row["peak_mb"] = float(data["peak_mb"])
         if row["consistency"] > CONSISTENCY_LIMIT:
             print(f"WARNING: {method}: its warped image differs from resampling with its field by "
                   f"{row['consistency']:.3f} (relative); the field conversion may be wrong.")

@@ -3,6 +3,8 @@
     python benchmarks/peak_memory.py OUT.json -m DiffusionRegistrationLib register ...
     python benchmarks/peak_memory.py OUT.json benchmarks/run_peer.py ants-syn ...
 
+`run_child` runs such a command from a benchmark and times it (wall and CPU seconds, from wait4).
+
 The peak is VmHWM of /proc/self/status, read as the run ends. A child's ru_maxrss seen by its parent is
 no good here: Linux carries the parent's resident size at fork into the child's maximum, so every child
 of a benchmark that holds 1 mm volumes would report at least the benchmark's own size.
@@ -12,7 +14,9 @@ from __future__ import annotations
 import json
 import os
 import runpy
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 
@@ -46,6 +50,17 @@ def main() -> None:
     finally:
         Path(out).write_text(json.dumps({"peak_mb": peak_mb()}))
     sys.exit(code)
+
+
+def run_child(command: list[str], log: Path) -> tuple[float, float, int]:
+    """Runs `command`; returns its wall seconds, CPU seconds (user + system) and exit code."""
+    with open(log, "w") as output:
+        start = time.perf_counter()
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - start
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return seconds, usage.ru_utime + usage.ru_stime, process.returncode
 
 
 if __name__ == "__main__":

@@ -6,26 +6,32 @@ sanity number: the mean absolute difference between the peer's own warped moving
 image resampled with the returned field, relative to the mean intensity. A field with the wrong
 direction or axis order gives a large value; a correct one gives interpolation noise only.
 
-Peers: ANTsPy SyN with its defaults (Mattes MI), ANTsPy SyN with the CC metric (radius 4), and itk-elastix
-affine (or rigid: "elastix-rigid") then B-spline (elastix's default maps, 10 mm final grid spacing).
+Peers: ANTsPy SyN with its defaults (Mattes MI), ANTsPy SyN with the CC metric (radius 4), itk-elastix
+affine (or rigid: "elastix-rigid") then B-spline (elastix's default maps, 10 mm final grid spacing), and
+Greedy (picsl-greedy) with its tutorial's settings, without and with a moving mask ("greedy-mask").
 """
 from __future__ import annotations
 
 import contextlib
+import json
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import SimpleITK as sitk
 
 from DiffusionRegistrationLib.core.image import Grid, Image
 
-from DiffusionRegistrationLib.io.images import read_image
+from DiffusionRegistrationLib.io.images import read_image, write_image
 from DiffusionRegistrationLib.geometry.synthetic import warp_with_displacement
+from peak_memory import run_child
+
+HERE = Path(__file__).resolve().parent
 
 
 @dataclass
@@ -36,6 +42,7 @@ class PeerResult:
     cpu_seconds: float  # CPU time of this process (all threads) during the call
     consistency: float  # relative mean |peer's warped - moving resampled with `displacement`|
     settings: str
+    peak_mb: Optional[float] = None  # a peer run in a process of its own: that process's peak
 
 
 def field_on_grid(transform: sitk.Transform, grid: Grid) -> np.ndarray:
@@ -138,9 +145,55 @@ def elastix_bspline(fixed_path: str, moving_path: str, grid_spacing_mm: float = 
                       f"elastix default {initial} + bspline maps, FinalGridSpacingInPhysicalUnits {grid_spacing_mm:g}")
 
 
+# Greedy's tutorial (greedy.readthedocs.io, "Greedy tutorial"): affine, then deformable from it. {r} is the
+# NCC window radius per axis (2: a 5x5x5 window).
+GREEDY_AFFINE = "-a -dof 12 -m NCC {r} -ia-image-centers -n 100x50x10"
+GREEDY_DEFORMABLE = "-m NCC {r} -n 100x50x10 -s 2.0vox 0.5vox"
+
+
+def greedy(fixed_path: str, moving_path: str, moving_mask: bool = False) -> PeerResult:
+    """Greedy's tutorial settings, run as its user runs them: `seconds` is the whole process (start-up,
+    reading, affine and deformable registration, writing the matrix and the warp; greedy_process.py).
+
+    `moving_mask`: the similarity only where the moving image is non-zero (`-mm`, both stages), the way
+    to register a skull-stripped moving image onto a fixed image with skull. The mask file is an input,
+    written before the timing. The field is Greedy's own composition of its warp and affine (`-rc`).
+    """
+    from picsl_greedy import Greedy2D, Greedy3D
+
+    fixed_image, moving_image = read_image(fixed_path), read_image(moving_path)
+    dim = fixed_image.dim
+    radius = "x".join(["2"] * dim)
+    with tempfile.TemporaryDirectory(prefix="diffreg-greedy-") as name:
+        folder = Path(name)
+        inputs = f"-i {fixed_path} {moving_path}"
+        if moving_mask:
+            write_image(moving_image.with_array((moving_image.array != 0).astype(np.uint8)), folder / "mask.nii.gz")
+            inputs += f" -mm {folder / 'mask.nii.gz'}"
+        affine, warp = folder / "affine.mat", folder / "warp.nii.gz"
+        commands = [f"{inputs} {GREEDY_AFFINE.format(r=radius)} -o {affine}",
+                    f"{inputs} -it {affine} {GREEDY_DEFORMABLE.format(r=radius)} -o {warp}"]
+        memory = folder / "peak.json"
+        seconds, cpu, code = run_child([sys.executable, str(HERE / "peak_memory.py"), str(memory),
+                                        str(HERE / "greedy_process.py"), str(dim), *commands], folder / "log.txt")
+        if code != 0:
+            raise RuntimeError(f"greedy exited with {code}:\n{(folder / 'log.txt').read_text()[-3000:]}")
+        composed, warped = folder / "composed.nii.gz", folder / "warped.nii.gz"
+        (Greedy3D() if dim == 3 else Greedy2D()).execute(
+            f"-d {dim} -rf {fixed_path} -rm {moving_path} {warped} -r {warp} {affine} -rc {composed}")
+        field = sitk.GetArrayFromImage(sitk.ReadImage(str(composed), sitk.sitkVectorFloat64))
+        peer_warped = sitk.GetArrayFromImage(sitk.ReadImage(str(warped)))
+        peak = json.loads(memory.read_text())["peak_mb"]
+    settings = " then ".join(commands).replace(str(folder) + "/", "")
+    return PeerResult("greedy-mask" if moving_mask else "greedy", field, seconds, cpu,
+                      consistency(moving_image, field, fixed_image.grid, peer_warped), settings, peak)
+
+
 PEERS: dict[str, Callable[[str, str], PeerResult]] = {
     "ants-syn": ants_syn,
     "ants-syn-cc": ants_syn_cc,
     "elastix": elastix_bspline,
     "elastix-rigid": partial(elastix_bspline, initial="rigid"),
+    "greedy": greedy,
+    "greedy-mask": partial(greedy, moving_mask=True),
 }
