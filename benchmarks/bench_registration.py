@@ -15,8 +15,8 @@ writing every default output). ANTsPy and elastix are timed by their registratio
 their start-up and without the field conversion done for scoring, so the comparison is conservative for
 this project; Greedy, whose Python module is its command-line program, by its whole process (start-up,
 reading, affine and deformable runs, writing its matrix and warp), as a preset. The same holds for CPU
-seconds and peak memory. `vs SyN` is a method's time (or CPU time) over ANTsPy SyN's on the same pair in
-the same run.
+seconds and peak memory. `vs ref` is a method's time (or CPU time) over the reference peer's (`--reference`:
+ANTsPy SyN, or Greedy in a run without SyN) on the same pair in the same run.
 
     python benchmarks/bench_registration.py --suites known2,cross2 --seeds 0,1,2 --out results/bench.json
 
@@ -218,18 +218,24 @@ def run_method(method: str, case: Case, folder: Path) -> dict:
     return row
 
 
-MEASURES = ["seconds", "cpu_seconds", "process_seconds", "register_seconds", "peak_mb", "vs_syn", "cpu_vs_syn",
+MEASURES = ["seconds", "cpu_seconds", "process_seconds", "register_seconds", "peak_mb", "vs_reference",
+            "cpu_vs_reference",
             "tre_mean", "tre_p95", "aal_dice", "brain_dice", "percent_folded", "grey_dice", "white_dice"]
 
 
-def summarise(rows: list[dict]) -> list[dict]:
-    """Mean of each measure per (suite, group, method) over seeds; the ratio to SyN is per pair first."""
+def default_reference(methods: list[str]) -> str:
+    """The peer that times are divided by: ANTsPy SyN, or Greedy in a run without SyN."""
+    return "greedy" if "greedy" in methods and "ants-syn" not in methods else "ants-syn"
+
+
+def summarise(rows: list[dict], reference: str = "ants-syn") -> list[dict]:
+    """Mean of each measure per (suite, group, method) over seeds; the ratio to `reference` is per pair first."""
     for row in rows:
-        syn = [r for r in rows if r["method"] == "ants-syn" and
-               (r["suite"], r["group"], r["seed"]) == (row["suite"], row["group"], row["seed"])]
-        for key, ratio in (("seconds", "vs_syn"), ("cpu_seconds", "cpu_vs_syn")):
-            usable = syn and row["method"] != "none" and row.get(key) and syn[0].get(key)
-            row[ratio] = row[key] / syn[0][key] if usable else None
+        peer = [r for r in rows if r["method"] == reference and
+                (r["suite"], r["group"], r["seed"]) == (row["suite"], row["group"], row["seed"])]
+        for key, ratio in (("seconds", "vs_reference"), ("cpu_seconds", "cpu_vs_reference")):
+            usable = peer and row["method"] != "none" and row.get(key) and peer[0].get(key)
+            row[ratio] = row[key] / peer[0][key] if usable else None
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault((row["suite"], row["group"], row["method"]), []).append(row)
@@ -248,14 +254,14 @@ def _cell(value: Optional[float], digits: int) -> str:
 
 
 def print_table(summary: list[dict]) -> None:
-    header = (f"{'suite':<8}{'group':<7}{'method':<14}{'n':>3}{'time s':>8}{'vs SyN':>8}{'cpu s':>8}{'vs SyN':>8}"
+    header = (f"{'suite':<8}{'group':<7}{'method':<14}{'n':>3}{'time s':>8}{'vs ref':>8}{'cpu s':>8}{'vs ref':>8}"
               f"{'proc s':>8}{'peak MB':>9}"
               f"{'TRE':>7}{'p95':>7}{'AAL':>7}{'brain':>7}{'GM':>7}{'WM':>7}{'%fold':>7}")
     print(header)
     print("-" * len(header))
     for s in sorted(summary, key=lambda s: (s["suite"], s["group"], s["method"])):
         print(f"{s['suite']:<8}{s['group']:<7}{s['method']:<14}{s['n']:>3}{_cell(s['seconds'], 1):>8}"
-              f"{_cell(s['vs_syn'], 2):>8}{_cell(s['cpu_seconds'], 1):>8}{_cell(s['cpu_vs_syn'], 2):>8}"
+              f"{_cell(s['vs_reference'], 2):>8}{_cell(s['cpu_seconds'], 1):>8}{_cell(s['cpu_vs_reference'], 2):>8}"
               f"{_cell(s['process_seconds'], 1):>8}{_cell(s['peak_mb'], 0):>9}"
               f"{_cell(s['tre_mean'], 2):>7}{_cell(s['tre_p95'], 2):>7}{_cell(s['aal_dice'], 3):>7}"
               f"{_cell(s['brain_dice'], 3):>7}{_cell(s['grey_dice'], 3):>7}{_cell(s['white_dice'], 3):>7}"
@@ -270,6 +276,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="none, peers (" + ", ".join(PEERS) + ") and presets (" + ", ".join(PRESETS) + ")")
     parser.add_argument("--fixed", choices=["bet", "skull", "both"], default="both",
                         help="known-field suites: fixed image ch2bet, ch2 with skull, or both")
+    parser.add_argument("--reference", default=None, help="the peer that times are divided by (default: ants-syn "
+                        "if it runs, else greedy)")
     parser.add_argument("--out", default="benchmark.json", help="JSON file for every row and the summary")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -278,8 +286,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     if unknown:
         parser.error(f"unknown method(s): {', '.join(unknown)}")
     kinds = ["bet", "skull"] if args.fixed == "both" else [args.fixed]
+    reference = args.reference or default_reference(methods)
     rows: list[dict] = []
     document = {"max_mm": MAX_MM, "seeds": seeds, "suites": args.suites.split(","), "methods": methods,
+                "reference": reference,
                 "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}, "rows": rows}
     with tempfile.TemporaryDirectory(prefix="diffreg-bench-") as folder:
         try:
@@ -299,7 +309,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 rows.append(row)
                 print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}),
                       flush=True)
-                document["summary"] = summarise(rows)
+                document["summary"] = summarise(rows, reference)
                 Path(args.out).write_text(json.dumps(document, indent=2))  # partial results survive a stop
     print()
     print_table(document.get("summary", []))

@@ -3,7 +3,8 @@
 There is no ground-truth field between two subjects, so the score is tissue overlap: each image is
 split into three intensity classes inside its brain (3-means on T1 intensity: CSF, grey matter, white
 matter), the moving classes are warped with the method's field (nearest neighbour) and compared with
-the fixed classes by Dice. The classes are computed once per image, independently of any method.
+the fixed classes by Dice. The classes are computed once per image, independently of any method. The
+share of folded voxels (Jacobian determinant <= 0) inside the fixed brain is reported with them.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import numpy as np
 from DiffusionRegistrationLib.io.data import COLIN_BET, MNI152, data_file, resample_isotropic
 from DiffusionRegistrationLib.core.image import Image
 from DiffusionRegistrationLib.io.images import read_image
-from DiffusionRegistrationLib.geometry.metrics import dice_per_label
+from DiffusionRegistrationLib.geometry.metrics import dice_per_label, folding, jacobian_determinant
 from DiffusionRegistrationLib.geometry.synthetic import warp_with_displacement
 
 TISSUES = {1: "csf", 2: "grey", 3: "white"}
@@ -44,9 +45,12 @@ def load_pair(spacing_mm: float) -> dict[str, Image]:
 
 
 def tissue_dice(pair: dict[str, Image], field: Optional[np.ndarray]) -> dict[str, float]:
-    """Grey- and white-matter (and CSF) Dice of the moving classes warped by `field` (None: no registration)."""
+    """Grey- and white-matter (and CSF) Dice of the moving classes warped by `field` (None: no registration),
+    and the share of folded voxels in the fixed brain."""
     grid = pair["fixed"].grid
     field = np.zeros((*grid.shape, grid.dim)) if field is None else field
     warped = warp_with_displacement(pair["moving_tissues"], field, "nearest", grid=grid).array
     per_label = dice_per_label(warped, pair["fixed_tissues"].array, labels=list(TISSUES))
-    return {f"{name}_dice": float(per_label[label]) for label, name in TISSUES.items()}
+    fold = folding(jacobian_determinant(field, grid), pair["fixed"].array > 0)
+    return {**{f"{name}_dice": float(per_label[label]) for label, name in TISSUES.items()},
+            "percent_folded": fold["percent_folded"], "min_jacobian": fold["min_jacobian"]}

@@ -47,11 +47,16 @@ class RegistrationConfig:
     levels: tuple[float, ...] = (4.0, 2.0, 1.0)
     iterations: tuple[int, ...] = (40, 30, 12)
     lr: float = 0.25  # Adam step in voxels of the level being optimised
-    control_spacing: float = 4.0  # control grid coarser than the level grid by this factor
-    field_smoothing: float = 1.5  # Gaussian sigma (level voxels) applied to the field parameter
+    # The field model (issue 20; benchmarks/sweep_settings.py, README "Against Greedy"): a control grid
+    # twice as coarse as each level's, lightly smoothed, integrated in 3 squarings; with a moving mask the
+    # regulariser weighs `masked_regularization_factor` times more (a finer grid bends the brain's edge
+    # towards the fixed image's skull when the similarity sees only the brain).
+    control_spacing: float = 2.0  # control grid coarser than the level grid by this factor
+    field_smoothing: float = 1.0  # Gaussian sigma (level voxels) applied to the field parameter
     regularizer: str = "diffusion"  # diffusion | bending
     regularization: float = 0.3
-    integration_steps: int = 6
+    masked_regularization_factor: float = 3.0  # regularization x this when a moving mask limits the similarity
+    integration_steps: int = 3
     # convergence: stop a level when the loss improved by less than `tolerance` (relative) over `patience` steps
     tolerance: float = 1e-4
     patience: int = 20
@@ -101,22 +106,28 @@ class Preset(NamedTuple):
     settings: dict[str, Any]
 
 
+# The field model before issue 20 (a control grid 4x coarser, more smoothing, 6 squarings, one weight): what
+# `fast`, `multimodal` and `diffusion` were measured with, and cheaper per step.
+COARSE_FIELD: dict[str, Any] = {"control_spacing": 4.0, "field_smoothing": 1.5, "integration_steps": 6,
+                                "masked_regularization_factor": 1.0}
+
 PRESETS: dict[str, Preset] = {
     "default": Preset("same contrast: local NCC, stationary velocity field, three levels; a skull-stripped moving "
                       "image onto one with more anatomy is masked (moving_foreground_mask=auto)", {}),
     "fast": Preset("same contrast, two levels and fewer steps",
-                   {"levels": (4.0, 2.0), "iterations": (60, 40), "affine_iterations": (50, 20)}),
-    "accurate": Preset("same contrast, more steps and a finer control grid",
-                       {"iterations": (150, 100, 50), "control_spacing": 2.0, "tolerance": 2e-5}),
+                   {**COARSE_FIELD, "levels": (4.0, 2.0), "iterations": (60, 40), "affine_iterations": (50, 20)}),
+    "accurate": Preset("same contrast, more steps and a narrower local NCC window",
+                       {"iterations": (150, 100, 50), "control_spacing": 2.0, "tolerance": 2e-5,
+                        "similarity_params": {"sigma": 1.5}}),
     "stripped": Preset("similarity only where the moving image is non-zero, always (default decides from the "
                        "share of zero voxels)", {"moving_foreground_mask": True}),
     "multimodal": Preset("different contrasts: MIND descriptors, mutual information for the affine stage",
-                         {"similarity": "mind", "affine_similarity": "mi"}),
+                         {**COARSE_FIELD, "similarity": "mind", "affine_similarity": "mi"}),
     # The regulariser weight is the paper's 3D lambda; it needs the weights (`diffreg models download`).
     # slice_stride 8 with 8 cached slices per step: the best accuracy per second measured, 7.9x faster than
     # exact mode (benchmarks/bench_diffusion_approximations.py; README, "What the approximations cost").
     "diffusion": Preset("the paper's similarity on diffusion-model features (ADM, fast mode; needs the weights)",
-                        {"similarity": "diffusion",
+                        {**COARSE_FIELD, "similarity": "diffusion",
                          "similarity_params": {"extractor": "adm-256-uncond", "mode": "fast", "slice_stride": 8,
                                                "step_slices": 8},
                          "affine_similarity": "mi", "levels": (2.0, 1.0), "iterations": (60, 30),

@@ -301,7 +301,7 @@ class DeformableLevel:
         self.base, self.to_normalised = _affine_sampling(affine, self.grid, self.moving_grid, run.device)
         self.mask = self.fixed_mask if self.moving_mask is None else self._pulled_mask()
         self.regularizer = REGULARIZERS[config.regularizer]
-        self.weight = config.regularization
+        self.weight = config.regularization * (1.0 if run.moving.mask is None else config.masked_regularization_factor)
         self.lr = config.lr * float(np.mean(self.grid.spacing))
 
     def _pulled_mask(self) -> Optional[torch.Tensor]:

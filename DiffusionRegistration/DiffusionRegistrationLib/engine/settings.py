@@ -190,6 +190,7 @@ SETTINGS: dict[str, Any] = {
     "field_smoothing": Number(float, 0, 100),
     "regularizer": Choice(("diffusion", "bending")),
     "regularization": Number(float, 0, 1e6),
+    "masked_regularization_factor": Number(float, 0, 1e6),
     "integration_steps": Number(int, 0, 30),
     "tolerance": Number(float, 0, 1),
     "patience": Number(int, 1, 100_000),
