@@ -205,17 +205,18 @@ def test_a_skull_stripped_moving_image_is_masked_by_default_onto_one_with_skull(
 
 def test_the_regularization_is_stronger_only_where_a_moving_mask_limits_the_similarity(t1_slice):
     """masked_regularization_factor multiplies the regulariser's weight when a moving mask is used, and only
-    then: with a huge factor the masked run barely deforms, the unmasked one recovers the field."""
+    then: with the factor 20 the masked run's field is far smoother; the unmasked one still recovers the field.
+    The mask covers the whole image, so the similarity is the same in both runs and only the weight differs."""
     truth = random_smooth_displacement(t1_slice.grid, max_mm=10.0, seed=3, smoothness_mm=25.0)
     fixed = warp_with_displacement(t1_slice, truth)
-    config = make_config("default", {"affine": False, "masked_regularization_factor": 1e4})
-    mask = t1_slice.with_array(np.ones_like(t1_slice.array))  # measures everywhere: only the weight differs
+    config = make_config("default", {"affine": False, "masked_regularization_factor": 20.0})
+    everywhere = t1_slice.with_array(np.ones_like(t1_slice.array))
     tissue = fixed.array > 0.2 * fixed.array.max()
 
-    def moved(result) -> float:
-        return float(np.linalg.norm(result.displacement, axis=-1)[tissue].mean())
+    def roughness(result) -> float:  # mean squared difference of neighbouring displacements
+        return float(sum(np.mean(np.diff(result.displacement, axis=axis) ** 2) for axis in range(2)))
 
-    plain, masked = register(fixed, t1_slice, config), register(fixed, t1_slice, config, moving_mask=mask)
+    plain, masked = register(fixed, t1_slice, config), register(fixed, t1_slice, config, moving_mask=everywhere)
     before = float(np.linalg.norm(truth, axis=-1)[tissue].mean())
     assert float(np.linalg.norm(plain.displacement - truth, axis=-1)[tissue].mean()) < 0.35 * before
-    assert moved(masked) < 0.1 * moved(plain), (moved(masked), moved(plain))
+    assert roughness(masked) < 0.5 * roughness(plain), (roughness(masked), roughness(plain))
