@@ -67,6 +67,7 @@ class Registration:
     result: Result
     fixed: Image
     moving: Image
+    inputs: tuple[str, ...] = ()  # the mask files it read: never removed as an earlier run's outputs by save()
 
     @property
     def displacement(self):
@@ -81,9 +82,10 @@ class Registration:
     def save(self, folder: Union[str, os.PathLike], **names: Optional[str]) -> dict[str, str]:
         """Writes the command line's output set into `folder` (all or nothing); returns role -> path.
 
-        Keyword arguments rename or drop (None) outputs, e.g. `warped=None`, `inverse="inverse.h5"`.
+        Keyword arguments rename or drop (None) outputs, e.g. `warped=None`, `inverse="inverse.h5"` (which needs
+        `register(..., inverse=True)`). RegistrationError while another process writes into `folder`.
         """
-        return write_outputs(self.result, self.fixed, self.moving, folder, OutputRequest(**names))
+        return write_outputs(self.result, self.fixed, self.moving, folder, OutputRequest(**names), inputs=self.inputs)
 
     def transform(self) -> "sitk.DisplacementFieldTransform":
         """The fixed->moving mapping as a SimpleITK transform (resample the moving image with it)."""
@@ -107,7 +109,8 @@ def register(fixed: ImageLike, moving: ImageLike, preset: str = "default", fixed
     fixed_image, moving_image = _image(fixed, "fixed"), _image(moving, "moving")
     result = run(fixed_image, moving_image, config, _mask(fixed_mask, fixed_image, "fixed_mask"),
                  _mask(moving_mask, moving_image, "moving_mask"), progress=progress or silent, inverse=inverse)
-    return Registration(result, fixed_image, moving_image)
+    masks = tuple(str(m) for m in (fixed_mask, moving_mask) if isinstance(m, (str, os.PathLike)))
+    return Registration(result, fixed_image, moving_image, masks)
 
 
 def apply(transform: Union[Registration, str, os.PathLike], image: ImageLike,

@@ -10,11 +10,10 @@ import json
 import os
 import signal
 import sys
-import threading
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
+from ..core.signals import handlers_swapped
 from ..errors import Cancelled, Interrupted, RegistrationError
 from ..io.atomic import json_text, write_text
 from ..io.paths import existing_path
@@ -66,7 +65,8 @@ def _cmd_register(args: argparse.Namespace) -> int:
     config = config_from_args(args)  # bad paths and settings are answered before torch and SimpleITK load
     if args.network:
         _check_network_settings(args)
-    from ..engine.outputs import OutputRequest, check_outputs, write_outputs
+    from ..engine.outputs import OutputRequest, check_output_names, check_outputs, write_outputs
+    from ..io.atomic import writing_into
     from ..io.images import read_image, read_mask
     from ..progress import Progress
 
@@ -77,20 +77,22 @@ def _cmd_register(args: argparse.Namespace) -> int:
     moving_mask = read_mask(args.moving_mask, moving, "moving mask") if args.moving_mask else None
     request = OutputRequest(transform=args.transform, vector_field=args.vector_field, warped=args.warped,
                             affine=args.affine, inverse=args.inverse, agreement=args.agreement)
-    check_outputs(args.output_dir, request, (args.fixed, args.moving, args.fixed_mask, args.moving_mask),
-                  fixed.grid, moving.grid)
-    if args.network:
-        from ..network.inference import register_with_network
+    inputs = (args.fixed, args.moving, args.fixed_mask, args.moving_mask, args.network, args.config)
+    check_output_names(args.output_dir, request, inputs)
+    with writing_into(args.output_dir):  # held from the checks to the commit: a second run there is refused
+        check_outputs(args.output_dir, request, inputs, fixed.grid, moving.grid)
+        if args.network:
+            from ..network.inference import register_with_network
 
-        result = register_with_network(fixed, moving, args.network, finetune_steps=args.finetune_steps,
-                                       device=config.device, progress=progress, inverse=bool(args.inverse),
-                                       **finetune_settings(args, config))
-    else:
-        from ..engine.registration import register
+            result = register_with_network(fixed, moving, args.network, finetune_steps=args.finetune_steps,
+                                           device=config.device, progress=progress, inverse=bool(args.inverse),
+                                           **finetune_settings(args, config))
+        else:
+            from ..engine.registration import register
 
-        result = register(fixed, moving, config, fixed_mask, moving_mask, progress=progress,
-                          inverse=bool(args.inverse))
-    written = write_outputs(result, fixed, moving, args.output_dir, request)
+            result = register(fixed, moving, config, fixed_mask, moving_mask, progress=progress,
+                              inverse=bool(args.inverse))
+        written = write_outputs(result, fixed, moving, args.output_dir, request, inputs=inputs)
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     progress(Progress("done", 1.0, written["report"]))
@@ -217,22 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@contextmanager
-def _termination_as_interrupt() -> Iterator[None]:
+def _interrupt(signum: int, frame: Any) -> None:
     """SIGTERM and SIGHUP raise Interrupted, like Ctrl-C raises KeyboardInterrupt, so every cleanup runs."""
-    def interrupt(signum, frame):
-        raise Interrupted(signum)
-
-    names = [n for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {n: signal.signal(getattr(signal, n), interrupt) for n in names}
-    try:
-        yield
-    finally:
-        for name, handler in previous.items():
-            signal.signal(getattr(signal, name), handler)
+    raise Interrupted(signum)
 
 
 def _fail(code: int, stage: str, message: str, json_events: bool) -> int:
@@ -264,7 +253,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     piped = getattr(args, "progress_when_piped", "none")
     json_events = progress_kind(getattr(args, "progress", "none"), piped) == "json"
     try:
-        with _termination_as_interrupt():
+        with handlers_swapped(_interrupt, ("SIGTERM", "SIGHUP")):
             return args.handler(args)
     except RegistrationError as error:
         return _fail(2, "error", str(error), json_events)

@@ -15,9 +15,10 @@ import numpy as np
 
 from ..errors import RegistrationError
 from ..geometry.metrics import folding, jacobian_determinant
-from ..io.atomic import OutputSet, os_error, remove_partial_files, signals_held, write_json
+from ..core.signals import signals_held
+from ..io.atomic import OutputSet, os_error, recover, write_json, writing_into
 from ..core.image import Grid, Image
-from ..io.images import IMAGE_WRITE_SUFFIXES, write_image
+from ..io.images import IMAGE_WRITE_SUFFIXES, data_file, write_image
 from ..io.pictures import before_after_checkerboard
 from ..io.transform_files import AFFINE_SUFFIXES, FIELD_SUFFIXES, IMAGE_SUFFIXES, write_affine, write_displacement
 from .result import Result
@@ -71,19 +72,17 @@ def _bytes_needed(role: str, fixed_grid: Grid, moving_grid: Grid) -> int:
     return per_role.get(role, 0) + (1 << 20)
 
 
+def output_files(targets: dict[str, Path]) -> dict[str, list[Path]]:
+    """role -> the files it writes: its file, and the data file beside a detached header (.mhd, .nhdr)."""
+    return {role: [target] + [p for p in [data_file(target)] if p] for role, target in targets.items()}
+
+
 def check_outputs(output_dir: str | os.PathLike, request: OutputRequest, inputs: Iterable[Optional[str]],
                   fixed_grid: Grid, moving_grid: Grid) -> dict[str, Path]:
-    """Before any registration work: every output name has a known suffix, overwrites no input and no
-    folder, and its folder exists (it is created) and takes a file of the expected size. Removes
-    temporaries of killed runs there. RegistrationError naming the file or folder and the fix."""
-    targets = planned_outputs(output_dir, request)
-    seen: dict[Path, str] = {}
-    for role, target in targets.items():
-        check_output_name(target, f"{role} output", ROLE_SUFFIXES[role], inputs)
-        if target.resolve() in seen:
-            raise RegistrationError(f"outputs {seen[target.resolve()]} and {role} are both {target}; give them "
-                                    "different names.")
-        seen[target.resolve()] = role
+    """Before any registration work: the names pass `check_output_names`, and each output's folder exists
+    (it is created) and takes a file of the expected size. Finishes or rolls back interrupted commits there.
+    RegistrationError naming the file or folder and the fix."""
+    targets = check_output_names(output_dir, request, inputs)
     needed: dict[Path, int] = {}
     for role, target in targets.items():
         needed[target.parent] = needed.get(target.parent, 0) + _bytes_needed(role, fixed_grid, moving_grid)
@@ -92,11 +91,33 @@ def check_outputs(output_dir: str | os.PathLike, request: OutputRequest, inputs:
     return targets
 
 
+def check_output_names(output_dir: str | os.PathLike, request: OutputRequest,
+                       inputs: Iterable[Optional[str]]) -> dict[str, Path]:
+    """Every output name (and the data file of a detached header) has a known suffix and overwrites no input,
+    no folder and no other output; nothing is created. Returns role -> final path."""
+    inputs = list(inputs)
+    targets = planned_outputs(output_dir, request)
+    seen: dict[Path, str] = {}
+    for role, files in output_files(targets).items():
+        check_output_name(files[0], f"{role} output", ROLE_SUFFIXES[role], inputs)
+        for path in files:
+            _not_an_input(path, f"{role} output", inputs)
+            if path.resolve() in seen:
+                raise RegistrationError(f"outputs {seen[path.resolve()]} and {role} both write {path}; give them "
+                                        "different names.")
+            seen[path.resolve()] = role
+    return targets
+
+
 def check_output_name(target: Path, role: str, suffixes: Iterable[str], inputs: Iterable[Optional[str]]) -> None:
     """RegistrationError when `target` has none of `suffixes`, is a folder, or is one of `inputs`."""
     name, suffixes = target.name.lower(), tuple(suffixes)
     if not name.endswith(suffixes) or name in suffixes:
         raise RegistrationError(f"{role} {target}: unknown file type; name it with one of {', '.join(suffixes)}.")
+    _not_an_input(target, role, inputs)
+
+
+def _not_an_input(target: Path, role: str, inputs: Iterable[Optional[str]]) -> None:
     if target.is_dir():
         raise RegistrationError(f"{role} {target}: is a folder; give a file name.")
     for given in filter(None, inputs):
@@ -107,12 +128,12 @@ def check_output_name(target: Path, role: str, suffixes: Iterable[str], inputs: 
 
 def check_folder(folder: Path, size: int = 1 << 20) -> None:
     """Creates `folder` if needed; RegistrationError unless a file can be made there and `size` bytes are free.
-    Temporaries of killed runs in it are removed."""
+    Interrupted commits in it are finished or rolled back, and temporaries of stopped runs removed."""
     if folder.exists() and not folder.is_dir():
         raise RegistrationError(f"output folder {folder}: is a file, not a folder. Choose another --output-dir.")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        remove_partial_files(folder, recursive=False)
+        recover(folder)
         with tempfile.TemporaryFile(dir=folder):
             pass
         free = shutil.disk_usage(folder).free
@@ -124,29 +145,46 @@ def check_folder(folder: Path, size: int = 1 << 20) -> None:
 
 
 def _previous_outputs(report: Path, keep: Iterable[Optional[str]]) -> list[Path]:
-    """Files an earlier run's report lists in the report's own folder (never elsewhere, never an input of this
-    run): replaced or retired by this run."""
+    """Files an earlier run's report lists in the report's own folder, to be replaced or retired by this run:
+    never a file elsewhere, and never one of an output (header and data file) of which a file is an input of
+    this run (a mask, label map or image that run wrote and this one reads)."""
     try:
-        listed = json.loads(report.read_text(encoding="utf-8")).get("outputs", {})
-        paths = [Path(p) for p in listed.values() if isinstance(p, str)]
-    except (OSError, ValueError, AttributeError):
+        previous = json.loads(report.read_text(encoding="utf-8"))
+        listed = previous.get("files") or previous.get("outputs", {})
+        groups = [[Path(p) for p in ([paths] if isinstance(paths, str) else paths) if isinstance(p, str)]
+                  for paths in listed.values() if isinstance(paths, (str, list))]
+    except (OSError, ValueError, AttributeError, TypeError):
         return []
     kept = {Path(p).resolve() for p in keep if p}
     folder = report.parent.resolve()
-    return [p for p in paths if p.is_file() and p.resolve().parent == folder and p.resolve() not in kept]
+    return [path for group in groups if not any(p.resolve() in kept for p in group)
+            for path in group if path.is_file() and path.resolve().parent == folder]
 
 
 def write_outputs(result: Result, fixed: Image, moving: Image, output_dir: str | os.PathLike,
-                  request: Optional[OutputRequest] = None, extra: Optional[dict[str, Any]] = None) -> dict[str, str]:
+                  request: Optional[OutputRequest] = None, extra: Optional[dict[str, Any]] = None,
+                  inputs: Iterable[Optional[str]] = ()) -> dict[str, str]:
     """Writes the requested files into `output_dir` as one set, each read back before the commit; files
-    an earlier run listed in its report and this one does not write are removed at the commit.
-    Returns role -> path. Nothing is left on failure and the earlier set stays as it was."""
+    an earlier run listed in its report and this one does not write are removed at the commit, unless they
+    are `inputs` (or the fixed and moving files) of this run. Returns role -> path. Nothing is left on
+    failure and the earlier set stays as it was. RegistrationError while another process writes there."""
     request = request or OutputRequest()
-    targets = check_outputs(output_dir, request, (fixed.path, moving.path), result.fixed_grid, result.moving_grid)
+    if request.inverse and result.inverse is None:
+        raise RegistrationError(f"inverse {request.inverse}: this registration computed no inverse. Register with "
+                                "inverse=True (command line: --inverse NAME), or leave the inverse out.")
+    given = [fixed.path, moving.path, *inputs]
+    check_output_names(output_dir, request, given)
+    with writing_into(output_dir):
+        return _write_set(result, fixed, moving, output_dir, request, extra or {}, given)
+
+
+def _write_set(result: Result, fixed: Image, moving: Image, output_dir: str | os.PathLike, request: OutputRequest,
+               extra: dict[str, Any], inputs: list[Optional[str]]) -> dict[str, str]:
+    targets = check_outputs(output_dir, request, inputs, result.fixed_grid, result.moving_grid)
     written: dict[str, str] = {}
     warped = result.warped if result.warped is not None else result.warp(moving)
     determinant = jacobian_determinant(result.displacement, result.fixed_grid)
-    with OutputSet() as outputs:
+    with OutputSet(output_dir) as outputs:
         def target(role: str) -> Path:
             written[role] = str(targets[role].resolve())
             return outputs.path(targets[role])
@@ -173,10 +211,12 @@ def write_outputs(result: Result, fixed: Image, moving: Image, output_dir: str |
         if request.checkerboard:
             add(images, "checkerboard", _write_checkerboard, result, fixed, moving, warped)
         run_concurrently(transforms, images)
-        report = {**summary(result, determinant), **(extra or {}), "fixed": fixed.path, "moving": moving.path}
+        report = {**summary(result, determinant), **extra, "fixed": fixed.path, "moving": moving.path}
         report["outputs"] = dict(written, report=str(targets["report"].resolve()))
+        files = output_files({role: Path(path) for role, path in report["outputs"].items()})
+        report["files"] = {role: [str(p) for p in paths] for role, paths in files.items()}
         write_json(target("report"), report, default=_json_default)
-        outputs.retire(_previous_outputs(targets["report"], (fixed.path, moving.path)))
+        outputs.retire(_previous_outputs(targets["report"], inputs))
     return written
 
 
