@@ -12,6 +12,7 @@ import gzip
 import json
 import os
 import resource
+import shutil
 import signal
 import struct
 import subprocess
@@ -321,41 +322,185 @@ def test_too_little_free_space_is_refused_before_registering(data, tmp_path, cap
 # --- commit: roll-back, stale files, leftovers -------------------------------------------------------------
 
 def _bytes_of(folder: Path) -> dict:
-    return {p.name: p.read_bytes() for p in folder.iterdir()}
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
 
 
-@pytest.mark.parametrize("failing_call", [9, 15])
-def test_a_failing_rename_rolls_the_whole_set_back(data, tmp_path, capsys, monkeypatch, failing_call):
-    import DiffusionRegistrationLib.io.atomic as atomic
+DETACHED_SET = {"transform.h5", "warped.mhd", "warped.zraw", "jacobian.nii.gz", "checkerboard.png", "report.json"}
+
+
+def _loads(folder: Path) -> set:
+    """Loads every visible file of `folder` by its format (asserting it is whole); returns the hidden names."""
+    for path in folder.iterdir():
+        if path.name.startswith("."):
+            continue
+        name = path.name.lower()
+        if name.endswith(".json"):
+            json.loads(path.read_text())
+        elif name.endswith(".h5"):
+            sitk.ReadTransform(str(path))
+        elif name.endswith((".nii.gz", ".mhd", ".nhdr", ".png", ".mha")):
+            assert sitk.ReadImage(str(path)).GetNumberOfPixels() > 0
+        else:
+            assert name.endswith((".zraw", ".raw.gz")), path
+    return {p.name for p in folder.iterdir() if p.name.startswith(".")}
+
+
+@pytest.fixture
+def two_sets(data, tmp_path, monkeypatch):
+    """An output folder holding an earlier set (with an inverse and a detached warped image), and the registration
+    a second run gets (computed once: the tests below are about the commit, not the registration)."""
+    import DiffusionRegistrationLib.engine.registration as registration
 
     out = tmp_path / "out"
-    assert main(_register(data, out)) == 0
-    previous = _bytes_of(out)
-    real_replace, calls = os.replace, []
+    assert main(_register(data, out, "--inverse", "inverse.h5", "--warped", "warped.mhd", "--set", "seed=1")) == 0
+    assert _contents(out) == DETACHED_SET | {"inverse.h5"}
+    from DiffusionRegistrationLib.engine.config import resolve_config
+    from DiffusionRegistrationLib.io.images import read_image
 
-    def failing_replace(source, target):
-        calls.append(target)
-        # calls 1-6 rename the written temporaries, 7-12 move the previous files aside, 13-18 rename the new set
-        if len(calls) == failing_call:
-            raise OSError(28, "No space left on device", str(target))
-        return real_replace(source, target)
-
-    monkeypatch.setattr(atomic.os, "replace", failing_replace)
-    assert main(_register(data, out, "--set", "seed=3", "--set", "init=centers")) == 2
-    _one_error(capsys.readouterr().err, "No space left on device")
-    assert _bytes_of(out) == previous
+    config = resolve_config("default", overrides={"similarity": "mse", "levels": [1], "iterations": [2]})
+    second = registration.register(read_image(data["fixed"]), read_image(data["moving"]), config)
+    monkeypatch.setattr(registration, "register", lambda *args, **kwargs: second)
+    return out, _bytes_of(out)
 
 
-def test_files_of_an_earlier_set_are_removed_and_leftovers_cleaned(data, tmp_path, capsys):
+def test_a_failure_at_any_step_of_the_commit_rolls_the_whole_set_back(data, two_sets, capsys, monkeypatch):
+    import DiffusionRegistrationLib.io.atomic as atomic
+
+    out, previous = two_sets
+    real_move, failing = atomic._move, 1
+    while True:
+        calls = []
+
+        def move(source, target):
+            calls.append(target)
+            if len(calls) == failing:
+                raise OSError(28, "No space left on device", str(target))
+            real_move(source, target)
+
+        monkeypatch.setattr(atomic, "_move", move)
+        code = main(_register(data, out, "--warped", "warped.mhd"))
+        if len(calls) < failing:
+            break
+        assert code == 2, failing
+        _one_error(capsys.readouterr().err, "No space left on device")
+        assert _bytes_of(out) == previous, failing
+        failing += 1
+    assert code == 0 and failing > 12  # journal, 7 files aside, 6 in place, committed journal
+    assert _contents(out) == DETACHED_SET and _loads(out) == set()
+
+
+def test_a_kill_at_any_step_of_the_commit_leaves_whole_files_and_the_next_run_recovers(data, two_sets, monkeypatch):
+    """The process committing the second set is SIGKILLed after step k of its commit, for every k: every file
+    left in the folder loads, and the next run's recovery leaves exactly the old set or the new one."""
+    import DiffusionRegistrationLib.io.atomic as atomic
+
+    out, previous = two_sets
+    snapshot = out.parent / "snapshot"
+    snapshot.mkdir()
+    for name, content in previous.items():
+        (snapshot / name).write_bytes(content)
+    real_commit, outcomes, step = atomic.OutputSet.commit, [], 1
+
+    def commit_in_a_child_killed_after_step(self):
+        child = os.fork()
+        if child == 0:
+            try:
+                count = [0]
+
+                def counted(real):
+                    def step_then_maybe_die(*args):
+                        real(*args)
+                        count[0] += 1
+                        if count[0] == step:
+                            os.kill(os.getpid(), signal.SIGKILL)
+                    return step_then_maybe_die
+
+                atomic._move, atomic._delete = counted(atomic._move), counted(atomic._delete)
+                real_commit(self)
+            finally:
+                os._exit(0)
+        _, status = os.waitpid(child, 0)
+        outcomes.append(os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL)
+        return []
+
+    monkeypatch.setattr(atomic.OutputSet, "commit", commit_in_a_child_killed_after_step)
+    while True:
+        for path in out.iterdir():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        for path in snapshot.iterdir():
+            (out / path.name).write_bytes(path.read_bytes())
+        assert main(_register(data, out, "--warped", "warped.mhd")) == 0
+        if not outcomes[-1]:
+            break
+        _loads(out)  # whole files only, at every step
+        atomic.recover(out)  # what the next run does first
+        after = _contents(out)
+        assert after in (DETACHED_SET | {"inverse.h5"}, DETACHED_SET), (step, after)
+        assert _loads(out) == set(), step
+        if after == set(previous):
+            assert _bytes_of(out) == previous, step
+        step += 1
+    assert step > 20
+    monkeypatch.setattr(atomic.OutputSet, "commit", real_commit)
+    assert main(_register(data, out, "--warped", "warped.mhd")) == 0
+    assert _contents(out) == DETACHED_SET and _loads(out) == set()
+
+
+def test_only_provable_temporaries_and_the_earlier_sets_outputs_are_removed(data, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(_register(data, out, "--inverse", "inverse.h5", "--affine", "affine.tfm")) == 0
     assert _contents(out) == DEFAULT_SET | {"inverse.h5", "affine.tfm"}
-    (out / ".warped.nii.gz.abc123.partial.nii.gz").write_bytes(b"half")
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stage = out / ".diffreg-0123456789abcdef.stage"  # a staging folder of a process that was killed
+    stage.mkdir()
+    (stage / ".diffreg-temporary").write_text(json.dumps({"diffreg": "temporary", "token": "0123456789abcdef",
+                                                          "pid": int(ended.stdout), "journal": str(out / "none")}))
+    (stage / "warped.nii.gz").write_bytes(b"half")
+    (out / ".warped.nii.gz.abc123.partial.nii.gz").write_bytes(b"looks like a temporary, but has no marker")
+    (out / ".diffreg-fedcba9876543210.stage").mkdir()  # no marker: not provably ours
+    (out / ".diffreg-fedcba9876543210.stage" / "mine.txt").write_text("mine")
     (out / "notes.txt").write_text("mine")
     assert main(_register(data, out)) == 0
-    assert _contents(out) == DEFAULT_SET | {"notes.txt"}
+    assert _contents(out) == DEFAULT_SET | {"notes.txt", ".warped.nii.gz.abc123.partial.nii.gz",
+                                            ".diffreg-fedcba9876543210.stage"}
     report = json.loads((out / "report.json").read_text(), parse_constant=_no_constant)
     assert set(report["outputs"]) == {"transform", "warped", "jacobian", "checkerboard", "report"}
+
+
+def test_detached_outputs_keep_their_data_files_through_later_commands(data, tmp_path, capsys):
+    out = tmp_path / "out"
+    names = ["--transform", "transform.nhdr", "--warped", "warped.mhd", "--vector-field", "field.mhd"]
+    detached = {"transform.nhdr", "transform.raw.gz", "warped.mhd", "warped.zraw", "field.mhd", "field.zraw",
+                "jacobian.nii.gz", "checkerboard.png", "report.json"}
+    assert main(_register(data, out, *names)) == 0
+    assert _contents(out) == detached and _loads(out) == set()
+    assert main(["apply", "--transform", str(out / "transform.nhdr"), "--input", data["moving"], "--reference",
+                 data["fixed"], "--output", str(out / "applied.mhd")]) == 0
+    assert main(["apply", "--transform", str(out / "field.mhd"), "--input", data["moving"], "--reference",
+                 data["fixed"], "--output", str(out / "again.nhdr")]) == 0
+    assert _contents(out) == detached | {"applied.mhd", "applied.zraw", "again.nhdr", "again.raw.gz"}
+    assert _loads(out) == set()
+    assert main(_register(data, out, *names)) == 0
+    assert _contents(out) == detached | {"applied.mhd", "applied.zraw", "again.nhdr", "again.raw.gz"}
+    assert _loads(out) == set()
+    report = json.loads((out / "report.json").read_text())
+    assert report["files"]["warped"] == [str(out / "warped.mhd"), str(out / "warped.zraw")]
+
+
+@pytest.mark.parametrize("mask", ["mask.nii.gz", "mask.mhd"])
+def test_a_mask_an_earlier_run_wrote_is_kept_when_this_run_reads_it(data, tmp_path, capsys, mask):
+    import DiffusionRegistrationLib as dr
+
+    out = tmp_path / "out"
+    first = dr.register(data["fixed"], data["moving"], similarity="mse", levels=[1], iterations=[2])
+    first.save(out, jacobian=mask)  # the Jacobian is > 0 everywhere: a valid mask on the fixed grid
+    mask_files = {mask} | ({"mask.zraw"} if mask.endswith(".mhd") else set())
+    assert _contents(out) == DEFAULT_SET - {"jacobian.nii.gz"} | mask_files
+    kept = {name: (out / name).read_bytes() for name in mask_files}
+    assert main(_register(data, out, "--fixed-mask", str(out / mask))) == 0
+    assert _contents(out) == DEFAULT_SET | mask_files
+    assert {name: (out / name).read_bytes() for name in mask_files} == kept
+    assert _loads(out) == set()
 
 
 def _no_constant(name: str):
@@ -378,9 +523,9 @@ CHILD_PATCHES = {
     "kill-while-registering": "import DiffusionRegistrationLib.engine.registration as m\n"
                               "def register(*a, **k):\n    os.kill(os.getpid(), signal.SIGKILL)\n"
                               "m.register = register\n",
-    "term-while-committing": "import DiffusionRegistrationLib.io.atomic as m\n_r, _n = os.replace, []\n"
-                             "def replace(a, b):\n    _n.append(b)\n    if len(_n) == 8:\n"
-                             "        os.kill(os.getpid(), signal.SIGTERM)\n    return _r(a, b)\nm.os.replace = replace\n",
+    "term-while-committing": "import DiffusionRegistrationLib.io.atomic as m\n_r, _n = m._move, []\n"
+                             "def move(a, b):\n    _n.append(b)\n    if len(_n) == 3:\n"
+                             "        os.kill(os.getpid(), signal.SIGTERM)\n    return _r(a, b)\nm._move = move\n",
 }
 
 
@@ -456,7 +601,8 @@ def test_sigkill_keeps_the_previous_set_and_a_rerun_cleans_up(data, tmp_path, ca
     process = _run_child(_register(data, out, "--set", "seed=4"), patch)
     assert process.returncode == -signal.SIGKILL
     leftovers = _contents(out) - DEFAULT_SET
-    assert bool(leftovers) == leaves_temporaries and all(".partial" in name for name in leftovers)
+    assert bool(leftovers) == leaves_temporaries and all(name.startswith(".diffreg-") and name.endswith(".stage")
+                                                         for name in leftovers)
     assert {name: data for name, data in _bytes_of(out).items() if name in DEFAULT_SET} == previous
     assert main(_register(data, out)) == 0
     assert _contents(out) == DEFAULT_SET

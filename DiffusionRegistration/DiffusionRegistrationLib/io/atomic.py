@@ -35,6 +35,12 @@ from ..errors import RegistrationError
 MARKER = ".diffreg-temporary"
 _TEMPORARY = re.compile(r"^\.diffreg-([0-9a-f]{16})\.(stage|old)$")
 _JOURNAL = re.compile(r"^\.diffreg-([0-9a-f]{16})\.journal$")
+_HEADERS = (".mhd", ".nhdr")  # detached headers: moved in after their data files and out before them, so a
+                              # header in the folder always has its data file, at every step
+
+
+def _is_header(path: str | os.PathLike) -> bool:
+    return os.fspath(path).lower().endswith(_HEADERS)
 
 
 class WriteError(RegistrationError, OSError):
@@ -168,12 +174,12 @@ def _roll_back(plan: dict) -> None:
     """Puts the set that a prepared journal was replacing back: new files removed, old ones moved back.
     Idempotent, so a recovery that is itself killed can run again."""
     copies = dict(plan["aside"])
-    for staged, final in plan["moves"]:
+    for staged, final in reversed(plan["moves"]):
         if final in copies and not os.path.lexists(copies[final]):
             continue  # never moved aside, or moved back already: `final` is the earlier file
         if os.path.lexists(final) and not os.path.lexists(staged):
             _delete(final)  # the new file, moved in before the process stopped
-    for final, copy in plan["aside"]:
+    for final, copy in reversed(plan["aside"]):
         if os.path.lexists(copy):
             _move(copy, final)
     _finish(plan, committed=False)
@@ -303,10 +309,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yields the staging path of `path`; puts the file (and a data file the format writes beside it) in place
     only if the block succeeds. Inside an OutputSet's staging folder the path is a temporary already."""
     target = Path(path)
-    if _is_staging(target.parent):
-        yield target
-        return
     try:
+        if _is_staging(target.parent):
+            yield target
+            return
         with OutputSet(target.parent) as outputs:
             yield outputs.path(target)
     except RegistrationError:
@@ -427,24 +433,25 @@ class OutputSet:
 
     def _swap(self, moves: list[tuple[Path, Path]], retired: list[Path]) -> None:
         home_stage = self._stage(self._home)
-        replaced = [final for _, final in moves if os.path.lexists(final)] + retired
+        moves = sorted(moves, key=lambda move: _is_header(move[1]))
+        replaced = sorted([final for _, final in moves if os.path.lexists(final)] + retired,
+                          key=lambda path: not _is_header(path))
         asides = {folder: _make_temporary(folder, self._token, "old", self._journal)
                   for folder in dict.fromkeys(p.parent for p in replaced)}
         plan = {"diffreg": "journal", "token": self._token, "pid": os.getpid(), "state": "prepared",
                 "journal": str(self._journal), "moves": [[str(s), str(f)] for s, f in moves],
                 "aside": [[str(f), str(asides[f.parent] / f.name)] for f in replaced],
                 "temporaries": [str(p) for p in [*self._stages.values(), *asides.values()]]}
-        self._write_plan(plan, home_stage)
         try:
+            self._write_plan(plan, home_stage)
             for final, copy in plan["aside"]:
                 _move(final, copy)
             for staged, final in moves:
                 _move(staged, final)
+            self._write_plan({**plan, "state": "committed"}, home_stage)
         except OSError:
             _roll_back(plan)
             raise
-        plan["state"] = "committed"
-        self._write_plan(plan, home_stage)
         self._stages.clear()
         try:
             _finish(plan, committed=True)
