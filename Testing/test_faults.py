@@ -345,56 +345,63 @@ def _loads(folder: Path) -> set:
     return {p.name for p in folder.iterdir() if p.name.startswith(".")}
 
 
-@pytest.fixture
-def two_sets(data, tmp_path, monkeypatch):
-    """An output folder holding an earlier set (with an inverse and a detached warped image), and the registration
-    a second run gets (computed once: the tests below are about the commit, not the registration)."""
+@pytest.fixture(params=["warped.nii.gz", "warped.mhd"])
+def two_sets(data, tmp_path, monkeypatch, request):
+    """An output folder holding an earlier set (with an inverse, and the warped image named `request.param`),
+    the names of the second set, and the registration a second run gets (computed once: the tests below are
+    about the commit, not the registration). Returns (folder, bytes of the first set, second set's names)."""
     import DiffusionRegistrationLib.engine.registration as registration
 
     out = tmp_path / "out"
-    assert main(_register(data, out, "--inverse", "inverse.h5", "--warped", "warped.mhd", "--set", "seed=1")) == 0
-    assert _contents(out) == DETACHED_SET | {"inverse.h5"}
+    names = DETACHED_SET if request.param == "warped.mhd" else DEFAULT_SET
+    assert main(_register(data, out, "--inverse", "inverse.h5", "--warped", request.param, "--set", "seed=1")) == 0
+    assert _contents(out) == names | {"inverse.h5"}
     from DiffusionRegistrationLib.engine.config import resolve_config
     from DiffusionRegistrationLib.io.images import read_image
 
     config = resolve_config("default", overrides={"similarity": "mse", "levels": [1], "iterations": [2]})
     second = registration.register(read_image(data["fixed"]), read_image(data["moving"]), config)
     monkeypatch.setattr(registration, "register", lambda *args, **kwargs: second)
-    return out, _bytes_of(out)
+    return out, _bytes_of(out), names
 
 
 def test_a_failure_at_any_step_of_the_commit_rolls_the_whole_set_back(data, two_sets, capsys, monkeypatch):
-    import DiffusionRegistrationLib.io.atomic as atomic
-
-    out, previous = two_sets
-    real_move, failing = atomic._move, 1
+    out, previous, names = two_sets
+    warped = "warped.mhd" if "warped.mhd" in names else "warped.nii.gz"
+    real_replace, failing = os.replace, 1
     while True:
         calls = []
 
-        def move(source, target):
+        def replace(source, target):
             calls.append(target)
             if len(calls) == failing:
                 raise OSError(28, "No space left on device", str(target))
-            real_move(source, target)
+            real_replace(source, target)
 
-        monkeypatch.setattr(atomic, "_move", move)
-        code = main(_register(data, out, "--warped", "warped.mhd"))
+        monkeypatch.setattr(os, "replace", replace)
+        code = main(_register(data, out, "--warped", warped))
+        monkeypatch.setattr(os, "replace", real_replace)
         if len(calls) < failing:
             break
         assert code == 2, failing
         _one_error(capsys.readouterr().err, "No space left on device")
-        assert _bytes_of(out) == previous, failing
+        assert _bytes_of(out) == previous and _loads(out) == set(), failing
         failing += 1
-    assert code == 0 and failing > 12  # journal, 7 files aside, 6 in place, committed journal
-    assert _contents(out) == DETACHED_SET and _loads(out) == set()
+    assert code == 0 and failing > len(names) * 2
+    assert _contents(out) == names and _loads(out) == set()
 
 
 def test_a_kill_at_any_step_of_the_commit_leaves_whole_files_and_the_next_run_recovers(data, two_sets, monkeypatch):
-    """The process committing the second set is SIGKILLed after step k of its commit, for every k: every file
-    left in the folder loads, and the next run's recovery leaves exactly the old set or the new one."""
+    """The process committing the second set is SIGKILLed after step k of its commit (a rename or a deletion),
+    for every k: every file left in the folder loads, and the next run's recovery leaves exactly the old set or
+    the new one."""
+    import DiffusionRegistrationLib.engine.registration as registration
     import DiffusionRegistrationLib.io.atomic as atomic
+    from DiffusionRegistrationLib.errors import RegistrationError
 
-    out, previous = two_sets
+    out, previous, names = two_sets
+    warped = "warped.mhd" if "warped.mhd" in names else "warped.nii.gz"
+    second = registration.register
     snapshot = out.parent / "snapshot"
     snapshot.mkdir()
     for name, content in previous.items():
@@ -415,7 +422,7 @@ def test_a_kill_at_any_step_of_the_commit_leaves_whole_files_and_the_next_run_re
                             os.kill(os.getpid(), signal.SIGKILL)
                     return step_then_maybe_die
 
-                atomic._move, atomic._delete = counted(atomic._move), counted(atomic._delete)
+                os.replace, os.unlink, os.rmdir = counted(os.replace), counted(os.unlink), counted(os.rmdir)
                 real_commit(self)
             finally:
                 os._exit(0)
@@ -423,27 +430,32 @@ def test_a_kill_at_any_step_of_the_commit_leaves_whole_files_and_the_next_run_re
         outcomes.append(os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL)
         return []
 
-    monkeypatch.setattr(atomic.OutputSet, "commit", commit_in_a_child_killed_after_step)
+    def stopped(*args, **kwargs):
+        raise RegistrationError("stopped after the checks")
+
     while True:
         for path in out.iterdir():
             shutil.rmtree(path) if path.is_dir() else path.unlink()
         for path in snapshot.iterdir():
             (out / path.name).write_bytes(path.read_bytes())
-        assert main(_register(data, out, "--warped", "warped.mhd")) == 0
+        monkeypatch.setattr(atomic.OutputSet, "commit", commit_in_a_child_killed_after_step)
+        assert main(_register(data, out, "--warped", warped)) == 0
+        monkeypatch.setattr(atomic.OutputSet, "commit", real_commit)
         if not outcomes[-1]:
             break
         _loads(out)  # whole files only, at every step
-        atomic.recover(out)  # what the next run does first
+        monkeypatch.setattr(registration, "register", stopped)  # the next run: its checks (and recovery) only
+        assert main(_register(data, out, "--warped", warped)) == 2
+        monkeypatch.setattr(registration, "register", second)
         after = _contents(out)
-        assert after in (DETACHED_SET | {"inverse.h5"}, DETACHED_SET), (step, after)
+        assert after in (set(previous), names), (step, after)
         assert _loads(out) == set(), step
         if after == set(previous):
             assert _bytes_of(out) == previous, step
         step += 1
-    assert step > 20
-    monkeypatch.setattr(atomic.OutputSet, "commit", real_commit)
-    assert main(_register(data, out, "--warped", "warped.mhd")) == 0
-    assert _contents(out) == DETACHED_SET and _loads(out) == set()
+    assert step > 2 * len(names)
+    assert main(_register(data, out, "--warped", warped)) == 0
+    assert _contents(out) == names and _loads(out) == set()
 
 
 def test_only_provable_temporaries_and_the_earlier_sets_outputs_are_removed(data, tmp_path, capsys):
@@ -806,6 +818,145 @@ def test_evaluate_refuses_multi_component_labels(data, transforms, tmp_path, cap
     assert main(["evaluate", "--transform", transforms["2d"], "--reference", data["fixed"], "--fixed-labels", labels,
                  "--moving-labels", data["moving"]]) == 2
     _one_error(capsys.readouterr().err, "fixed labels", "components")
+
+
+# --- label maps: exact through apply, the API and evaluate ------------------------------------------------
+
+def _label_map(folder: Path) -> tuple[str, str, np.ndarray]:
+    """32^3 voxels, each its own label: 32,768 labels up to 2^31 - 1 (float32 holds neither exactly), on a grid
+    with spacing, origin and a rotation; and the identity transform on it, written by SimpleITK."""
+    values = (2**31 - 1 - np.random.default_rng(0).permutation(32768)).astype(np.int32).reshape(32, 32, 32)
+    image = sitk.GetImageFromArray(values)
+    image.SetSpacing((0.7, 1.3, 2.0))
+    image.SetOrigin((3.1, -20.0, 5.5))
+    image.SetDirection((0, 1, 0, -1, 0, 0, 0, 0, 1))
+    sitk.WriteImage(image, str(folder / "labels.nii.gz"))
+    field = sitk.Image(image.GetSize(), sitk.sitkVectorFloat64, 3)
+    field.CopyInformation(image)
+    sitk.WriteTransform(sitk.DisplacementFieldTransform(field), str(folder / "identity.h5"))
+    return str(folder / "labels.nii.gz"), str(folder / "identity.h5"), values
+
+
+def test_apply_labels_keeps_every_label_value_and_type(tmp_path, capsys):
+    labels, identity, values = _label_map(tmp_path)
+    out = tmp_path / "out"
+    assert main(["apply", "--transform", identity, "--input", labels, "--reference", labels, "--output",
+                 str(out / "moved.nii.gz"), "--labels"]) == 0
+    assert capsys.readouterr().err == ""
+    back = sitk.ReadImage(str(out / "moved.nii.gz"))
+    assert back.GetPixelID() == sitk.sitkInt32
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), values)
+    assert _contents(out) == {"moved.nii.gz"}
+
+
+def test_the_api_applies_labels_exactly(tmp_path):
+    import DiffusionRegistrationLib as dr
+
+    labels, identity, values = _label_map(tmp_path)
+    moved = dr.apply(identity, sitk.ReadImage(labels), reference=labels, labels=True)
+    assert moved.array.dtype == np.int32
+    np.testing.assert_array_equal(moved.array, values)
+
+
+def test_evaluate_scores_each_label_as_given(tmp_path, capsys):
+    labels, identity, values = _label_map(tmp_path)
+    assert main(["evaluate", "--transform", identity, "--fixed-labels", labels, "--moving-labels", labels]) == 0
+    dice = json.loads(capsys.readouterr().out)["dice"]
+    assert len(dice["per_label"]) == 32768 and set(dice["per_label"].values()) == {1.0}
+    assert str(2**31 - 1) in dice["per_label"] and dice["mean_before"] == dice["mean_after"] == 1.0
+
+
+# --- two runs into one folder, folder names, outputs that cannot be written -------------------------------
+
+def test_a_second_run_into_a_busy_folder_is_refused_and_a_killed_run_leaves_no_lock(data, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = _register(data, out, "--set", "iterations=[100000]", "--set", "tolerance=0", progress="json")
+    code = "import sys\nfrom DiffusionRegistrationLib.cli.main import main\n" f"sys.exit(main({argv!r}))"
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    for line in process.stdout:
+        if json.loads(line)["stage"] == "deformable":
+            break
+    try:
+        assert main(_register(data, out)) == 2
+        _one_error(capsys.readouterr().err, f"output folder {out}", "another diffreg run is writing into it")
+    finally:
+        process.kill()
+        process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    assert _contents(out) == set()
+    assert main(_register(data, out)) == 0
+    assert _contents(out) == DEFAULT_SET
+
+
+def test_an_empty_output_folder_name_is_refused(data, tmp_path, capsys, monkeypatch, no_registration):
+    monkeypatch.chdir(tmp_path)
+    argv = ["register", "--fixed", data["fixed"], "--moving", data["moving"], "--output-dir", "", "--progress", "none"]
+    assert main(argv) == 2
+    _one_error(capsys.readouterr().err, "output folder", "empty", "--output-dir")
+    assert _contents(tmp_path) == set()
+
+
+def test_saving_an_inverse_that_was_not_computed_is_an_error(data, tmp_path, monkeypatch):
+    import DiffusionRegistrationLib as dr
+    from DiffusionRegistrationLib.errors import RegistrationError
+
+    registration = dr.register(data["fixed"], data["moving"], similarity="mse", levels=[1], iterations=[2])
+    with pytest.raises(RegistrationError, match=r"inverse inverse.h5: this registration computed no inverse.*"
+                                                r"inverse=True"):
+        registration.save(tmp_path / "out", inverse="inverse.h5")
+    assert _contents(tmp_path / "out") is None
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RegistrationError, match="output folder: the name is empty"):
+        registration.save("")
+    assert _contents(tmp_path) == set()
+
+
+# --- batch: pair names, bad rows, changed rows ---------------------------------------------------------------
+
+BATCH_QUICK = ["--similarity", "mse", "--set", "levels=[1]", "--set", "iterations=[2]", "--progress", "none"]
+
+
+def test_batch_checks_pair_names_and_a_bad_row_fails_only_its_pair(data, tmp_path, capsys):
+    fixed, moving = data["fixed"], data["moving"]
+    (tmp_path / "pairs.csv").write_text(
+        f"fixed,moving,name\n{fixed},{moving},..\n{fixed},{moving},a/x\n{fixed},{moving},b/x\n{fixed},{moving},good\n"
+        f"{fixed},{moving},Good\n{fixed},,empty\n{fixed}\n{fixed},{moving},.hidden\n{fixed},{moving},other\n")
+    out = tmp_path / "batch" / "out"
+    assert main(["batch", str(tmp_path / "pairs.csv"), "--output-dir", str(out), *BATCH_QUICK]) == 1
+    failed = [line for line in capsys.readouterr().err.splitlines() if line.startswith("failed: ")]
+    expected = {1: "the name '..' is not a plain folder name", 2: "the name 'a/x' is not a plain folder name",
+                3: "the name 'b/x' is not a plain folder name", 5: "the name 'Good' is also the name of row 4",
+                6: "no moving image", 7: "no moving image", 8: "the name '.hidden' is not a plain folder name"}
+    assert len(failed) == len(expected), failed
+    for row, fragment in expected.items():
+        assert any(f"pairs.csv, row {row} after the header: {fragment}" in line for line in failed), (row, failed)
+    assert _contents(out) == {"good", "other", "batch_rank0.json"}
+    assert _contents(tmp_path / "batch") == {"out"}
+    assert _contents(out / "good") == {"transform.h5", "warped.nii.gz", "result.json"}
+
+
+def test_batch_registers_a_changed_row_again_and_skips_unchanged_ones(data, tmp_path, capsys):
+    shutil.copy(data["moving"], tmp_path / "m.nii.gz")
+    pairs, out = tmp_path / "pairs.csv", tmp_path / "out"
+    command = ["batch", str(pairs), "--output-dir", str(out), *BATCH_QUICK]
+
+    def statuses(rows: str) -> list:
+        pairs.write_text(f"fixed,moving,name\n{rows}")
+        assert main(command) == 0
+        return [(s["name"], s["status"]) for s in json.loads((out / "batch_rank0.json").read_text())]
+
+    same = f"{data['fixed']},{data['moving']},same\n"
+    assert statuses(f"{data['fixed']},{tmp_path / 'm.nii.gz'},changing\n{same}") == [("changing", "done"),
+                                                                                    ("same", "done")]
+    assert statuses(f"{data['fixed']},{tmp_path / 'm.nii.gz'},changing\n{same}") == [("changing", "skipped"),
+                                                                                    ("same", "skipped")]
+    assert statuses(f"{data['fixed']},{data['fixed']},changing\n{same}") == [("changing", "done"), ("same", "skipped")]
+    assert json.loads((out / "changing" / "result.json").read_text())["moving"] == data["fixed"]
+    _save(_blobs((32, 32), shift=3.0), tmp_path / "m.nii.gz")  # the same row, another file content
+    assert statuses(f"{data['fixed']},{tmp_path / 'm.nii.gz'},changing\n{same}") == [("changing", "done"),
+                                                                                    ("same", "skipped")]
+    assert _contents(out) == {"changing", "same", "batch_rank0.json"}
 
 
 def test_an_unwritable_model_cache_is_an_error_line(hand_placed_hub_model, tmp_path, capsys):
