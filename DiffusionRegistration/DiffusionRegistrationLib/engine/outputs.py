@@ -6,7 +6,7 @@ import os
 import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, make_dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
@@ -24,19 +24,63 @@ from ..io.transform_files import AFFINE_SUFFIXES, FIELD_SUFFIXES, IMAGE_SUFFIXES
 from .result import Result
 
 
-@dataclass
-class OutputRequest:
-    """Which files to write; names are relative to the output folder unless absolute."""
+@dataclass(frozen=True)
+class Contents:
+    """What the writers of one set draw on."""
 
-    transform: str = "transform.h5"
-    vector_field: Optional[str] = None  # e.g. "transform.nii.gz": the field again, as a vector image (ANTs)
-    warped: Optional[str] = "warped.nii.gz"
-    jacobian: Optional[str] = "jacobian.nii.gz"
-    checkerboard: Optional[str] = "checkerboard.png"
-    agreement: Optional[str] = None  # e.g. "agreement.nii.gz": the local similarity map (engine.agreement)
-    affine: Optional[str] = None
-    inverse: Optional[str] = None
-    report: str = "report.json"
+    result: Result
+    fixed: Image
+    moving: Image
+    warped: Image
+    determinant: np.ndarray
+
+
+@dataclass(frozen=True)
+class Role:
+    """One file a registration can write: its default name, the file types it may be, an upper bound of its
+    size and how it is written. (`diffreg register`'s flags that name them stay in cli/main.py: building the
+    parser must not import this module's torch and SimpleITK.)"""
+
+    default: Optional[str]  # written under this name unless asked otherwise; None: only on request
+    suffixes: tuple[str, ...]
+    bytes_per_voxel: Callable[[int], int]  # image dimension -> bytes per voxel of `grid`
+    grid: str  # "fixed" or "moving": the grid whose size bounds the file
+    write: Optional[Callable[[Contents, Path], object]]  # None: the report, written after the others
+    hdf5: bool = False  # may reach the HDF5 library, which is not thread-safe: written on the calling thread
+
+
+def _field(dim: int) -> int:
+    return dim * 8  # float64 components
+
+
+def _scalar(dim: int) -> int:
+    return 4  # float32
+
+
+def _write_field(contents: Contents, path: Path) -> None:
+    write_displacement(contents.result.displacement, contents.result.fixed_grid, path)
+
+
+FIELD_OR_IMAGE = FIELD_SUFFIXES + IMAGE_SUFFIXES
+ROLES: dict[str, Role] = {
+    "transform": Role("transform.h5", FIELD_OR_IMAGE, _field, "fixed", _write_field, hdf5=True),
+    "vector_field": Role(None, FIELD_OR_IMAGE, _field, "fixed", _write_field, hdf5=True),
+    "affine": Role(None, AFFINE_SUFFIXES, lambda dim: 0, "fixed", lambda c, path: write_affine(c.result.affine, path),
+                   hdf5=True),
+    "inverse": Role(None, FIELD_OR_IMAGE, _field, "moving",
+                    lambda c, path: write_displacement(c.result.inverse, c.result.moving_grid, path), hdf5=True),
+    "warped": Role("warped.nii.gz", IMAGE_WRITE_SUFFIXES, _scalar, "fixed", lambda c, path: write_image(c.warped, path)),
+    "jacobian": Role("jacobian.nii.gz", IMAGE_WRITE_SUFFIXES, _scalar, "fixed",
+                     lambda c, path: write_image(Image(c.determinant.astype(np.float32), c.result.fixed_grid), path)),
+    "agreement": Role(None, IMAGE_WRITE_SUFFIXES, _scalar, "fixed", lambda c, path: _write_agreement(c, path)),
+    "checkerboard": Role("checkerboard.png", (".png",), lambda dim: 0, "fixed",
+                         lambda c, path: _write_checkerboard(c, path)),
+    "report": Role("report.json", (".json",), lambda dim: 0, "fixed", None),
+}
+OutputRequest = make_dataclass("OutputRequest", [(role, Optional[str], field(default=spec.default))
+                                                 for role, spec in ROLES.items()])
+OutputRequest.__doc__ = ("Which files to write, one field per role of ROLES: a file name relative to the output "
+                         "folder unless absolute, or None.")
 
 
 def summary(result: Result, determinant: np.ndarray) -> dict[str, Any]:
@@ -44,13 +88,6 @@ def summary(result: Result, determinant: np.ndarray) -> dict[str, Any]:
     return {"seconds": round(result.seconds, 3), **folding(determinant),
             "max_displacement_mm": float(np.linalg.norm(result.displacement, axis=-1).max()),
             "history": result.history, "warnings": result.warnings, "config": result.config}
-
-
-ROLE_SUFFIXES = {"transform": FIELD_SUFFIXES + IMAGE_SUFFIXES, "vector_field": FIELD_SUFFIXES + IMAGE_SUFFIXES,
-                 "inverse": FIELD_SUFFIXES + IMAGE_SUFFIXES, "warped": IMAGE_WRITE_SUFFIXES,
-                 "jacobian": IMAGE_WRITE_SUFFIXES, "agreement": IMAGE_WRITE_SUFFIXES, "checkerboard": (".png",),
-                 "affine": AFFINE_SUFFIXES,
-                 "report": (".json",)}
 
 
 def planned_outputs(output_dir: str | os.PathLike, request: OutputRequest) -> dict[str, Path]:
@@ -65,11 +102,8 @@ def planned_outputs(output_dir: str | os.PathLike, request: OutputRequest) -> di
 
 def _bytes_needed(role: str, fixed_grid: Grid, moving_grid: Grid) -> int:
     """An upper bound of a file's size (uncompressed data plus headers)."""
-    fixed, moving = int(np.prod(fixed_grid.size)), int(np.prod(moving_grid.size))
-    per_role = {"transform": fixed * fixed_grid.dim * 8, "vector_field": fixed * fixed_grid.dim * 8,
-                "inverse": moving * moving_grid.dim * 8, "warped": fixed * 4, "jacobian": fixed * 4,
-                "agreement": fixed * 4}
-    return per_role.get(role, 0) + (1 << 20)
+    grid = moving_grid if ROLES[role].grid == "moving" else fixed_grid
+    return int(np.prod(grid.size)) * ROLES[role].bytes_per_voxel(grid.dim) + (1 << 20)
 
 
 def output_files(targets: dict[str, Path]) -> dict[str, list[Path]]:
@@ -99,7 +133,7 @@ def check_output_names(output_dir: str | os.PathLike, request: OutputRequest,
     targets = planned_outputs(output_dir, request)
     seen: dict[Path, str] = {}
     for role, files in output_files(targets).items():
-        check_output_name(files[0], f"{role} output", ROLE_SUFFIXES[role], inputs)
+        check_output_name(files[0], f"{role} output", ROLES[role].suffixes, inputs)
         for path in files:
             _not_an_input(path, f"{role} output", inputs)
             if path.resolve() in seen:
@@ -181,41 +215,24 @@ def write_outputs(result: Result, fixed: Image, moving: Image, output_dir: str |
 def _write_set(result: Result, fixed: Image, moving: Image, output_dir: str | os.PathLike, request: OutputRequest,
                extra: dict[str, Any], inputs: list[Optional[str]]) -> dict[str, str]:
     targets = check_outputs(output_dir, request, inputs, result.fixed_grid, result.moving_grid)
-    written: dict[str, str] = {}
+    if "affine" in targets and result.affine is None:
+        del targets["affine"]  # a registration without an affine stage has no affine part to write
     warped = result.warped if result.warped is not None else result.warp(moving)
     determinant = jacobian_determinant(result.displacement, result.fixed_grid)
+    contents = Contents(result, fixed, moving, warped, determinant)
+    written = {role: str(target.resolve()) for role, target in targets.items()}
     with OutputSet(output_dir) as outputs:
-        def target(role: str) -> Path:
-            written[role] = str(targets[role].resolve())
-            return outputs.path(targets[role])
-
-        transforms: list[Callable[[], object]] = []  # HDF5 and ITK's transform readers: not thread-safe
-        images: list[Callable[[], object]] = []
-
-        def add(jobs: list[Callable[[], object]], role: str, writer: Callable[..., object], *arguments: Any) -> None:
-            jobs.append(partial(writer, *arguments, target(role)))
-
-        add(transforms, "transform", write_displacement, result.displacement, result.fixed_grid)
-        if "vector_field" in targets:
-            add(transforms, "vector_field", write_displacement, result.displacement, result.fixed_grid)
-        if request.affine and result.affine is not None:
-            add(transforms, "affine", write_affine, result.affine)
-        if request.inverse and result.inverse is not None:
-            add(transforms, "inverse", write_displacement, result.inverse, result.moving_grid)
-        if request.warped:
-            add(images, "warped", write_image, warped)
-        if request.jacobian:
-            add(images, "jacobian", write_image, Image(determinant.astype(np.float32), result.fixed_grid))
-        if request.agreement:
-            add(images, "agreement", _write_agreement, fixed, warped, result.config)
-        if request.checkerboard:
-            add(images, "checkerboard", _write_checkerboard, result, fixed, moving, warped)
-        run_concurrently(transforms, images)
+        jobs = {True: [], False: []}  # by Role.hdf5
+        for role, target in targets.items():
+            writer = ROLES[role].write
+            if writer is not None:
+                jobs[ROLES[role].hdf5].append(partial(writer, contents, outputs.path(target)))
+        run_concurrently(jobs[True], jobs[False])
         report = {**summary(result, determinant), **extra, "fixed": fixed.path, "moving": moving.path}
-        report["outputs"] = dict(written, report=str(targets["report"].resolve()))
+        report["outputs"] = written
         files = output_files({role: Path(path) for role, path in report["outputs"].items()})
         report["files"] = {role: [str(p) for p in paths] for role, paths in files.items()}
-        write_json(target("report"), report, default=_json_default)
+        write_json(outputs.path(targets["report"]), report, default=_json_default)
         outputs.retire(_previous_outputs(targets["report"], inputs))
     return written
 
@@ -242,15 +259,16 @@ def run_concurrently(here: list[Callable[[], object]], elsewhere: list[Callable[
         raise failures[0]
 
 
-def _write_agreement(fixed: Image, warped: Image, config: dict[str, Any], path: Path) -> None:
+def _write_agreement(contents: Contents, path: Path) -> None:
     from .agreement import agreement_map
 
-    write_image(agreement_map(fixed, warped, config), path)
+    write_image(agreement_map(contents.fixed, contents.warped, contents.result.config), path)
 
 
-def _write_checkerboard(result: Result, fixed: Image, moving: Image, warped: Image, path: Path) -> None:
-    before = Result.identity(result.fixed_grid, result.moving_grid).warp(moving)
-    before_after_checkerboard(fixed, before, warped, path)
+def _write_checkerboard(contents: Contents, path: Path) -> None:
+    result = contents.result
+    before = Result.identity(result.fixed_grid, result.moving_grid).warp(contents.moving)
+    before_after_checkerboard(contents.fixed, before, contents.warped, path)
 
 
 def _json_default(value: Any) -> Any:
