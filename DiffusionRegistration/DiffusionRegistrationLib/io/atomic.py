@@ -147,15 +147,33 @@ def _clear(folder: str | os.PathLike, keep_aside: bool = False) -> None:
     _delete(folder)
 
 
+def _ours(path: Path) -> bool:
+    """Whether `path` belongs to this user (POSIX): another user's journal or temporary is never acted on."""
+    return not hasattr(os, "geteuid") or path.lstat().st_uid == os.geteuid()
+
+
+def _check_plan(plan: Any, token: str) -> None:
+    """ValueError unless every path of `plan` is where set `token` puts it: staged files and copies in its own
+    staging and aside folders, each beside the final file it stands for."""
+    if not isinstance(plan, dict) or plan.get("diffreg") != "journal" or plan.get("token") != token:
+        raise ValueError("not a journal of this tool")
+    folders = {f".diffreg-{token}.stage": plan["moves"], f".diffreg-{token}.old": plan["aside"]}
+    for folder_name, pairs in folders.items():
+        for pair in pairs:
+            if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
+                raise ValueError("a move is not a pair of paths")
+            temporary = Path(pair[0] if folder_name.endswith(".stage") else pair[1])
+            final = Path(pair[1] if folder_name.endswith(".stage") else pair[0])
+            if temporary.parent.name != folder_name or final != temporary.parent.parent / temporary.name:
+                raise ValueError(f"{temporary} does not stand for {final}")
+    if not all(Path(str(p)).name in folders for p in plan["temporaries"]):
+        raise ValueError("a temporary folder of another set")
+
+
 def _read_plan(journal: Path) -> dict:
     try:
         plan = json.loads(journal.read_text(encoding="utf-8"))
-        if not isinstance(plan, dict) or plan.get("diffreg") != "journal":
-            raise ValueError("not a journal of this tool")
-        for key in ("moves", "aside"):
-            if not all(isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)
-                       for pair in plan[key]):
-                raise ValueError(f"bad {key}")
+        _check_plan(plan, _JOURNAL.match(journal.name).group(1))
         return plan
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise RegistrationError(f"{journal}: the journal of an interrupted commit cannot be read ({error}). Check the "
@@ -187,7 +205,7 @@ def _roll_back(plan: dict) -> None:
 
 def _recover_journal(journal: Path) -> bool:
     """Completes or rolls back the commit of a process that stopped; False while that process still runs."""
-    if not journal.is_file():
+    if not journal.is_file() or not _ours(journal):
         return False
     plan = _read_plan(journal)
     if _running(plan.get("pid")):
@@ -204,23 +222,23 @@ def _recover_journal(journal: Path) -> bool:
 
 
 def _remove_temporary(folder: Path) -> bool:
-    """Removes a staging folder of a process that stopped before its commit; True if removed."""
+    """Removes a staging folder of a process that stopped before its commit (or an aside folder it made but
+    never filled); True if removed."""
     marker = _marker(folder)
     try:
         entries = list(folder.iterdir())
+        if not _ours(folder):
+            return False
     except OSError:
         return False
     if marker is None:
-        if _TEMPORARY.match(folder.name) and all(e.name == MARKER and e.is_file() for e in entries):
-            _clear(folder)  # stopped before its marker was complete: nothing else in it
-            return True
-        return False
+        return False  # not provably ours (a kill between a folder's creation and its marker leaves it empty)
     if _running(marker.get("pid")):
         return False
     journal = Path(str(marker.get("journal")))
     if _JOURNAL.match(journal.name) and journal.is_file():
         return _recover_journal(journal)
-    if folder.name.endswith(".old"):
+    if folder.name.endswith(".old") and any(e.name != MARKER for e in entries):
         return False  # copies moved aside whose journal is gone: never deleted
     _clear(folder)
     return True
