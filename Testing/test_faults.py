@@ -268,6 +268,7 @@ def _output_cases(tmp_path: Path, data: dict) -> dict:
     (tmp_path / "a_file").write_text("keep")
     (tmp_path / "out_dir").mkdir()
     (tmp_path / "out_dir" / "warped_dir").mkdir()
+    (tmp_path / "loop").symlink_to("loop")
     return {
         "dir-is-file": ([str(tmp_path / "a_file")], "is a file", tmp_path / "a_file"),
         "dir-under-file": ([str(tmp_path / "a_file" / "sub")], "a_file", tmp_path / "a_file" / "sub"),
@@ -280,12 +281,14 @@ def _output_cases(tmp_path: Path, data: dict) -> dict:
         "overwrites-input": ([str(Path(data["moving"]).parent), "--warped", Path(data["moving"]).name],
                              "destroy the input", None),
         "duplicate-names": ([str(tmp_path / "o"), "--inverse", "transform.h5"], "both", tmp_path / "o"),
+        "dir-in-symlink-loop": ([str(tmp_path / "loop" / "out")], "symbolic links form a loop", tmp_path / "loop"),
+        "dir-is-symlink-loop": ([str(tmp_path / "loop")], "symbolic links form a loop", tmp_path / "loop"),
     }
 
 
 @pytest.mark.parametrize("case", ["dir-is-file", "dir-under-file", "dir-under-proc", "warped-suffix",
                                   "transform-suffix", "affine-suffix", "inverse-suffix", "overwrites-input",
-                                  "duplicate-names"])
+                                  "duplicate-names", "dir-in-symlink-loop", "dir-is-symlink-loop"])
 def test_an_impossible_output_is_refused_before_registering(data, tmp_path, capsys, no_registration, case):
     arguments, fragment, folder = _output_cases(tmp_path, data)[case]
     before = _contents(Path(data["moving"]).parent)

@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import RegistrationError
 from ..geometry.metrics import folding, jacobian_determinant
 from ..core.signals import signals_held
-from ..io.atomic import OutputSet, os_error, recover, write_json, writing_into
+from ..io.atomic import OutputSet, os_error, real_path, recover, write_json, writing_into
 from ..core.image import Grid, Image
 from ..io.images import IMAGE_WRITE_SUFFIXES, data_file, write_image
 from ..io.pictures import before_after_checkerboard
@@ -136,10 +136,11 @@ def check_output_names(output_dir: str | os.PathLike, request: OutputRequest,
         check_output_name(files[0], f"{role} output", ROLES[role].suffixes, inputs)
         for path in files:
             _not_an_input(path, f"{role} output", inputs)
-            if path.resolve() in seen:
-                raise RegistrationError(f"outputs {seen[path.resolve()]} and {role} both write {path}; give them "
+            real = real_path(path, f"{role} output")
+            if real in seen:
+                raise RegistrationError(f"outputs {seen[real]} and {role} both write {path}; give them "
                                         "different names.")
-            seen[path.resolve()] = role
+            seen[real] = role
     return targets
 
 
@@ -163,6 +164,7 @@ def _not_an_input(target: Path, role: str, inputs: Iterable[Optional[str]]) -> N
 def check_folder(folder: Path, size: int = 1 << 20) -> None:
     """Creates `folder` if needed; RegistrationError unless a file can be made there and `size` bytes are free.
     Interrupted commits in it are finished or rolled back, and temporaries of stopped runs removed."""
+    folder = real_path(folder, "output folder")
     if folder.exists() and not folder.is_dir():
         raise RegistrationError(f"output folder {folder}: is a file, not a folder. Choose another --output-dir.")
     try:
@@ -189,10 +191,10 @@ def _previous_outputs(report: Path, keep: Iterable[Optional[str]]) -> list[Path]
                   for paths in listed.values() if isinstance(paths, (str, list))]
     except (OSError, ValueError, AttributeError, TypeError):
         return []
-    kept = {Path(p).resolve() for p in keep if p}
-    folder = report.parent.resolve()
-    return [path for group in groups if not any(p.resolve() in kept for p in group)
-            for path in group if path.is_file() and path.resolve().parent == folder]
+    kept = {os.path.realpath(p) for p in keep if p}
+    folder = os.path.realpath(report.parent)
+    return [path for group in groups if not any(os.path.realpath(p) in kept for p in group)
+            for path in group if path.is_file() and os.path.dirname(os.path.realpath(path)) == folder]
 
 
 def write_outputs(result: Result, fixed: Image, moving: Image, output_dir: str | os.PathLike,
@@ -220,7 +222,7 @@ def _write_set(result: Result, fixed: Image, moving: Image, output_dir: str | os
     warped = result.warped if result.warped is not None else result.warp(moving)
     determinant = jacobian_determinant(result.displacement, result.fixed_grid)
     contents = Contents(result, fixed, moving, warped, determinant)
-    written = {role: str(target.resolve()) for role, target in targets.items()}
+    written = {role: os.path.realpath(target) for role, target in targets.items()}
     with OutputSet(output_dir) as outputs:
         jobs = {True: [], False: []}  # by Role.hdf5
         for role, target in targets.items():

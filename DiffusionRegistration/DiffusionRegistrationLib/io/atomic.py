@@ -19,6 +19,7 @@ nothing of a process that is still running is touched. OS errors become Registra
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -72,6 +73,19 @@ def _delete(path: str | os.PathLike) -> None:
 
 def _absolute(path: str | os.PathLike) -> Path:
     return Path(os.path.abspath(path))
+
+
+def real_path(path: str | os.PathLike, role: str) -> Path:
+    """`path` with every symbolic link followed; RegistrationError naming it when its links form a loop."""
+    try:
+        return Path(os.path.realpath(path, strict=True))
+    except FileNotFoundError:
+        return Path(os.path.realpath(path))
+    except OSError as error:
+        if error.errno != errno.ELOOP:
+            return Path(os.path.realpath(path))
+        raise RegistrationError(f"{role} {path}: its symbolic links form a loop. Give a path without the loop "
+                                "(--output-dir).") from None
 
 
 def _running(pid: Any) -> bool:
@@ -278,14 +292,14 @@ def writing_into(folder: str | os.PathLike) -> Iterator[Path]:
     if not str(folder).strip():
         raise RegistrationError("output folder: the name is empty. Give a folder (--output-dir out; . is the "
                                 "current folder).")
-    path = _absolute(folder)
+    path = real_path(_absolute(folder), "output folder")
     if path.exists() and not path.is_dir():
         raise RegistrationError(f"output folder {path}: is a file, not a folder. Choose another --output-dir.")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise os_error(path, error, "cannot write into the output folder") from None
-    key = str(path.resolve())
+    key = str(path)
     with _LOCKS_GUARD:
         if key in _LOCKS:
             _LOCKS[key][1] += 1
