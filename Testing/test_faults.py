@@ -915,6 +915,24 @@ def test_saving_an_inverse_that_was_not_computed_is_an_error(data, tmp_path, mon
     assert _contents(tmp_path) == set()
 
 
+def test_the_api_writes_through_the_command_lines_path(data, tmp_path, monkeypatch):
+    import DiffusionRegistrationLib as dr
+    import DiffusionRegistrationLib.engine.registration as registration
+    from DiffusionRegistrationLib.errors import RegistrationError
+
+    quick = {"similarity": "mse", "levels": [1], "iterations": [2]}
+    real = registration.register
+    monkeypatch.setattr(registration, "register", lambda *a, **k: pytest.fail("registered before the outputs' check"))
+    with pytest.raises(RegistrationError, match="warped output .*w.xyz: unknown file type"):
+        dr.register(data["fixed"], data["moving"], output_dir=tmp_path / "bad", outputs={"warped": "w.xyz"}, **quick)
+    assert _contents(tmp_path / "bad") is None
+    monkeypatch.setattr(registration, "register", real)
+    done = dr.register(data["fixed"], data["moving"], output_dir=tmp_path / "out", outputs={"warped": None}, **quick)
+    assert _contents(tmp_path / "out") == DEFAULT_SET - {"warped.nii.gz"}
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["max_displacement_mm"] == pytest.approx(float(np.linalg.norm(done.displacement, axis=-1).max()))
+
+
 # --- batch: pair names, bad rows, changed rows ---------------------------------------------------------------
 
 BATCH_QUICK = ["--similarity", "mse", "--set", "levels=[1]", "--set", "iterations=[2]", "--progress", "none"]

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -65,8 +66,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
     config = config_from_args(args)  # bad paths and settings are answered before torch and SimpleITK load
     if args.network:
         _check_network_settings(args)
-    from ..engine.outputs import OutputRequest, check_output_names, check_outputs, write_outputs
-    from ..io.atomic import writing_into
+    from ..engine.outputs import OutputRequest, register_and_write
     from ..io.images import read_image, read_mask
     from ..progress import Progress
 
@@ -77,22 +77,19 @@ def _cmd_register(args: argparse.Namespace) -> int:
     moving_mask = read_mask(args.moving_mask, moving, "moving mask") if args.moving_mask else None
     request = OutputRequest(transform=args.transform, vector_field=args.vector_field, warped=args.warped,
                             affine=args.affine, inverse=args.inverse, agreement=args.agreement)
-    inputs = (args.fixed, args.moving, args.fixed_mask, args.moving_mask, args.network, args.config)
-    check_output_names(args.output_dir, request, inputs)
-    with writing_into(args.output_dir):  # held from the checks to the commit: a second run there is refused
-        check_outputs(args.output_dir, request, inputs, fixed.grid, moving.grid)
-        if args.network:
-            from ..network.inference import register_with_network
+    if args.network:
+        from ..network.inference import register_with_network
 
-            result = register_with_network(fixed, moving, args.network, finetune_steps=args.finetune_steps,
-                                           device=config.device, progress=progress, inverse=bool(args.inverse),
-                                           **finetune_settings(args, config))
-        else:
-            from ..engine.registration import register
+        run = partial(register_with_network, fixed, moving, args.network, finetune_steps=args.finetune_steps,
+                      device=config.device, progress=progress, inverse=bool(args.inverse),
+                      **finetune_settings(args, config))
+    else:
+        from ..engine.registration import register
 
-            result = register(fixed, moving, config, fixed_mask, moving_mask, progress=progress,
-                              inverse=bool(args.inverse))
-        written = write_outputs(result, fixed, moving, args.output_dir, request, inputs=inputs)
+        run = partial(register, fixed, moving, config, fixed_mask, moving_mask, progress=progress,
+                      inverse=bool(args.inverse))
+    result, written = register_and_write(args.output_dir, request, fixed, moving, run,
+                                         (args.fixed_mask, args.moving_mask, args.network, args.config))
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     progress(Progress("done", 1.0, written["report"]))

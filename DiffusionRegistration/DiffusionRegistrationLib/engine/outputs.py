@@ -197,6 +197,22 @@ def _previous_outputs(report: Path, keep: Iterable[Optional[str]]) -> list[Path]
             for path in group if path.is_file() and os.path.dirname(os.path.realpath(path)) == folder]
 
 
+def register_and_write(output_dir: str | os.PathLike, request: OutputRequest, fixed: Image, moving: Image,
+                       run: Callable[[], Result], inputs: Iterable[Optional[str]] = (),
+                       extra: Optional[Callable[[Result], dict[str, Any]]] = None) -> tuple[Result, dict[str, str]]:
+    """The one register-and-write path of the command line and the API: the output names, folder and free
+    space are checked and the folder held before `run()` registers (so a bad output or a busy folder costs no
+    registration), then the set is written with `extra(result)` in its report. Returns the result and
+    role -> path."""
+    inputs = [fixed.path, moving.path, *inputs]
+    check_output_names(output_dir, request, inputs)
+    with writing_into(output_dir):
+        check_outputs(output_dir, request, inputs, fixed.grid, moving.grid)
+        result = run()
+        return result, write_outputs(result, fixed, moving, output_dir, request, extra(result) if extra else None,
+                                     inputs)
+
+
 def write_outputs(result: Result, fixed: Image, moving: Image, output_dir: str | os.PathLike,
                   request: Optional[OutputRequest] = None, extra: Optional[dict[str, Any]] = None,
                   inputs: Iterable[Optional[str]] = ()) -> dict[str, str]:
