@@ -20,8 +20,8 @@ VENVS = Path(os.environ.get("DIFFREG_VENVS", Path(os.environ.get("XDG_CACHE_HOME
                             / "diffusionregistration" / "venvs"))
 # the unit tests that need neither torch nor MRML: settings, catalog and weights, images and data,
 # landmarks, atomic files, the process runner and the Slicer job's options
-TORCH_FREE_TESTS = ("test_settings.py", "test_catalog.py", "test_data.py", "test_landmarks.py", "test_atomic.py",
-                    "test_process_runner.py")
+TORCH_FREE_TESTS = ("test_settings.py", "test_declarations.py", "test_catalog.py", "test_data.py", "test_landmarks.py",
+                    "test_atomic.py", "test_process_runner.py")
 COMPILE = """
 import pathlib, sys
 bad = []
