@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
-from .engine.config import resolve_config
+from .engine.options import RegistrationOptions
 from .engine.outputs import OutputRequest, register_and_write, write_outputs
 from .engine.result import Result
 from .errors import RegistrationError
@@ -110,7 +110,7 @@ def register(fixed: ImageLike, moving: ImageLike, preset: str = "default", fixed
 
     if not isinstance(preset, str):
         raise TypeError(f"preset must be a preset name (str), not {type(preset).__name__}")
-    config = resolve_config(preset, overrides=overrides)
+    config = RegistrationOptions(preset=preset, overrides=overrides).config()
     fixed_image, moving_image = _image(fixed, "fixed"), _image(moving, "moving")
     masks = (_mask(fixed_mask, fixed_image, "fixed_mask"), _mask(moving_mask, moving_image, "moving_mask"))
     mask_files = tuple(str(m) for m in (fixed_mask, moving_mask) if isinstance(m, (str, os.PathLike)))
