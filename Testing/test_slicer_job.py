@@ -45,7 +45,7 @@ def test_job_json_gives_the_same_transform_as_the_flags(deformed_pair, tmp_path,
                                   overrides=QUICK)
     commands = []
     monkeypatch.setattr(job_module.ProcessRunner, "start", lambda runner: commands.append(runner.command) or runner)
-    job = RegistrationJob(scene, fixed, moving, options, work_folder=str(tmp_path)).start()
+    job = RegistrationJob(scene, fixed, moving, options, work_folder=str(tmp_path), warm=False).start()
     try:
         command = commands[0]
         assert command[command.index("--config") + 1] == str(job.folder / JOB_FILE)

@@ -23,6 +23,7 @@ from .models import add_models_parser
 from .network import add_network_parsers
 from .settings import (add_progress_argument, add_settings_arguments, config_from_args, finetune_settings,
                        progress_from_args, settings_given)
+from .worker import add_worker_parser
 
 EPILOG = """examples:
   diffreg register --fixed fixed.nii.gz --moving moving.nii.gz --output-dir out
@@ -214,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
         add(subparsers)
     add_models_parser(subparsers)
     add_network_parsers(subparsers)
+    add_worker_parser(subparsers)
     return parser
 
 
