@@ -34,23 +34,11 @@ from DiffusionRegistrationLib.progress import Progress
 from DiffusionRegistrationLib.slicer.options import RegistrationOptions
 from DiffusionRegistrationLib.slicer.process_runner import Finished, backend_environment
 from DiffusionRegistrationLib.slicer.warm_backend import WarmBackend
+from test_process_runner import alive
 
 LIBRARY_PARENT = Path(__file__).resolve().parents[1] / "DiffusionRegistration"
 QUICK = {"threads": 1, "affine_iterations": (10, 5)}
 TIMEOUT = 300  # seconds for one small job on a loaded 2-core machine
-
-
-def alive(pid: int) -> bool:
-    """True while `pid` runs: it exists and is not a zombie waiting to be reaped."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    try:
-        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return not stat.exists()
 
 
 def gone_within(pid: int, seconds: float) -> bool:
@@ -193,6 +181,7 @@ CLIENT = textwrap.dedent('''
     import json, os, sys, time
     from DiffusionRegistrationLib.slicer.process_runner import backend_environment
     from DiffusionRegistrationLib.slicer.warm_backend import WarmBackend
+from test_process_runner import alive
     from DiffusionRegistrationLib.progress import Progress
 
     backend = WarmBackend(env=backend_environment(sys.argv[1]), cwd=sys.argv[1])
