@@ -217,3 +217,32 @@ def test_a_client_killed_mid_job_leaves_no_worker(pair, tmp_path):
         for pid in (holder, worker):
             if pid is not None and alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_slicer_jobs_run_on_the_worker_that_warm_up_started(colin_small, tmp_path):
+    slicer = pytest.importorskip("slicer", reason="slicer-core (the MRML library from PyPI) is not installed")
+    from DiffusionRegistrationLib.slicer import volume_node_from_image
+    from DiffusionRegistrationLib.slicer.job import RegistrationJob, idle_backend, warm_up
+    from DiffusionRegistrationLib.slicer.warm_backend import WarmRun
+
+    field = random_smooth_displacement(colin_small.grid, max_mm=6.0, seed=2, smoothness_mm=25.0)
+    scene = slicer.vtkMRMLScene()
+    fixed = volume_node_from_image(colin_small, scene=scene, name="fixed")
+    moving = volume_node_from_image(Image(warp_with_displacement(colin_small, field).array, colin_small.grid),
+                                    scene=scene, name="moving")
+    options = RegistrationOptions(preset="fast", similarity="mse", steps=5, device="cpu", overrides=QUICK)
+    backend = idle_backend()
+    try:
+        warm_up()
+        worker = backend.pid
+        assert worker is not None
+        pids = []
+        for _ in range(2):
+            job = RegistrationJob(scene, fixed, moving, options, work_folder=str(tmp_path)).start()
+            result = job.wait()
+            assert isinstance(job.runner, WarmRun) and result.transform.IsA("vtkMRMLGridTransformNode")
+            pids.append(job.runner.exit["pid"])
+        assert pids == [worker, worker] and list(tmp_path.iterdir()) == []
+    finally:
+        backend.close()
+    assert gone_within(worker, 10)

@@ -12,6 +12,7 @@ and no process behind. No Qt and no Slicer application are needed.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import tempfile
@@ -74,7 +75,10 @@ def idle_backend(python: Optional[str] = None) -> Optional[WarmBackend]:
 
 def warm_up(python: Optional[str] = None) -> None:
     """Starts the shared worker in the background (when the panel or page opens), so that the first run is
-    warm too; returns at once."""
+    warm too; returns at once. Nothing happens while torch is not installed (it is installed on the first
+    Apply) or while the worker runs a job."""
+    if importlib.util.find_spec("torch") is None:
+        return
     backend = idle_backend(python)
     if backend is not None:
         backend.start()

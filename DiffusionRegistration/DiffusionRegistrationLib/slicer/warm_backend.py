@@ -189,6 +189,7 @@ class WarmBackend:
         """Hands the worker's queued lines to the job they belong to; waits up to `timeout` for the first."""
         worker = self._worker
         if worker is None:
+            time.sleep(timeout)
             return
         try:
             first = worker.events.get(timeout=timeout) if timeout > 0 else worker.events.get_nowait()
