@@ -82,7 +82,7 @@ def run_case(args: argparse.Namespace, case: tuple) -> dict:
     device = torch.device(args.device)
     dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     flags = ADM_256_UNCOND_FLAGS
-    manifest = ROOT.parent / "shared" / "reference" / "adm_256_uncond_manifest.json"
+    manifest = ROOT / "Testing" / "reference" / "adm_256_uncond_manifest.json"
     if manifest.is_file():
         flags = json.loads(manifest.read_text())["config"]
     started = time.perf_counter()

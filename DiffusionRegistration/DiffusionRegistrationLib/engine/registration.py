@@ -190,20 +190,20 @@ def level_plan(grid: Grid, levels: tuple[float, ...], iterations: tuple[int, ...
     """(shrink factor of the image grid, iterations) of each level, coarse to fine.
 
     A level's spacing is its factor times `level_spacing_mm` for a 3D volume (2D, or None: the image's
-    own spacing), never finer than the image. Levels that fall onto the same factor keep the first;
-    levels with fewer than MIN_LEVEL_VOXELS along an axis are dropped (they mislead the optimiser),
-    except that one level is always kept.
+    own spacing), never finer than the image. A level with 0 iterations is skipped, as in ANTs
+    (`--convergence [100x70x0]`); none left: the stage is skipped. Levels that fall onto the same factor
+    keep the first; levels with fewer than MIN_LEVEL_VOXELS along an axis are dropped (they mislead the
+    optimiser), except that the finest level that runs is always kept.
     """
     voxel_mm = float(min(grid.spacing))
     base = 1.0 if level_spacing_mm is None or grid.dim == 2 else max(level_spacing_mm / voxel_mm, 1.0)
+    running = [(float(level * base), count) for level, count in zip(levels, iterations) if count > 0]
     plan: list[tuple[float, int]] = []
-    for level, count in zip(levels, iterations):
-        factor = float(level * base)
+    for factor, count in running:
         if min(grid.size) / factor >= MIN_LEVEL_VOXELS and all(factor != f for f, _ in plan):
             plan.append((factor, count))
-    if not plan:
-        finest = levels.index(min(levels))
-        plan = [(float(min(levels) * base), iterations[finest])]
+    if running and not plan:
+        plan = [min(running)]
     return plan
 
 
@@ -338,7 +338,7 @@ def deformable_stage(run: Run, affine: AffineTransform) -> Optional[DenseTransfo
 
     _run_levels(run, "deformable", level_plan(run.fixed.grid, config.levels, config.iterations,
                                               config.level_spacing_mm), build, "lr")
-    return current[0].dense
+    return current[0].dense if current else None
 
 
 def _result(run: Run, fixed: Image, moving: Image, affine: AffineTransform, dense: Optional[DenseTransform],

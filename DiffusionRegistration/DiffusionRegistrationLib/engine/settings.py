@@ -170,7 +170,7 @@ class Device:
         return value
 
 
-_ITERATIONS = Number(int, 1, 100_000)
+_ITERATIONS = Number(int, 0, 100_000)  # 0 skips the level, as in ANTs
 SETTINGS: dict[str, Any] = {
     "similarity": Text(),
     "similarity_params": Mapping(),
