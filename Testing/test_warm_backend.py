@@ -154,6 +154,20 @@ def test_close_ends_the_worker(pair):
     assert backend.pid is None and gone_within(pid, 10)
 
 
+def test_a_new_environment_restarts_the_worker_only_when_the_backend_reads_what_changed():
+    environment = backend_environment(LIBRARY_PARENT)
+    backend = new_backend().start()
+    try:
+        pid = backend.pid
+        backend.configure({**environment, "KMP_DUPLICATE_LIB_OK": "True"}, str(LIBRARY_PARENT))  # torch sets it
+        assert backend.pid == pid
+        backend.configure({**environment, "DIFFREG_CACHE": "/elsewhere"}, str(LIBRARY_PARENT))
+        assert backend.pid is None and gone_within(pid, 10)
+        assert backend.start().pid not in (None, pid)
+    finally:
+        backend.close()
+
+
 def test_idle_worker_exits_and_a_dead_worker_is_replaced(pair, tmp_path):
     backend = new_backend(idle_seconds=1)
     try:
@@ -181,7 +195,6 @@ CLIENT = textwrap.dedent('''
     import json, os, sys, time
     from DiffusionRegistrationLib.slicer.process_runner import backend_environment
     from DiffusionRegistrationLib.slicer.warm_backend import WarmBackend
-from test_process_runner import alive
     from DiffusionRegistrationLib.progress import Progress
 
     backend = WarmBackend(env=backend_environment(sys.argv[1]), cwd=sys.argv[1])

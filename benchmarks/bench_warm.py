@@ -4,6 +4,8 @@ The pair is bench_registration.py's `slice2d` one (BrainWeb T1 slice onto the PD
 field, seed 0), registered with `--preset multimodal`. Each repeat runs, in a rotating order:
 - warm: a job on the `diffreg worker` that the Slicer jobs share (started once, before the repeats), timed as
   the panel waits for it: from submit() to the job's end (reading, registering, writing every default output);
+- warm-1-thread: the same with `--set threads=1` (one torch thread: no thread wake-ups between the many
+  small operations of a 2D registration, which a loaded machine makes slow);
 - slicer-job: the Slicer logic's RegistrationJob on the same worker, from MRML volume nodes to the transform,
   warped and checkerboard nodes (writing the inputs and job.json, the job, importing the results);
 - ants-syn: ANTsPy's `ants.registration(type_of_transform="SyN")` call alone, in this process (ANTsPy loaded
@@ -42,7 +44,7 @@ from DiffusionRegistrationLib.slicer.warm_backend import WarmBackend, WarmRun  #
 from peers import ants_syn  # noqa: E402
 
 PRESET = "multimodal"
-METHODS = ("warm", "slicer-job", "ants-syn", "cold")
+METHODS = ("warm", "warm-1-thread", "slicer-job", "ants-syn", "cold")
 
 
 def register_arguments(case, output: Path) -> list[str]:
@@ -50,9 +52,9 @@ def register_arguments(case, output: Path) -> list[str]:
             "--preset", PRESET]
 
 
-def run_warm(backend: WarmBackend, case, output: Path) -> dict:
+def run_warm(backend: WarmBackend, case, output: Path, extra: tuple[str, ...] = ()) -> dict:
     start = time.perf_counter()
-    run = backend.submit([*register_arguments(case, output), "--progress", "json"])
+    run = backend.submit([*register_arguments(case, output), *extra, "--progress", "json"])
     if run.wait() != 0:
         raise RuntimeError(f"warm job failed: {run.error_message()}")
     seconds = time.perf_counter() - start
@@ -125,12 +127,12 @@ def summarise(samples: dict[str, list[dict]]) -> list[dict]:
 
 
 def print_table(rows: list[dict]) -> None:
-    header = f"{'method':<12}{'n':>3}{'median s':>10}{'min s':>8}{'max s':>8}{'/ SyN call':>12}{'in register()':>15}{'TRE mm':>8}"
+    header = f"{'method':<14}{'n':>3}{'median s':>10}{'min s':>8}{'max s':>8}{'/ SyN call':>12}{'in register()':>15}{'TRE mm':>8}"
     print(header)
     print("-" * len(header))
     cell = lambda value, digits: "-" if value is None else f"{value:.{digits}f}"  # noqa: E731
     for row in rows:
-        print(f"{row['method']:<12}{row['n']:>3}{cell(row['median_seconds'], 3):>10}{cell(row['min_seconds'], 3):>8}"
+        print(f"{row['method']:<14}{row['n']:>3}{cell(row['median_seconds'], 3):>10}{cell(row['min_seconds'], 3):>8}"
               f"{cell(row['max_seconds'], 3):>8}{cell(row['vs_syn_call'], 2):>12}"
               f"{cell(row['register_seconds'], 3):>15}{cell(row['tre_mean'], 2):>8}")
 
@@ -154,6 +156,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         case = slice_cases("slice2d", [0], folder)[0]
         runners: dict[str, Callable[[int], dict]] = {
             "warm": lambda i: run_warm(backend, case, folder / f"warm{i}"),
+            "warm-1-thread": lambda i: run_warm(backend, case, folder / f"warm1_{i}", ("--set", "threads=1")),
             "ants-syn": lambda i: run_syn(case),
             "cold": lambda i: run_cold(case, folder / f"cold{i}"),
         }

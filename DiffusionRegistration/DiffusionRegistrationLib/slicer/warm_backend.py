@@ -19,6 +19,7 @@ from __future__ import annotations
 import atexit
 import itertools
 import json
+import os
 import queue
 import subprocess
 import threading
@@ -34,6 +35,10 @@ from .process_runner import (Event, Finished, LogLine, ProcessRunner, RunStatus,
                              python_executable)
 
 IDLE_SECONDS = 600.0  # the worker exits after this long without a job, giving its memory back
+# the environment variables that change what a worker does: the backend's settings and caches, where Python
+# finds the Lib, torch's threads and devices; others (libraries set some on import) do not restart it
+WORKER_VARIABLE_PREFIXES = ("DIFFREG_", "PYTHON", "CUDA_", "OMP_", "GOMP_", "MKL_", "TORCH", "HF_", "XDG_")
+WORKER_VARIABLES = ("HOME", "PATH", "LD_LIBRARY_PATH", "TMPDIR")
 LOG_LINES = 200
 _OPEN: "weakref.WeakSet[WarmBackend]" = weakref.WeakSet()
 _SHARED: dict[str, "WarmBackend"] = {}
@@ -44,6 +49,13 @@ class WorkerEvent:
     """One JSON event line of the worker, every key kept (job id, exit code, pid)."""
 
     data: dict
+
+
+def worker_environment(env: Optional[dict]) -> dict:
+    """The part of `env` (default: this process's) that a worker started with it depends on."""
+    environment = os.environ if env is None else env
+    return {name: value for name, value in environment.items()
+            if name.startswith(WORKER_VARIABLE_PREFIXES) or name in WORKER_VARIABLES}
 
 
 def parse_worker_line(line: str) -> Union[WorkerEvent, LogLine]:
@@ -158,14 +170,13 @@ class WarmBackend:
         return self
 
     def configure(self, env: Optional[dict], cwd: Optional[str]) -> None:
-        """Sets the worker's environment and folder; a running worker started with others is ended (the next
-        job starts one that has them)."""
+        """Sets the environment and folder of the workers started from now on; a running worker whose settings
+        differ in what matters (worker_environment, the folder) is ended, and the next job starts one."""
         with self._lock:
-            if (env, cwd) == (self.env, self.cwd):
-                return
-            if self.busy:
-                raise RuntimeError("the warm backend is running a job")
-            self._stop_worker()
+            if (worker_environment(env), cwd) != (worker_environment(self.env), self.cwd):
+                if self.busy:
+                    raise RuntimeError("the warm backend is running a job")
+                self._stop_worker()
             self.env, self.cwd = env, cwd
 
     def submit(self, argv: Sequence[str], temporary_folder: Optional[Union[str, Path]] = None) -> WarmRun:
