@@ -24,6 +24,7 @@ from .models import add_models_parser
 from .network import add_network_parsers
 from .settings import (add_progress_argument, add_settings_arguments, finetune_settings, network_refusals,
                        options_from_args, progress_from_args)
+from .worker import add_worker_parser
 
 AGREEMENT_FILE = "agreement.nii.gz"
 EPILOG = """examples:
@@ -217,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
         add(subparsers)
     add_models_parser(subparsers)
     add_network_parsers(subparsers)
+    add_worker_parser(subparsers)
     return parser
 
 
