@@ -359,10 +359,10 @@ def two_sets(data, tmp_path, monkeypatch, request):
     names = DETACHED_SET if request.param == "warped.mhd" else DEFAULT_SET
     assert main(_register(data, out, "--inverse", "inverse.h5", "--warped", request.param, "--set", "seed=1")) == 0
     assert _contents(out) == names | {"inverse.h5"}
-    from DiffusionRegistrationLib.engine.config import resolve_config
+    from DiffusionRegistrationLib.engine.options import RegistrationOptions
     from DiffusionRegistrationLib.io.images import read_image
 
-    config = resolve_config("default", overrides={"similarity": "mse", "levels": [1], "iterations": [2]})
+    config = RegistrationOptions(overrides={"similarity": "mse", "levels": [1], "iterations": [2]}).config()
     second = registration.register(read_image(data["fixed"]), read_image(data["moving"]), config)
     monkeypatch.setattr(registration, "register", lambda *args, **kwargs: second)
     return out, _bytes_of(out), names
