@@ -31,7 +31,7 @@ from DiffusionRegistrationLib.engine.config import save_config
 from DiffusionRegistrationLib.geometry.synthetic import random_smooth_displacement, warp_with_displacement
 from DiffusionRegistrationLib.io.transform_files import read_displacement
 from DiffusionRegistrationLib.progress import Progress
-from DiffusionRegistrationLib.slicer.options import RegistrationOptions
+from DiffusionRegistrationLib.engine.options import RegistrationOptions
 from DiffusionRegistrationLib.slicer.process_runner import Finished, backend_environment
 from DiffusionRegistrationLib.slicer.warm_backend import WarmBackend
 from test_process_runner import alive

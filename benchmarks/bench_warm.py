@@ -73,7 +73,7 @@ def slicer_job_runner(case, folder: Path) -> Optional[Callable[[], dict]]:
     from DiffusionRegistrationLib.io.images import read_image
     from DiffusionRegistrationLib.slicer import volume_node_from_image
     from DiffusionRegistrationLib.slicer.job import RegistrationJob
-    from DiffusionRegistrationLib.slicer.options import RegistrationOptions
+    from DiffusionRegistrationLib.engine.options import RegistrationOptions
 
     scene = slicer.vtkMRMLScene()
     fixed = volume_node_from_image(read_image(case.fixed_path), scene=scene, name="fixed")
