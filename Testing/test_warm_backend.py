@@ -5,7 +5,7 @@ registrations of the small BrainWeb T1 slice onto the PD slice under a known smo
   its own with the same arguments (job.json as the Slicer job writes it), after the worker ran other jobs with
   other settings; every job runs in the same worker process, which had torch loaded before the job began.
 - Bad jobs (a missing file, arguments argparse refuses, lines that are not a job) end with an "error" event and
-  an exit code, and the same worker then runs a good job.
+  an exit code, and the same worker then reads the next line and runs a good job.
 - Cancel stops the worker's process group at once and leaves no file in the output folder; a fresh worker is
   started and the next job succeeds on it.
 - A worker that was idle too long exits by itself, one killed outright is replaced, and a job sent to either
@@ -125,6 +125,25 @@ def test_warm_jobs_match_a_cold_process_bit_for_bit_in_one_worker(backend, pair,
     warped = [sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / run / "warped.nii.gz"))) for run in ("warm", "cold")]
     assert np.array_equal(*warped)
     assert sorted(p.name for p in (tmp_path / "warm").iterdir()) == sorted(p.name for p in (tmp_path / "cold").iterdir())
+
+
+def test_lines_that_are_not_jobs_get_an_error_each_and_the_worker_reads_on():
+    """The protocol itself: every bad line gets an "error" event and an exit event with code 2; at the end of
+    its input the worker exits with 0."""
+    lines = ["not json", json.dumps(["register"]), json.dumps({"id": "a", "argv": ["apply", "--input", "x"]}),
+             json.dumps({"id": "b", "argv": ["register", "--help"]}), json.dumps({"id": "c", "argv": "register"})]
+    done = subprocess.run([sys.executable, "-m", "DiffusionRegistrationLib", "worker"], input="\n".join(lines) + "\n",
+                          capture_output=True, text=True, env=backend_environment(LIBRARY_PARENT), timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    assert events[0]["stage"] == "ready"
+    errors = [e["message"] for e in events if e["stage"] == "error"]
+    exits = [(e["job"], e["returncode"]) for e in events if e["stage"] == "exit"]
+    assert exits == [(None, 2), (None, 2), ("a", 2), ("b", 2), ("c", 2)]
+    assert "one JSON object per line" in errors[0] and "one JSON object per line" in errors[1]
+    assert all("starting with \"register\"" in message for message in (errors[2], errors[4]))
+    assert "--help is not a job" in errors[3]
+    assert {e["pid"] for e in events if e["stage"] == "exit"} == {events[0]["pid"]}
 
 
 def test_cancel_kills_the_worker_leaves_no_file_and_the_next_job_runs(backend, pair, tmp_path):

@@ -4,14 +4,15 @@ The pair is bench_registration.py's `slice2d` one (BrainWeb T1 slice onto the PD
 field, seed 0), registered with `--preset multimodal`. Each repeat runs, in a rotating order:
 - warm: a job on the `diffreg worker` that the Slicer jobs share (started once, before the repeats), timed as
   the panel waits for it: from submit() to the job's end (reading, registering, writing every default output);
-- warm-1-thread: the same with `--set threads=1` (one torch thread: no thread wake-ups between the many
-  small operations of a 2D registration, which a loaded machine makes slow);
+- warm-1-thread: the same with `--set threads=1` (one torch thread instead of one per core);
 - slicer-job: the Slicer logic's RegistrationJob on the same worker, from MRML volume nodes to the transform,
   warped and checkerboard nodes (writing the inputs and job.json, the job, importing the results);
 - ants-syn: ANTsPy's `ants.registration(type_of_transform="SyN")` call alone, in this process (ANTsPy loaded
   once, as the worker loads torch once);
 - cold: `diffreg register` as a process of its own (start-up, torch's import, the same job), for reference.
-The table gives median, min and max seconds and the median over SyN's median; the JSON every sample.
+The table gives median, min and max seconds and the median over SyN's median, and the same for CPU seconds
+(all threads: the worker's during the job, plus this process's for the Slicer job; the cold process's user and
+system time; this process's during SyN's call); the JSON every sample.
 
     python benchmarks/bench_warm.py --repeats 7 --out benchmarks/results/bench_warm.json
 
@@ -24,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +36,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_registration import slice_cases  # noqa: E402
+from bench_registration import run_child, slice_cases  # noqa: E402
 from DiffusionRegistrationLib.io.transform_files import read_displacement  # noqa: E402
 from DiffusionRegistrationLib.slicer.job import LIBRARY_PARENT, idle_backend  # noqa: E402
 from DiffusionRegistrationLib.slicer.process_runner import backend_environment  # noqa: E402
@@ -59,7 +59,8 @@ def run_warm(backend: WarmBackend, case, output: Path, extra: tuple[str, ...] = 
         raise RuntimeError(f"warm job failed: {run.error_message()}")
     seconds = time.perf_counter() - start
     report = json.loads((output / "report.json").read_text())
-    return {"seconds": seconds, "worker_seconds": run.exit["seconds"], "register_seconds": report["seconds"],
+    return {"seconds": seconds, "worker_seconds": run.exit["seconds"], "cpu_seconds": run.exit["cpu_seconds"],
+            "register_seconds": report["seconds"],
             "pid": run.exit["pid"], **case.score(read_displacement(output / "transform.h5")[0])}
 
 
@@ -79,14 +80,15 @@ def slicer_job_runner(case, folder: Path) -> Optional[Callable[[], dict]]:
     moving = volume_node_from_image(read_image(case.moving_path), scene=scene, name="moving")
 
     def run() -> dict:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         job = RegistrationJob(scene, fixed, moving, RegistrationOptions(preset=PRESET), work_folder=str(folder))
         result = job.start().wait()
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         if not isinstance(job.runner, WarmRun):
             raise RuntimeError("the Slicer job did not run on the warm backend")
         moving.SetAndObserveTransformNodeID(None)  # the next repeat registers the original again
-        return {"seconds": seconds, "register_seconds": result.report["seconds"]}
+        return {"seconds": seconds, "cpu_seconds": cpu + job.runner.exit["cpu_seconds"], "pid": job.runner.exit["pid"],
+                "register_seconds": result.report["seconds"]}
 
     return run
 
@@ -99,18 +101,22 @@ def run_syn(case) -> dict:
 
 def run_cold(case, output: Path) -> dict:
     command = [sys.executable, "-m", "DiffusionRegistrationLib", *register_arguments(case, output), "--progress", "none"]
-    start = time.perf_counter()
-    done = subprocess.run(command, env=backend_environment(LIBRARY_PARENT), capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        raise RuntimeError(f"cold run failed: {done.stderr[-2000:]}")
+    output.mkdir(parents=True)
+    seconds, cpu_seconds, code = run_child(command, output.parent / f"{output.name}.log")
+    if code != 0:
+        raise RuntimeError(f"cold run failed: {(output.parent / f'{output.name}.log').read_text()[-2000:]}")
     report = json.loads((output / "report.json").read_text())
-    return {"seconds": seconds, "register_seconds": report["seconds"],
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "register_seconds": report["seconds"],
             **case.score(read_displacement(output / "transform.h5")[0])}
 
 
+def median(runs: list[dict], key: str) -> Optional[float]:
+    values = [run[key] for run in runs if run.get(key) is not None]
+    return float(np.median(values)) if values else None
+
+
 def summarise(samples: dict[str, list[dict]]) -> list[dict]:
-    syn = float(np.median([s["seconds"] for s in samples["ants-syn"]])) if samples.get("ants-syn") else None
+    syn = samples.get("ants-syn") or []
     rows = []
     for method, runs in samples.items():
         if not runs:
@@ -118,22 +124,24 @@ def summarise(samples: dict[str, list[dict]]) -> list[dict]:
         times = [s["seconds"] for s in runs]
         row = {"method": method, "n": len(runs), "median_seconds": float(np.median(times)),
                "min_seconds": min(times), "max_seconds": max(times)}
-        row["vs_syn_call"] = row["median_seconds"] / syn if syn else None
-        for key in ("register_seconds", "tre_mean"):
-            values = [s[key] for s in runs if s.get(key) is not None]
-            row[key] = float(np.median(values)) if values else None
+        row.update({key: median(runs, key) for key in ("cpu_seconds", "register_seconds", "tre_mean")})
+        for key, ratio in (("median_seconds", "vs_syn_call"), ("cpu_seconds", "cpu_vs_syn_call")):
+            reference = median(syn, "seconds" if key == "median_seconds" else key)
+            row[ratio] = row[key] / reference if reference and row[key] is not None else None
         rows.append(row)
     return rows
 
 
 def print_table(rows: list[dict]) -> None:
-    header = f"{'method':<14}{'n':>3}{'median s':>10}{'min s':>8}{'max s':>8}{'/ SyN call':>12}{'in register()':>15}{'TRE mm':>8}"
+    header = (f"{'method':<14}{'n':>3}{'median s':>10}{'min s':>8}{'max s':>8}{'/ SyN call':>12}{'CPU s':>8}"
+              f"{'/ SyN':>7}{'in register()':>15}{'TRE mm':>8}")
     print(header)
     print("-" * len(header))
     cell = lambda value, digits: "-" if value is None else f"{value:.{digits}f}"  # noqa: E731
     for row in rows:
         print(f"{row['method']:<14}{row['n']:>3}{cell(row['median_seconds'], 3):>10}{cell(row['min_seconds'], 3):>8}"
-              f"{cell(row['max_seconds'], 3):>8}{cell(row['vs_syn_call'], 2):>12}"
+              f"{cell(row['max_seconds'], 3):>8}{cell(row['vs_syn_call'], 2):>12}{cell(row['cpu_seconds'], 2):>8}"
+              f"{cell(row['cpu_vs_syn_call'], 2):>7}"
               f"{cell(row['register_seconds'], 3):>15}{cell(row['tre_mean'], 2):>8}")
 
 

@@ -9,8 +9,9 @@ Protocol: one JSON object per line each way.
 - Out (stdout), once, after the imports: ``{"stage": "ready", ..., "pid": P, "import_seconds": S}``.
 - Out, per job: ``{"stage": "started", "job": ID, ...}``; then exactly the lines `diffreg register --progress
   json` prints (progress events, then "done" with report.json's path, or "error"/"cancelled" with the reason);
-  then ``{"stage": "exit", "job": ID, "returncode": N, "pid": P, "warm": bool, "seconds": S}``, where N is
-  the exit code the same command would have had as a process and `warm` says torch was loaded before the job.
+  then ``{"stage": "exit", "job": ID, "returncode": N, "pid": P, "warm": bool, "seconds": S, "cpu_seconds": C}``,
+  where N is the exit code the same command would have had as a process, `warm` says torch was loaded before
+  the job, and C is the CPU time of all the worker's threads during the job.
 - Human-readable lines (warnings, the `error:` line, tracebacks) go to stderr, as from `diffreg register`.
 
 A bad line, bad arguments or an unexpected exception end that job with an "error" event (code 2; 1 for an
@@ -109,7 +110,7 @@ class Worker:
         """Runs one job line; returns the exit code `diffreg register` would have had."""
         from .main import main
 
-        started, warm, job = time.perf_counter(), "torch" in sys.modules, None
+        started, cpu, warm, job = time.perf_counter(), time.process_time(), "torch" in sys.modules, None
         try:
             request = parse_request(line)
             job = request.get("id")
@@ -124,7 +125,7 @@ class Worker:
             code = self._fail(f"unexpected {type(error).__name__}: {error}", EXIT_CODE_FOR_BUGS)
         sys.stderr.flush()
         self.emit("exit", f"exit code {code}", job=job, returncode=code, pid=os.getpid(), warm=warm,
-                  seconds=time.perf_counter() - started)
+                  seconds=time.perf_counter() - started, cpu_seconds=time.process_time() - cpu)
         gc.collect()
         return code
 
