@@ -225,13 +225,19 @@ class Run:
     device: torch.device
     progress: ProgressCallback
     history: list = field(default_factory=list)
+    preview: Optional[PreviewCallback] = None
 
 
+# receives the current estimate at the end of each level: the fixed->moving displacement on the fixed grid
+PreviewCallback = Callable[[np.ndarray], None]
 LevelBuilder = Callable[[float], tuple[Callable[[], torch.Tensor], list[ParameterGroup]]]
+Estimate = Callable[[], tuple[AffineTransform, Optional[DenseTransform]]]
 
 
-def _run_levels(run: Run, stage: str, plan: list[tuple[float, int]], build: LevelBuilder, setting: str) -> None:
-    """The level loop every stage shares: build the level's step and optimiser, optimise, record.
+def _run_levels(run: Run, stage: str, plan: list[tuple[float, int]], build: LevelBuilder, setting: str,
+                estimate: Estimate) -> None:
+    """The level loop every stage shares: build the level's step and optimiser, optimise, record, and show
+    the `estimate` (affine, field) to `run.preview` if there is one.
 
     `setting` is the learning rate to name if the optimisation diverges."""
     for index, (factor, iterations) in enumerate(plan):
@@ -247,6 +253,8 @@ def _run_levels(run: Run, stage: str, plan: list[tuple[float, int]], build: Leve
         spacing = float(np.mean(run.fixed.level(factor)[2].spacing))
         run.history.append({"stage": stage, "level": factor, "spacing_mm": round(spacing, 3), **outcome,
                             "seconds": round(time.perf_counter() - start, 3)})
+        if run.preview is not None:
+            run.preview(displacement_on(run.fixed.grid, *estimate(), run.device))
     run.progress(Progress(stage, 1.0, "done"))
 
 
@@ -275,7 +283,7 @@ def affine_stage(run: Run) -> AffineTransform:
             return step, [([affine.translation], config.affine_lr * 100), ([affine.linear], config.affine_lr)]
 
         _run_levels(run, "affine", level_plan(run.fixed.grid, config.affine_levels, config.affine_iterations,
-                                              config.level_spacing_mm), build, "affine_lr")
+                                              config.level_spacing_mm), build, "affine_lr", lambda: (affine, None))
     affine.requires_grad_(False)
     return affine
 
@@ -337,8 +345,26 @@ def deformable_stage(run: Run, affine: AffineTransform) -> Optional[DenseTransfo
         return current[0].loss, [(list(current[0].dense.parameters()), current[0].lr)]
 
     _run_levels(run, "deformable", level_plan(run.fixed.grid, config.levels, config.iterations,
-                                              config.level_spacing_mm), build, "lr")
+                                              config.level_spacing_mm), build, "lr",
+                lambda: (affine, current[0].dense))
     return current[0].dense
+
+
+def _mapped_points(grid: Grid, affine: AffineTransform, dense: Optional[DenseTransform],
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Physical points of every voxel of `grid` and where T = A(x + u) maps them, [1, *shape, D] each."""
+    points = physical_points(grid, device)
+    deformation = torch.zeros_like(points) if dense is None else \
+        channels_last(resize_field(dense.displacement(), grid.shape))
+    return points, affine(points + deformation)
+
+
+def displacement_on(grid: Grid, affine: AffineTransform, dense: Optional[DenseTransform],
+                 device: torch.device) -> np.ndarray:
+    """The fixed->moving displacement T(x) - x on `grid`, [*shape, D] float32 in LPS mm."""
+    with torch.no_grad():
+        points, mapped = _mapped_points(grid, affine, dense, device)
+        return (mapped - points)[0].cpu().numpy().astype(np.float32)
 
 
 def _result(run: Run, fixed: Image, moving: Image, affine: AffineTransform, dense: Optional[DenseTransform],
@@ -346,12 +372,7 @@ def _result(run: Run, fixed: Image, moving: Image, affine: AffineTransform, dens
     """The fixed->moving displacement on the full fixed grid, the warped moving image and the inverse."""
     device = run.device
     with torch.no_grad():
-        points = physical_points(fixed.grid, device)
-        if dense is None:
-            deformation = torch.zeros_like(points)
-        else:
-            deformation = channels_last(resize_field(dense.displacement(), fixed.grid.shape))
-        mapped = affine(points + deformation)
+        points, mapped = _mapped_points(fixed.grid, affine, dense, device)
         displacement = (mapped - points)[0].cpu().numpy().astype(np.float32)
         warped = sample(_tensor(moving.array, device), to_sampling_grid(mapped, moving.grid), padding_mode="zeros")
         inverse_field = _inverse_on_moving_grid(affine, dense, fixed.grid, moving.grid, device) if inverse else None
@@ -395,11 +416,13 @@ def _check_inputs(fixed: Image, moving: Image, fixed_mask: Optional[Image], movi
 
 def register(fixed: Image, moving: Image, config: Optional[RegistrationConfig] = None,
              fixed_mask: Optional[Image] = None, moving_mask: Optional[Image] = None,
-             progress: ProgressCallback = silent, inverse: bool = False) -> Result:
+             progress: ProgressCallback = silent, inverse: bool = False,
+             preview: Optional[PreviewCallback] = None) -> Result:
     """Registers `moving` onto `fixed`; returns the fixed->moving mapping on the fixed grid.
 
     Images may lie on different grids and orientations: everything happens in physical space.
-    The progress callback may raise `Cancelled` to stop the run.
+    The progress callback may raise `Cancelled` to stop the run. `preview`, if given, receives the current
+    fixed->moving displacement on the fixed grid at the end of every level (a live view of the run).
     """
     config = _checked_arguments(fixed, moving, config, fixed_mask, moving_mask)
     start = time.perf_counter()
@@ -407,7 +430,7 @@ def register(fixed: Image, moving: Image, config: Optional[RegistrationConfig] =
     device = resolve_device(config.device)
     with torch_threads(config.threads):
         run = Run(prepare(fixed, fixed_mask, config, device), prepare(moving, moving_mask, config, device),
-                  config, device, progress)
+                  config, device, progress, preview=preview)
         affine = affine_stage(run)
         dense = deformable_stage(run, affine)
         return _result(run, fixed, moving, affine, dense, inverse, start)

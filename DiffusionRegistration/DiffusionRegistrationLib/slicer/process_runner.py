@@ -84,21 +84,51 @@ def kill_tree_windows(pid: int) -> None:
                    creationflags=getattr(subprocess, "CREATE_NO_WINDOW", WINDOWS_CREATE_NO_WINDOW))
 
 
-class ProcessRunner:
+class FollowedRun:
+    """What a caller follows of a run in the background: its queued events and how it ended. Shared by
+    `ProcessRunner` and the review page's in-process runner (cli/review/warm.py)."""
+
+    def __init__(self) -> None:
+        self.events: "queue.Queue[Event]" = queue.Queue()
+        self._started = False
+        self._finished: Optional[Finished] = None
+        self._cancelled = False
+
+    @property
+    def running(self) -> bool:
+        return self._started and self._finished is None
+
+    @property
+    def returncode(self) -> Optional[int]:
+        return self._finished.returncode if self._finished is not None else None
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def poll(self) -> list[Event]:
+        """Every event queued since the last call, without blocking (for a GUI timer)."""
+        drained: list[Event] = []
+        while True:
+            try:
+                drained.append(self.events.get_nowait())
+            except queue.Empty:
+                return drained
+
+
+class ProcessRunner(FollowedRun):
     """One background process: start it, poll its events, wait for it or cancel it."""
 
     def __init__(self, command: Sequence[str], env: Optional[dict] = None, cwd: Optional[str] = None,
                  temporary_folder: Optional[Union[str, os.PathLike]] = None, keep_stderr_lines: int = 200):
+        super().__init__()
         self.command = [str(part) for part in command]
         self.env, self.cwd = env, cwd
         self.temporary_folder = Path(temporary_folder) if temporary_folder is not None else None
-        self.events: "queue.Queue[Event]" = queue.Queue()
         self.stderr_lines: list[str] = []
         self._keep = keep_stderr_lines
         self._process: Optional[subprocess.Popen] = None
         self._readers: list[threading.Thread] = []
-        self._finished: Optional[Finished] = None
-        self._cancelled = False
         self._lock = threading.Lock()
         # POSIX: the watcher reaps the child only under this lock, and the group is signalled only before
         # that, while the child's pid (its group's id) cannot have been given to another process
@@ -120,6 +150,7 @@ class ProcessRunner:
                                          stderr=subprocess.PIPE, env=child_environment(self.env), cwd=self.cwd,
                                          text=True,
                                          encoding="utf-8", errors="replace", bufsize=1, **options)
+        self._started = True
         self._readers = [threading.Thread(target=self._read, args=(self._process.stdout, "stdout"), daemon=True),
                          threading.Thread(target=self._read, args=(self._process.stderr, "stderr"), daemon=True)]
         for reader in self._readers:
@@ -130,18 +161,6 @@ class ProcessRunner:
     @property
     def pid(self) -> Optional[int]:
         return self._process.pid if self._process is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._finished is None
-
-    @property
-    def returncode(self) -> Optional[int]:
-        return self._finished.returncode if self._finished is not None else None
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled
 
     def _read(self, stream: IO[str], name: str) -> None:
         for line in stream:
@@ -175,15 +194,6 @@ class ProcessRunner:
         self._done.set()
 
     # -- following -----------------------------------------------------------------------------------
-    def poll(self) -> list[Event]:
-        """Every event queued since the last call, without blocking (for a GUI timer)."""
-        drained: list[Event] = []
-        while True:
-            try:
-                drained.append(self.events.get_nowait())
-            except queue.Empty:
-                return drained
-
     def wait(self, timeout: Optional[float] = None) -> int:
         """Blocks until the process and its readers are done; returns the exit code."""
         if self._process is None:
