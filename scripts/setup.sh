@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Makes .venv (torch pinned first, so no CUDA wheels are pulled), installs the package with its test and
-# benchmark extras, and fetches the Debian data packages named in DESIGN.md into the data cache.
+# Makes .venv (torch pinned first, so no CUDA wheels are pulled), installs the package with its test, benchmark
+# and review extras, installs chromium and Mesa EGL for the review page's test (as root), and fetches the
+# Debian data packages named in DESIGN.md into the data cache.
 # Idempotent: a second run only checks.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -16,7 +17,7 @@ stamp="$venv/.installed-$(cat "$root/pyproject.toml" | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
     "${pip[@]}" install --upgrade pip
     "${pip[@]}" install "torch==2.13.0"
-    "${pip[@]}" install -e "$root[test,bench]"
+    "${pip[@]}" install -e "$root[test,bench,review]"
     touch "$stamp"
 fi
 
@@ -48,6 +49,18 @@ fetch_deb() {  # package, a file it must provide
     dpkg -x "$(ls -t "$data"/debs/"${pkg}"_*.deb | head -n1)" "$data/root"
     [ -e "$data/root/$probe" ] || { echo "setup: $pkg did not provide $probe" >&2; exit 1; }
 }
+# The review page's browser test: Debian's chromium (Playwright drives it; no browser download) and Mesa's
+# EGL (the page renders off screen without a display). Installed when missing and run as root (CI).
+if ! command -v chromium >/dev/null 2>&1 || ! ldconfig -p | grep -q libEGL_mesa; then
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium libegl1 libegl-mesa0 libgl1-mesa-dri \
+            >/dev/null
+    else
+        echo "setup: the review page's test needs: sudo apt-get install chromium libegl1 libegl-mesa0 libgl1-mesa-dri"
+    fi
+fi
+
 fetch_deb mricron-data usr/share/mricron/templates/ch2bet.nii.gz
 fetch_deb insighttoolkit5-examples usr/share/doc/insighttoolkit5-examples/examples/Data/BrainT1Slice.png
 echo "setup: environment $venv, data $data/root"
