@@ -622,6 +622,9 @@ class DiffusionRegistrationLogic(ScriptedLoadableModuleLogic):
             loop.exec_()  # PythonQt names QEventLoop::exec exec_ (Slicer 5.8 and 5.10 alike)
         finally:
             timer.stop()
+            # QProgressDialog::closeEvent emits canceled(): disconnect first, or a finished download counts as
+            # cancelled (Qt's qprogressdialog.cpp, closeEvent)
+            dialog.disconnect("canceled()", cancel)
             dialog.close()
         if outcome.get("cancelled"):
             return False

@@ -170,11 +170,22 @@ def test_a_node_removed_during_the_run_is_reported_and_nothing_is_added(scene):
     assert node_ids(scene) == ids and session.runs == [] and session.job is None
 
 
-def test_closing_the_scene_cancels_the_run(scene, tmp_path):
+def test_closing_the_scene_during_the_run_adds_nothing(scene, tmp_path):
+    session = ReviewSession(scene, work_folder=str(tmp_path))
+    session.set_inputs(fixed=volume(scene, "F"), moving=volume(scene, "M", (1, 0, 0)))
+    session.start(QUICK)
+    scene.Clear(0)
+    with pytest.raises(RegistrationError, match="was removed from the scene during the run"):
+        session.wait()
+    assert scene.GetNumberOfNodesByClass("vtkMRMLVolumeNode") == 0 and session.runs == []
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_close_cancels_at_once_and_the_process_ends_in_the_background(scene, tmp_path):
     session = ReviewSession(scene, work_folder=str(tmp_path))
     session.set_inputs(fixed=volume(scene, "F"), moving=volume(scene, "M", (1, 0, 0)))
     job = session.start(QUICK)
-    scene.Clear(0)
+    session.close()
     assert session.job is None
     assert job.stopped(timeout=30)
     assert list(tmp_path.iterdir()) == [] and (job.runner is None or not job.runner.running)

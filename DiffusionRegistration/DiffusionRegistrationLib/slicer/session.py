@@ -131,9 +131,6 @@ class ReviewSession:
         self.view: Optional[View] = None
         self.last_folder: Optional[Path] = None  # the last run's files, when keep_files
         self._outputs: tuple = (None, None)
-        from slicer import vtkMRMLScene
-
-        self._close_tag = scene.AddObserver(vtkMRMLScene.StartCloseEvent, lambda caller, event: self.cancel())
         runs = self.runs
         if runs:
             self.current = runs[-1]
@@ -141,9 +138,10 @@ class ReviewSession:
                                                                      "initial_transform")})
 
     def close(self) -> None:
-        """Cancels a running job and stops following the scene."""
+        """Cancels a running job; a view calls it when the scene closes. (The session does not observe the
+        scene itself: a Python observer called while a scene is destroyed crashes VTK. A run that outlives its
+        input nodes ends with a RegistrationError and adds nothing.)"""
         self.cancel()
-        self.scene.RemoveObserver(self._close_tag)
 
     # -- inputs --------------------------------------------------------------------------------------
     def set_inputs(self, fixed=_UNCHANGED, moving=_UNCHANGED, fixed_mask=_UNCHANGED, moving_mask=_UNCHANGED,
