@@ -306,7 +306,7 @@ class DiffusionRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         job, self._job = self._job, None
         if self._timer is not None:
             self._timer.stop()
-        job.cancel()
+        self.logic.cancel(job)
         self._setRunning(False, _("Cancelled: the scene was not changed."))
 
     def _setRunning(self, running: bool, status: str) -> None:
@@ -366,6 +366,7 @@ class DiffusionRegistrationLogic(ScriptedLoadableModuleLogic):
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self._dependenciesChecked = set()
+        self._session = None
 
     def getParameterNode(self):
         return DiffusionRegistrationParameterNode(super().getParameterNode())
@@ -414,66 +415,88 @@ class DiffusionRegistrationLogic(ScriptedLoadableModuleLogic):
         except RegistrationError:
             return None
 
-    def startJob(self, parameterNode: DiffusionRegistrationParameterNode):
-        """Starts a background job for the panel's parameters; returns it at once."""
+    def session(self, scene=None):
+        """The review session of `scene` (default: Slicer's scene): one per scene, made on first use."""
+        from DiffusionRegistrationLib.slicer.session import ReviewSession
+
+        scene = scene or slicer.mrmlScene
+        if self._session is None or self._session.scene is not scene:
+            if self._session is not None:
+                self._session.close()
+            self._session = ReviewSession(scene, python=self.pythonExecutable(), work_folder=self.temporaryFolder())
+        return self._session
+
+    @staticmethod
+    def temporaryFolder() -> Optional[str]:
+        """Slicer's temporary folder (Application settings), where the job's files go; None outside Slicer."""
+        app = getattr(slicer, "app", None)
+        return getattr(app, "temporaryPath", None) or None
+
+    def startJob(self, parameterNode: DiffusionRegistrationParameterNode, overwrite: bool = False):
+        """Starts a background run for the panel's parameters; returns its job at once."""
         p = parameterNode
-        return self.start(p.fixed, p.moving, self.parameterOptions(p), p.fixedMask, p.movingMask, p.outputTransform,
-                          p.outputVolume)
+        session = self.session(p.fixed.GetScene() if p.fixed else None)
+        session.set_inputs(fixed=p.fixed, moving=p.moving, fixed_mask=p.fixedMask, moving_mask=p.movingMask)
+        return session.start(self.parameterOptions(p), p.outputTransform, p.outputVolume, overwrite=overwrite)
 
     def start(self, fixed, moving, options=None, fixedMask=None, movingMask=None, outputTransform=None,
-              outputVolume=None, python: Optional[str] = None):
-        """Writes the inputs and job.json to a temporary folder and starts the backend; returns the job."""
+              outputVolume=None, overwrite: bool = False):
+        """Starts a run of the session of the volumes' scene; returns its job at once."""
         from DiffusionRegistrationLib.errors import RegistrationError
-        from DiffusionRegistrationLib.slicer.job import RegistrationJob
 
         problem = self.inputProblem(fixed, moving)
         if problem:
             raise RegistrationError(problem)
-        job = RegistrationJob(fixed.GetScene(), fixed, moving, options or self.options(), fixedMask, movingMask,
-                              outputTransform, outputVolume, python=python or self.pythonExecutable())
-        return job.start()
+        session = self.session(fixed.GetScene())
+        session.set_inputs(fixed=fixed, moving=moving, fixed_mask=fixedMask, moving_mask=movingMask)
+        return session.start(options or self.options(), outputTransform, outputVolume, overwrite=overwrite)
 
-    def finishJob(self, job, parameterNode: Optional[DiffusionRegistrationParameterNode] = None):
-        """Imports a finished job's outputs, selects the transform it made or filled, and shows the result."""
-        result = job.finish()
-        if parameterNode is not None:
-            parameterNode.outputTransform = result.transform
-        self.showResult(job.fixed, job.moving, result.agreement)
-        return result
+    def finishJob(self, job=None, parameterNode: Optional[DiffusionRegistrationParameterNode] = None):
+        """Records the finished run in the session (new output nodes unless chosen) and shows it."""
+        run = self.session(job.scene if job is not None else None).finish()
+        self.showView(self._session.view)
+        return run
+
+    def cancel(self, job) -> None:
+        """Cancels `job` at once (its process ends in the background); the scene is not changed."""
+        if self._session is not None and self._session.job is job:
+            self._session.cancel()
+        else:
+            job.cancel()
 
     def process(self, fixed, moving, fixedMask=None, movingMask=None, outputTransform=None, outputVolume=None,
                 preset: str = "default", similarity: str = "preset", backbone: str = "adm-256-uncond",
                 mode: str = "fast", device: str = "auto", steps: int = 0, regularization: float = 0.0,
                 networkCheckpoint: str = "", finetuneSteps: int = 0, checkerboardSquareMm: float = 10.0,
                 agreementMap: bool = False, seed: Optional[int] = None, progress: Optional[Callable] = None,
-                wait: bool = True, python: Optional[str] = None):
+                wait: bool = True, overwrite: bool = False):
         """Registers `moving` onto `fixed` (scalar volume nodes), for scripts and tests.
 
         With wait=True, follows the run (calling `progress(event)` for every Progress/LogLine/Finished
-        event) and returns the JobResult (transform, warped, checkerboard, agreement, report). With
-        wait=False, returns the running job: poll() it, then finishJob(job) or job.cancel().
+        event) and returns the session's Run (transform, warped, checkerboard, agreement, jacobian, report).
+        With wait=False, returns the running job: poll() it, then finishJob(job) or job.cancel().
         """
         options = self.options(preset, similarity, backbone, mode, device, steps, regularization,
                                networkCheckpoint, finetuneSteps, checkerboardSquareMm, agreementMap, seed)
-        job = self.start(fixed, moving, options, fixedMask, movingMask, outputTransform, outputVolume, python)
+        job = self.start(fixed, moving, options, fixedMask, movingMask, outputTransform, outputVolume, overwrite)
         if not wait:
             return job
+        session = self._session
         try:
-            result = job.wait(progress)
+            run = session.wait(progress)
         except BaseException:
-            job.cancel()
+            session.cancel()
             raise
-        self.showResult(fixed, moving, result.agreement)
-        return result
+        self.showView(session.view)
+        return run
 
     @staticmethod
-    def showResult(fixed, moving, agreement=None) -> None:
-        """Fixed in the slice views' background; in the foreground the agreement map (a colour overlay)
-        when there is one, else the (transformed) moving volume."""
-        if getattr(slicer, "app", None) is None:  # no views without the application (headless MRML)
+    def showView(view) -> None:
+        """Shows the session's view in Slicer's slice views (nothing without the application)."""
+        if view is None or getattr(slicer, "app", None) is None:
             return
-        slicer.util.setSliceViewerLayers(background=fixed, foreground=agreement or moving, foregroundOpacity=0.5,
-                                         fit=True)
+        slicer.util.setSliceViewerLayers(background=view.background, foreground=view.foreground,
+                                         foregroundOpacity=view.opacity, fit=True)
 
     # -- dependencies --------------------------------------------------------------------------------
     def ensureDependencies(self, backbone: Optional[str] = None) -> bool:
@@ -599,6 +622,9 @@ class DiffusionRegistrationLogic(ScriptedLoadableModuleLogic):
             loop.exec_()  # PythonQt names QEventLoop::exec exec_ (Slicer 5.8 and 5.10 alike)
         finally:
             timer.stop()
+            # QProgressDialog::closeEvent emits canceled(): disconnect first, or a finished download counts as
+            # cancelled (Qt's qprogressdialog.cpp, closeEvent)
+            dialog.disconnect("canceled()", cancel)
             dialog.close()
         if outcome.get("cancelled"):
             return False

@@ -143,8 +143,7 @@ def test_process_registers_and_the_transform_overlays_moving_on_fixed(monkeypatc
     assert image_from_volume_node(result.checkerboard).grid.same_as(image_from_volume_node(fixed_node).grid, 1e-3)
 
     # Apply again: the moving volume, now under this result, is registered without it (no error)
-    again = module.DiffusionRegistrationLogic().process(fixed_node, moving_node, outputTransform=transform,
-                                                        wait=False, **FAST)
+    again = module.DiffusionRegistrationLogic().process(fixed_node, moving_node, wait=False, **FAST).prepared()
     written_moving = sitk.ReadImage(str(again.folder / "moving.nrrd"))
     np.testing.assert_allclose(written_moving.GetOrigin(), moving.GetOrigin(), atol=1e-4)
     np.testing.assert_allclose(sitk.GetArrayFromImage(written_moving), sitk.GetArrayFromImage(moving), atol=1e-5)
@@ -158,7 +157,7 @@ def test_cancelled_run_leaves_no_nodes_files_or_process(monkeypatch, tmp_path, p
     fixed_node, moving_node = nodes_for(scene, pair)
     node_ids = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))  # the job's temporary folder goes here
-    job = module.DiffusionRegistrationLogic().process(fixed_node, moving_node, wait=False, **FAST)
+    job = module.DiffusionRegistrationLogic().process(fixed_node, moving_node, wait=False, **FAST).prepared()
     folder = job.folder
     assert folder.parent == tmp_path and (folder / "fixed.nrrd").is_file()
     deadline = time.monotonic() + 60
@@ -166,7 +165,8 @@ def test_cancelled_run_leaves_no_nodes_files_or_process(monkeypatch, tmp_path, p
         assert job.running and time.monotonic() < deadline
         time.sleep(0.05)
     pid = job.runner.pid
-    job.cancel()
+    job.cancel()  # returns at once; the process is ended in the background
+    assert job.stopped(timeout=30)
     deadline = time.monotonic() + 10
     while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -160,13 +160,14 @@ def read_mask(path: str | os.PathLike, reference: Image, role: str = "mask") -> 
     return check_mask(read_labels(path, role), reference, role)
 
 
-def write_image(image: Image | sitk.Image, path: str | os.PathLike) -> Path:
-    """Writes an image atomically; the format follows the file name (.nii.gz, .nrrd, .mha, .png ...)."""
+def write_image(image: Image | sitk.Image, path: str | os.PathLike, compress: bool = True) -> Path:
+    """Writes an image atomically; the format follows the file name (.nii.gz, .nrrd, .mha, .png ...).
+    compress=False for files that are read once right away (the Slicer job's inputs): writing is faster."""
     sitk_image = image.to_sitk() if isinstance(image, Image) else image
     with atomic_path(path) as temporary:
         try:
             with itk_messages_hidden():
-                sitk.WriteImage(sitk_image, str(temporary), useCompression=True, imageIO=image_io(path))
+                sitk.WriteImage(sitk_image, str(temporary), useCompression=compress, imageIO=image_io(path))
         except RuntimeError as error:
             raise unwritable(path, error) from None
         check_written(sitk_image, temporary, path)
