@@ -81,3 +81,31 @@ def test_a_failed_warm_run_ends_with_one_error_line(tmp_path, files):
     _follow(runner)
     assert runner.returncode == 2
     assert "missing.nii.gz" in runner.error_message() and "\n" not in runner.error_message()
+
+
+def test_the_session_runs_warm_in_this_process_and_a_cancel_leaves_the_scene_as_it_was(warped_pair):
+    slicer = pytest.importorskip("slicer", reason="slicer-core (test extra) is not installed")
+    from DiffusionRegistrationLib.cli.review.warm import InProcessRunner, WarmJob
+    from DiffusionRegistrationLib.slicer import volume_node_from_image
+    from DiffusionRegistrationLib.slicer.options import RegistrationOptions
+    from DiffusionRegistrationLib.slicer.session import ReviewSession
+
+    scene = slicer.vtkMRMLScene()
+    session = ReviewSession(scene)
+    session.job_class = WarmJob
+    session.set_inputs(fixed=volume_node_from_image(warped_pair[0], scene=scene, name="fixed"),
+                       moving=volume_node_from_image(warped_pair[1], scene=scene, name="moving"))
+    job = session.start(RegistrationOptions(preset="fast"))
+    run = session.wait()
+    assert isinstance(job.prepared(30).runner, InProcessRunner) and job.runner.returncode == 0
+    assert run.transform.GetScene() is scene and session.runs == [run]
+
+    nodes = scene.GetNumberOfNodes()
+    job = session.start(RegistrationOptions(preset="fast", overrides={"iterations": [4000, 4000]}))
+    runner = job.prepared(30).runner
+    while not any(isinstance(event, Progress) and event.stage == "deformable" for event in runner.poll()):
+        assert runner.running, runner.error_message()
+        time.sleep(0.02)
+    session.cancel()
+    assert job.stopped(30) and runner.cancelled and runner.returncode == 130
+    assert scene.GetNumberOfNodes() == nodes and session.runs == [run] and not session.running

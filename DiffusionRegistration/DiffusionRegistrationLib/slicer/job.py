@@ -32,7 +32,8 @@ from .checkerboard import checkerboard_volume
 from .geometry import grid_from_ijk_to_ras, ijk_to_ras_from_grid
 from .options import RegistrationOptions
 from .planes import Plane, field_to_world, in_plane, plane_of
-from .process_runner import Event, Finished, LogLine, ProcessRunner, backend_environment, python_executable
+from .process_runner import (Event, Finished, FollowedRun, LogLine, ProcessRunner, backend_environment,
+                             python_executable)
 from .transforms import (displacement_from_grid_transform, end_in_frame, grid_transform_from_displacement,
                          load_transform, matrix_from_world)
 from .volumes import image_from_volume_node, volume_grid, volume_node_from_image
@@ -184,10 +185,13 @@ class RegistrationJob:
                 write_image(image, self.folder / f"{name}.nrrd", compress=False)
             save_config(config, self.folder / JOB_FILE)
             if not self._cancelled.is_set():
-                self.runner = ProcessRunner(self.command(self.folder), env=backend_environment(LIBRARY_PARENT),
-                                            cwd=str(LIBRARY_PARENT)).start()
+                self.runner = self.backend(self.command(self.folder)).start()
         except BaseException as error:  # reported by poll() as a failed run
             self._write_error = error
+
+    def backend(self, command: list[str]) -> FollowedRun:
+        """What runs the backend's command: a background process (the review page runs it in its own process)."""
+        return ProcessRunner(command, env=backend_environment(LIBRARY_PARENT), cwd=str(LIBRARY_PARENT))
 
     def prepared(self, timeout: Optional[float] = None) -> "RegistrationJob":
         """Waits until the inputs are written and the backend started; re-raises a failure to write them."""

@@ -121,6 +121,8 @@ def default_initial_transform(moving):
 class ReviewSession:
     """Inputs, runs and the layers shown, on one MRML scene (see the module docstring)."""
 
+    job_class = RegistrationJob  # the review page's runs stay in its process (cli/review/warm.py)
+
     def __init__(self, scene, python: Optional[str] = None, work_folder: Optional[str] = None,
                  keep_files: bool = False) -> None:
         self.scene = scene
@@ -222,7 +224,7 @@ class ReviewSession:
             raise RegistrationError(question.replace(" Overwrite?", " Choose another output or confirm."))
         number = max([run.number for run in self.runs], default=0) + 1
         name = f"{self.moving.GetName()} to {self.fixed.GetName()} #{number}"
-        job = RegistrationJob(self.scene, self.fixed, self.moving, options or RegistrationOptions(), self.fixed_mask,
+        job = self.job_class(self.scene, self.fixed, self.moving, options or RegistrationOptions(), self.fixed_mask,
                               self.moving_mask, self.initial_transform, python=self.python,
                               work_folder=self.work_folder, keep_files=self.keep_files, name=name)
         self.job, self._outputs, self._number = job.start(), (output_transform, output_volume), number

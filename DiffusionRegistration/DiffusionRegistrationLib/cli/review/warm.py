@@ -102,16 +102,5 @@ class WarmJob(RegistrationJob):
 
     runner: Optional[InProcessRunner]
 
-    def _write_and_run(self, files: dict, config) -> None:
-        from ...engine.config import save_config
-        from ...io.images import write_image
-        from ...slicer.job import JOB_FILE
-
-        try:
-            for name, image in files.items():
-                write_image(image, self.folder / f"{name}.nrrd", compress=False)
-            save_config(config, self.folder / JOB_FILE)
-            if not self._cancelled.is_set():
-                self.runner = InProcessRunner(self.command(self.folder)[3:]).start()
-        except BaseException as error:  # reported by poll() as a failed run
-            self._write_error = error
+    def backend(self, command: list[str]) -> InProcessRunner:
+        return InProcessRunner(command[3:])  # [python, -m, module, register, ...]: `register ...`
