@@ -79,6 +79,15 @@ def _status(url: str, headers=None) -> int:
         return error.code
 
 
+def test_the_command_line_loads_no_web_or_mrml_package_and_review_help_works():
+    probe = "import sys; from DiffusionRegistrationLib.cli.main import build_parser; build_parser(); " \
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'trame', 'aiohttp', 'vtk', 'vtkmodules', 'slicer'}))"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "[]"
+    shown = subprocess.run([sys.executable, "-m", "DiffusionRegistrationLib.cli.main", "review", "--help"],
+                           capture_output=True, text=True)
+    assert shown.returncode == 0 and "--token" in shown.stdout and "ssh -L" in shown.stdout
+
+
 def test_without_the_token_the_page_and_the_websocket_are_refused(server):
     upgrade = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
