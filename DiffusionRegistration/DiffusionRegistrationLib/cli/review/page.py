@@ -11,6 +11,7 @@ under the current estimate (live preview), and an error is one line without serv
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -86,7 +87,7 @@ class ReviewPage(TrameApp):
         state.preset = "fast"
         state.similarities = [{"title": "as the preset says", "value": "", "subtitle": ""}] + [
             {"title": name, "value": name, "subtitle": info.summary} for name, info in SIMILARITIES.items()]
-        state.similarity = ""
+        state.similarity, state.square = "", 10.0
         state.running, state.progress, state.stage, state.error, state.log = False, 0, "", "", ""
         state.timing = ""
         state.runs, state.run = [], None
@@ -134,6 +135,8 @@ class ReviewPage(TrameApp):
                    density="compact", hide_details=True, classes="mb-2")
         v3.VSelect(id="similarity", label="Similarity", v_model=("similarity",), items=("similarities",),
                    item_props=True, density="compact", hide_details=True, classes="mb-2")
+        v3.VTextField(id="square", label="Checkerboard square (mm)", v_model_number=("square",), type="number",
+                      min=1, density="compact", hide_details=True, classes="mb-2")
 
     def _run_ui(self) -> None:
         v3.VBtn("Run", id="run", v_if=("!running",), click=self.run, color="primary", block=True)
@@ -162,6 +165,9 @@ class ReviewPage(TrameApp):
             v3.VBtn("Accept", id="accept", click=lambda: self._guarded(lambda: self.review(True)), size="small")
             v3.VBtn("Reject", id="reject", click=lambda: self._guarded(lambda: self.review(False)), size="small")
             v3.VBtn("Save scene", id="save", click=lambda: self._guarded(self.save), size="small")
+            v3.VBtn("Download transform", id="download", size="small", click=(
+                f"utils.download('transform.h5', trigger('{self.ctrl.trigger_name(self.transform_file)}'), "
+                "'application/octet-stream')"))
         html.Div("{{ saved }}", id="saved", classes="text-caption")
 
     # -- views ------------------------------------------------------------------------------------------
@@ -240,9 +246,9 @@ class ReviewPage(TrameApp):
         state = self.state
         if self.session.running:
             return
-        options = RegistrationOptions(preset=state.preset or "default", similarity=state.similarity or "")
         try:
-            self.session.start(options)
+            self.session.start(RegistrationOptions(preset=state.preset or "default", similarity=state.similarity or "",
+                                                   checkerboard_square_mm=_square_mm(state.square)))
         except RegistrationError as error:
             state.error = page_text(str(error), self.root)
             return
@@ -347,6 +353,20 @@ class ReviewPage(TrameApp):
         self.session.save(inside(self.root, name, "scene"))
         self.state.saved = f"saved {name} in the data folder"
 
+    def transform_file(self) -> bytes:
+        """The current run's transform as an ITK .h5 file, for the browser to download."""
+        run = self.session.current
+        if run is None:
+            self.state.error = "no run to download yet; press Run first."
+            return b""
+        with tempfile.TemporaryDirectory(prefix="diffreg-review-") as folder:
+            storage = self.slicer.scene.CreateNodeByClass("vtkMRMLTransformStorageNode")
+            storage.SetFileName(str(Path(folder) / "transform.h5"))
+            if not storage.WriteData(run.transform):
+                self.state.error = "the transform could not be written; see the server's console."
+                return b""
+            return (Path(folder) / "transform.h5").read_bytes()
+
     def forget(self) -> None:
         """A new reviewer: nothing of the previous one's runs, inputs or log stays on the page."""
         self.session.cancel()
@@ -379,3 +399,14 @@ def _drop_segment_editor(scene) -> None:
     nodes = scene.GetNodesByClass("vtkMRMLSegmentEditorNode")
     for index in range(nodes.GetNumberOfItems()):
         scene.RemoveNode(nodes.GetItemAsObject(index))
+
+
+def _square_mm(value) -> float:
+    """The checkerboard's square from the page's field; RegistrationError for anything but a positive size."""
+    try:
+        square = float(value)
+    except (TypeError, ValueError):
+        square = 0.0
+    if not square > 0:
+        raise RegistrationError(f"checkerboard square '{value}': give a size in mm above 0 (e.g. 10).")
+    return square
