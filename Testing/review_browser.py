@@ -64,13 +64,14 @@ def launch(playwright):
 def choose(page, element_id: str, option: str) -> None:
     """Picks `option` in the page's select `element_id` (Vuetify puts the id on the inner input)."""
     page.locator(f"#{element_id}").locator("xpath=ancestor::div[contains(@class,'v-field ')]").first.click()
-    page.get_by_role("option", name=option, exact=True).click()
+    page.locator(".v-overlay .v-list-item-title").get_by_text(option, exact=True).click()
 
 
-def run(page, seconds: float) -> str:
-    """Presses Run and waits for the final views or an error; returns the page's timing line."""
+def run(page, seconds: float, number: int = 1) -> str:
+    """Presses Run and waits for the final views of the session's run `number` or an error; returns the
+    page's timing line."""
     page.locator("#run").click()
-    page.wait_for_function("document.querySelector('#timing').innerText.includes('final views') || "
+    page.wait_for_function(f"document.querySelector('#timing').innerText.startsWith('run {number}:') || "
                            "document.querySelector('#error').innerText", timeout=seconds * 1000)
     error = page.inner_text("#error")
     if error:

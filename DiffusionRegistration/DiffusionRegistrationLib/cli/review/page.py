@@ -19,6 +19,7 @@ from typing import Callable, Optional
 
 from trame.app import TrameApp
 from trame.widgets import html
+from trame_slicer.app.ui import create_vertical_slice_view_gutter_ui
 from trame_slicer.core import LayoutManager, SlicerApp
 from trame_slicer.rca_view import register_rca_factories
 from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
@@ -52,7 +53,7 @@ class ReviewPage(TrameApp):
         super().__init__(server=server)
         self.root = Path(data_root).resolve()
         self.slicer = SlicerApp()
-        register_rca_factories(self.slicer.view_manager, self.server)
+        register_rca_factories(self.slicer.view_manager, self.server, slice_view_ui_f=_slice_view_ui)
         self.layouts = LayoutManager(self.slicer.scene, self.slicer.view_manager, self.server)
         views = [ViewLayoutDefinition.slice_view("Axial", label=label) for label in VIEWS.values()]
         self.layouts.register_layout("Review", Layout(LayoutDirection.Horizontal, [
@@ -333,7 +334,7 @@ class ReviewPage(TrameApp):
         self.show()
         total = time.perf_counter() - self.started_at
         first = f"first preview after {self.first_preview_s:.1f} s, " if self.first_preview_s is not None else ""
-        state.timing = f"{first}final views after {total:.1f} s"
+        state.timing = f"run {run.number}: {first}final views after {total:.1f} s"
 
     # -- review -----------------------------------------------------------------------------------------
     def select_run(self, number: Optional[int]) -> None:
@@ -410,3 +411,10 @@ def _square_mm(value) -> float:
     if not square > 0:
         raise RegistrationError(f"checkerboard square '{value}': give a size in mm above 0 (e.g. 10).")
     return square
+
+
+def _slice_view_ui(server, view_id: str, view) -> None:
+    """trame-slicer's controls of a slice view, and the view's name in its corner."""
+    create_vertical_slice_view_gutter_ui(server, view_id, view)
+    html.Div(view.name, classes="text-white text-subtitle-2",
+             style="position: absolute; top: 6px; right: 12px; pointer-events: none;")
