@@ -55,7 +55,8 @@ def _status(url: str, headers=None) -> int:
 
 def test_the_command_line_loads_no_web_or_mrml_package_and_review_help_works():
     probe = "import sys; from DiffusionRegistrationLib.cli.main import build_parser; build_parser(); " \
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'trame', 'aiohttp', 'vtk', 'vtkmodules', 'slicer'}))"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & " \
+            "{'trame', 'aiohttp', 'vtk', 'vtkmodules', 'slicer'}))"
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "[]"
     shown_help = subprocess.run([sys.executable, "-m", "DiffusionRegistrationLib.cli.main", "review", "--help"],
                                 capture_output=True, text=True)

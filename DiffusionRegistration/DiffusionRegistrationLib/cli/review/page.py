@@ -88,7 +88,7 @@ class ReviewPage(TrameApp):
         state.preset = "fast"
         state.similarities = [{"title": "as the preset says", "value": "", "subtitle": ""}] + [
             {"title": name, "value": name, "subtitle": info.summary} for name, info in SIMILARITIES.items()]
-        state.similarity, state.square = "", 10.0
+        state.similarity, state.square, state.agreement = "", 10.0, False
         state.running, state.progress, state.stage, state.error, state.log = False, 0, "", "", ""
         state.timing = ""
         state.runs, state.run = [], None
@@ -138,6 +138,8 @@ class ReviewPage(TrameApp):
                    item_props=True, density="compact", hide_details=True, classes="mb-2")
         v3.VTextField(id="square", label="Checkerboard square (mm)", v_model_number=("square",), type="number",
                       min=1, density="compact", hide_details=True, classes="mb-2")
+        v3.VCheckbox(id="agreement", v_model=("agreement",), label="agreement map", density="compact",
+                     hide_details=True)
 
     def _run_ui(self) -> None:
         v3.VBtn("Run", id="run", v_if=("!running",), click=self.run, color="primary", block=True)
@@ -249,7 +251,8 @@ class ReviewPage(TrameApp):
             return
         try:
             self.session.start(RegistrationOptions(preset=state.preset or "default", similarity=state.similarity or "",
-                                                   checkerboard_square_mm=_square_mm(state.square)))
+                                                   checkerboard_square_mm=_square_mm(state.square),
+                                                   agreement=bool(state.agreement)))
         except RegistrationError as error:
             state.error = page_text(str(error), self.root)
             return
