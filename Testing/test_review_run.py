@@ -87,7 +87,7 @@ def test_the_session_runs_warm_in_this_process_and_a_cancel_leaves_the_scene_as_
     slicer = pytest.importorskip("slicer", reason="slicer-core (test extra) is not installed")
     from DiffusionRegistrationLib.cli.review.warm import InProcessRunner, WarmJob
     from DiffusionRegistrationLib.slicer import volume_node_from_image
-    from DiffusionRegistrationLib.slicer.options import RegistrationOptions
+    from DiffusionRegistrationLib.engine.options import RegistrationOptions
     from DiffusionRegistrationLib.slicer.session import ReviewSession
 
     scene = slicer.vtkMRMLScene()

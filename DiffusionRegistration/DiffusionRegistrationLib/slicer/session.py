@@ -33,7 +33,7 @@ from typing import Callable, Optional
 
 from ..errors import RegistrationError
 from .job import JobResult, RegistrationJob
-from .options import RegistrationOptions
+from ..engine.options import RegistrationOptions
 from .process_runner import Event, Finished
 from .scene import save_scene
 from .transforms import FIXED_ROLE, MOVING_ROLE

@@ -30,7 +30,7 @@ from ...engine.config import presets
 from ...errors import Cancelled, RegistrationError
 from ...progress import Progress
 from ...similarity.registry import SIMILARITIES
-from ...slicer.options import RegistrationOptions
+from ...engine.options import RegistrationOptions
 from ...slicer.process_runner import Finished, LogLine
 from ...slicer.session import LAYERS, ReviewSession
 from ...slicer.transforms import grid_transform_from_displacement
@@ -250,7 +250,7 @@ class ReviewPage(TrameApp):
         if self.session.running:
             return
         try:
-            self.session.start(RegistrationOptions(preset=state.preset or "default", similarity=state.similarity or "",
+            self.session.start(RegistrationOptions(preset=state.preset or "default", similarity=state.similarity or None,
                                                    checkerboard_square_mm=_square_mm(state.square),
                                                    agreement=bool(state.agreement)))
         except RegistrationError as error:
