@@ -3,7 +3,7 @@ the real server (trame-slicer views rendered off screen through Mesa's EGL).
 
 The page is opened with its token on a server bound beyond loopback; the main job's pair at 4 mm (Colin27
 skull-stripped onto Colin27 with skull under a known deformation) is picked from the data folder and
-registered with `fast`; the views must show content (they arrive over the websocket, so they are polled),
+registered with `fast` (and the agreement map); the views must show content (they arrive over the websocket, so they are polled),
 the checkerboard and overlay views must differ from the fixed view, switching the overlay's layer must
 change that view, and the saved .mrb, loaded with slicer-core, must hold the run's transform: the one the
 backend computes on the same files, which recovers the known deformation better than no registration; the
@@ -86,6 +86,7 @@ def test_a_run_in_the_browser_shows_the_result_and_saves_a_scene_with_the_transf
         page.wait_for_selector("#pick-fixed", timeout=120_000)
         choose(page, "pick-fixed", "fixed.nii.gz")
         choose(page, "pick-moving", "moving.nii.gz")
+        page.locator("#agreement").check()
         run(page, RUN_SECONDS)
         views = until(lambda: shown(page), 60, "the views to show the run")
         for name in ("checkerboard", "overlay"):
@@ -98,6 +99,9 @@ def test_a_run_in_the_browser_shows_the_result_and_saves_a_scene_with_the_transf
         changed = until(lambda: (lambda now: now if now and np.abs(now["overlay"] - views["overlay"]).mean() > 2
                                  else None)(shown(page)), 30, "the overlay's layer to change")
         assert np.abs(changed["overlay"] - changed["fixed"]).mean() < 2  # now the fixed image alone
+        assert not page.is_visible("#colour-bar")
+        choose(page, "layer", "agreement")
+        page.wait_for_selector("#colour-bar", state="visible", timeout=30_000)  # the map in colour, with its bar
 
         page.locator("#save").click()
         page.wait_for_function("document.querySelector('#saved').innerText.includes('.mrb')", timeout=60_000)

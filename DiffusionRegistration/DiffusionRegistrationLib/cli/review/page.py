@@ -40,6 +40,8 @@ from .warm import WarmJob
 
 VIEWS = {"fixed": "Fixed", "moving": "Moving", "overlay": "Overlay", "checkerboard": "Checkerboard"}
 ORIENTATIONS = ("Axial", "Coronal", "Sagittal")
+COLOUR_LAYERS = ("agreement", "jacobian")  # maps shown in colour over the fixed image, with a colour bar
+FALLBACK_COLOURS = "vtkMRMLColorTableNodeReverseRainbow"  # built into MRML: violet (low) to red (high)
 INPUTS = ("fixed", "moving", "fixed_mask", "moving_mask")
 SCENE_FOLDER = "review"
 POLL_SECONDS = 0.1
@@ -94,7 +96,7 @@ class ReviewPage(TrameApp):
         state.runs, state.run = [], None
         state.layers, state.layer, state.after = list(LAYERS), "moving", True
         state.orientations, state.orientation, state.opacity = list(ORIENTATIONS), "Axial", 0.5
-        state.comment, state.saved = "", ""
+        state.comment, state.saved, state.colour_bar, state.colour_range = "", "", "", ["", "", ""]
         for role in INPUTS:
             state.change(role)(self._input_changed(role))
         state.change("layer", "after", "opacity")(lambda **_: self._guarded(self.show))
@@ -217,6 +219,25 @@ class ReviewPage(TrameApp):
         checkerboard = None if run is None else (run.checkerboard if state.after else run.checkerboard_before)
         self._place(fixed=session.fixed, moving=session.moving, overlay=(shown.background, shown.foreground),
                     checkerboard=checkerboard, opacity=float(state.opacity))
+        self._colour_bar(shown.foreground if state.layer in COLOUR_LAYERS else None)
+
+    def _colour_bar(self, volume) -> None:
+        """The colour bar under the overlay view for the map shown in colour (agreement, Jacobian), else none.
+        Slicer's colour-legend node is left out: its class exists only where Slicer's Colors module runs, so a
+        scene saved with it would not load with slicer-core alone."""
+        display = volume.GetDisplayNode() if volume is not None else None
+        if display is None:
+            self.state.colour_bar = ""
+            return
+        if self.slicer.scene.GetNodeByID(display.GetColorNodeID() or "") is None:
+            display.SetAndObserveColorNodeID(FALLBACK_COLOURS)  # Slicer's file tables are not in slicer-core
+        table = display.GetColorNode().GetLookupTable()
+        count = table.GetNumberOfTableValues()
+        stops = [table.GetTableValue(round(i * (count - 1) / 8))[:3] for i in range(9)]
+        gradient = ", ".join(f"rgb({r * 255:.0f},{g * 255:.0f},{b * 255:.0f})" for r, g, b in stops)
+        self.state.colour_bar = f"linear-gradient(to right, {gradient})"
+        self.state.colour_range = [f"{display.GetWindowLevelMin():.2f}", self.state.layer,
+                                   f"{display.GetWindowLevelMax():.2f}"]
 
     def _place(self, fixed=None, moving=None, overlay=(None, None), checkerboard=None, opacity=0.5) -> None:
         views = self._views()
@@ -250,9 +271,10 @@ class ReviewPage(TrameApp):
         if self.session.running:
             return
         try:
-            self.session.start(RegistrationOptions(preset=state.preset or "default", similarity=state.similarity or None,
-                                                   checkerboard_square_mm=_square_mm(state.square),
-                                                   agreement=bool(state.agreement)))
+            options = RegistrationOptions(preset=state.preset or "default", similarity=state.similarity or None,
+                                          checkerboard_square_mm=_square_mm(state.square),
+                                          agreement=bool(state.agreement))
+            self.session.start(options)
         except RegistrationError as error:
             state.error = page_text(str(error), self.root)
             return
@@ -417,7 +439,15 @@ def _square_mm(value) -> float:
 
 
 def _slice_view_ui(server, view_id: str, view) -> None:
-    """trame-slicer's controls of a slice view, and the view's name in its corner."""
+    """trame-slicer's controls of a slice view, the view's name in its corner and, in the overlay view, the
+    colour bar of a map shown in colour."""
     create_vertical_slice_view_gutter_ui(server, view_id, view)
     html.Div(view.name, classes="text-white text-subtitle-2",
              style="position: absolute; top: 6px; right: 12px; pointer-events: none;")
+    if view.name == VIEWS["overlay"]:
+        with html.Div(id="colour-bar", v_show=("colour_bar",), classes="text-white text-caption",
+                      style="position: absolute; bottom: 34px; right: 12px; width: 40%; pointer-events: none;"):
+            html.Div(style=("{ height: '10px', background: colour_bar }",))
+            with html.Div(style="display: flex; justify-content: space-between;"):
+                for index in range(3):
+                    html.Span(f"{{{{ colour_range[{index}] }}}}")
