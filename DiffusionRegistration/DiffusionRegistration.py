@@ -35,11 +35,15 @@ README_URL = "https://github.com/DiffusionRegistration/SlicerDiffusionRegistrati
 PRESETS = tuple(_presets())
 SIMILARITIES = ("preset", *_similarity_names())
 BACKBONES = tuple(_load_catalog())
+# what the slice views can show of a run (DiffusionRegistrationLib.slicer.session.LAYERS, which imports MRML)
+LAYERS = ("fixed", "moving", "warped", "checkerboard", "agreement", "jacobian")
 MODES = ("exact", "fast")
 DEVICES = ("auto", "cpu", "cuda")
-# The panel's choices that are not node references: kept when the scene is closed.
-SETTINGS = ("preset", "similarity", "backbone", "mode", "device", "steps", "regularization", "networkCheckpoint",
-            "finetuneSteps", "checkerboardSquareMm", "agreementMap")
+# The panel's choices that are backend options, and all its choices that are not node references (kept when
+# the scene is closed).
+OPTIONS = ("preset", "similarity", "backbone", "mode", "device", "steps", "regularization", "networkCheckpoint",
+           "finetuneSteps", "checkerboardSquareMm", "agreementMap")
+SETTINGS = OPTIONS + ("keepTemporaryFiles",)
 # Python packages the backend needs besides torch (PyTorch extension) and what Slicer bundles (numpy,
 # scipy, SimpleITK); entries marked `extra == "diffusion"` only for a diffusion backbone.
 REQUIREMENTS_FILE = pathlib.Path(__file__).resolve().parent / "Resources" / "requirements.txt"
@@ -84,13 +88,16 @@ class DiffusionRegistration(ScriptedLoadableModule):
 class DiffusionRegistrationParameterNode:
     """The panel's state, saved with the scene.
 
-    steps and regularization at 0 mean "as the preset says"; an empty network checkpoint means none.
+    steps and regularization at 0 mean "as the preset says"; an empty network checkpoint means none. The
+    initial transform is the user's placement of the moving volume (by default its parent when it is chosen);
+    no output transform means a new one per run.
     """
 
     fixed: vtkMRMLScalarVolumeNode
     moving: vtkMRMLScalarVolumeNode
     fixedMask: vtkMRMLScalarVolumeNode
     movingMask: vtkMRMLScalarVolumeNode
+    initialTransform: vtkMRMLTransformNode
     preset: Annotated[str, Choice(PRESETS)] = "default"
     similarity: Annotated[str, Choice(SIMILARITIES)] = "preset"
     backbone: Annotated[str, Choice(BACKBONES)] = "adm-256-uncond"
@@ -104,6 +111,7 @@ class DiffusionRegistrationParameterNode:
     outputVolume: vtkMRMLScalarVolumeNode
     checkerboardSquareMm: Annotated[float, WithinRange(1.0, 200.0)] = 10.0
     agreementMap: bool = False
+    keepTemporaryFiles: bool = False
 
 
 @parameterNodeGuiConnector
@@ -160,6 +168,7 @@ class DiffusionRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         self._job = None
         self._preparing = False  # Apply pressed: dependencies or weights are being checked or fetched
         self._timer = None
+        self._lastMoving = None  # the moving volume whose default initial transform was last offered
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -177,6 +186,12 @@ class DiffusionRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        for layer in LAYERS:
+            self.ui.layerComboBox.addItem(layer)
+        self.ui.layerComboBox.connect("currentIndexChanged(int)", self.onShowLayer)
+        self.ui.beforeAfterButton.connect("toggled(bool)", self.onShowLayer)
+        self.ui.openFolderButton.connect("clicked(bool)", self.onOpenFolder)
+        self.ui.sampleDataButton.connect("clicked(bool)", self.onSampleData)
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
@@ -237,32 +252,50 @@ class DiffusionRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         self._parameterNodeGuiTag = None
 
     def _checkCanApply(self, caller=None, event=None) -> None:
+        node = self._parameterNode
+        if node and node.moving is not self._lastMoving:  # a newly chosen moving volume: offer its placement
+            from DiffusionRegistrationLib.slicer.session import default_initial_transform
+
+            self._lastMoving = node.moving
+            node.initialTransform = default_initial_transform(node.moving)
+        session = self.logic.session() if self.logic else None
+        folder = session.last_folder if session else None
+        self.ui.openFolderButton.enabled = folder is not None and folder.is_dir()
+        self.ui.layerComboBox.enabled = self.ui.beforeAfterButton.enabled = bool(session and session.current)
         if self._job is not None:
             self.ui.applyButton.enabled = True
             return
-        node = self._parameterNode
-        reason = DiffusionRegistrationLogic.inputProblem(node.fixed, node.moving) if node else _("No parameters.")
+        reason = self.logic.parameterProblem(node) if node else _("No parameters.")
         self.ui.applyButton.enabled = reason is None and not self._preparing
         self.ui.applyButton.toolTip = reason or _("Register the moving volume onto the fixed volume.")
         usesDiffusion = bool(node) and self.logic.diffusionBackbone(node) is not None
         self.ui.backboneComboBox.enabled = usesDiffusion
         self.ui.modeComboBox.enabled = usesDiffusion
         self.ui.finetuneStepsSpinBox.enabled = bool(node) and bool(node.networkCheckpoint)
+        if node:
+            self.ui.presetDescriptionLabel.text = self.logic.settingsDescription(node)
 
     # -- running -------------------------------------------------------------------------------------
     def onApplyButton(self) -> None:
         if self._job is not None:
             self.cancelJob()
             return
+        node = self._parameterNode
+        problem = self.logic.parameterProblem(node)
+        if problem:
+            self.ui.statusLabel.text = problem
+            return
         self._preparing = True  # no second click while dependencies or weights are fetched
         self._checkCanApply()
         try:
             with slicer.util.tryWithErrorDisplay(_("Could not start the registration."), waitCursor=True):
-                node = self._parameterNode
                 if not self.logic.ensureDependencies(self.logic.diffusionBackbone(node)):
                     return
+                question = self.logic.overwriteQuestion(node)
+                if question and not slicer.util.confirmOkCancelDisplay(question):
+                    return
                 self.ui.logTextEdit.clear()
-                self._job = self.logic.startJob(node)
+                self._job = self.logic.startJob(node, overwrite=bool(question))
                 self._setRunning(True, _("Registering..."))
                 self._timer.start()
         finally:
@@ -290,15 +323,36 @@ class DiffusionRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
                 self.ui.logTextEdit.appendPlainText(event.text)
 
     def _finishJob(self, job) -> None:
+        from DiffusionRegistrationLib.errors import Cancelled
+
         self._job = None
-        status = _("Registration failed; see the log.")
         try:
             with slicer.util.tryWithErrorDisplay(_("Registration failed."), waitCursor=True):
-                result = self.logic.finishJob(job, self._parameterNode)
-                seconds = result.report.get("seconds")
-                status = _("Done") + (f" in {seconds:.1f} s." if isinstance(seconds, (int, float)) else ".")
-        finally:
-            self._setRunning(False, status)
+                run = self.logic.finishJob(job, self._parameterNode)
+            seconds = run.report.get("seconds")
+            status = _("Done") + (f" in {seconds:.1f} s." if isinstance(seconds, (int, float)) else ".")
+            self.ui.layerComboBox.currentIndex = LAYERS.index("moving")
+            self.ui.beforeAfterButton.checked = False
+        except Cancelled:
+            status = _("Cancelled: the scene was not changed.")
+        except Exception as error:  # shown by tryWithErrorDisplay; a timer slot must not raise
+            status = _("Registration failed: {error}").format(error=error)
+        self._setRunning(False, status)
+
+    def onShowLayer(self, *args) -> None:
+        """Layer combo box or before/after button: what the slice views show of the current run."""
+        self.logic.showLayer(self.ui.layerComboBox.currentText, after=not self.ui.beforeAfterButton.checked)
+
+    def onOpenFolder(self, *args) -> None:
+        folder = self.logic.session().last_folder
+        if folder is not None:
+            qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(folder)))
+
+    def onSampleData(self, *args) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Could not load the sample pair."), waitCursor=True):
+            fixed, moving = self.logic.loadSamplePair()
+            self._parameterNode.fixed, self._parameterNode.moving = fixed, moving
+            self._parameterNode.preset = "stripped"
 
     def cancelJob(self) -> None:
         if self._job is None:
@@ -380,6 +434,43 @@ class DiffusionRegistrationLogic(ScriptedLoadableModuleLogic):
             return _("The fixed and the moving volume must be two different volumes.")
         return None
 
+    def parameterProblem(self, parameterNode) -> Optional[str]:
+        """Why Apply cannot run with the panel's inputs and outputs (an input chosen as output, ...), or None."""
+        session = self.session(parameterNode.fixed.GetScene() if parameterNode.fixed else None)
+        p = parameterNode
+        session.set_inputs(fixed=p.fixed, moving=p.moving, fixed_mask=p.fixedMask, moving_mask=p.movingMask,
+                           initial_transform=p.initialTransform)
+        return session.input_problem(p.outputTransform, p.outputVolume)
+
+    def overwriteQuestion(self, parameterNode) -> Optional[str]:
+        """The question to ask before chosen output nodes that hold results are refilled, or None."""
+        return self.session().overwrite_question(parameterNode.outputTransform, parameterNode.outputVolume)
+
+    @staticmethod
+    def settingsDescription(parameterNode) -> str:
+        """The registries' one-line descriptions of the chosen preset and similarity."""
+        from DiffusionRegistrationLib.similarity.registry import SIMILARITIES
+
+        text = _presets().get(parameterNode.preset, "")
+        similarity = SIMILARITIES.get(parameterNode.similarity)
+        return text + (f"\n{parameterNode.similarity}: {similarity.summary}" if similarity else "")
+
+    def showLayer(self, layer: str, after: bool = True) -> None:
+        """Shows a layer of the current run (before or after registration) in the slice views."""
+        session = self.session()
+        if session.current is not None or layer in ("fixed", "moving"):
+            self.showView(session.show(layer, after))
+
+    def loadSamplePair(self):
+        """The main job's pair (Colin27 skull-stripped onto Colin27 with skull under a known deformation, 2 mm)
+        as two volumes; RegistrationError with the fix when the data are not on this computer."""
+        from DiffusionRegistrationLib.cli.demo import demo_pair
+        from DiffusionRegistrationLib.slicer import volume_node_from_image
+
+        pair = demo_pair()
+        return (volume_node_from_image(pair["fixed"], scene=slicer.mrmlScene, name="Colin27 with skull (deformed)"),
+                volume_node_from_image(pair["moving"], scene=slicer.mrmlScene, name="Colin27 skull-stripped"))
+
     @staticmethod
     def pythonExecutable() -> str:
         """Slicer's Python launcher (it sets up the libraries' environment), else this interpreter."""
@@ -402,7 +493,7 @@ class DiffusionRegistrationLogic(ScriptedLoadableModuleLogic):
     @classmethod
     def parameterOptions(cls, parameterNode):
         """The backend options for the panel's parameter node."""
-        return cls.options(**{name: getattr(parameterNode, name) for name in SETTINGS})
+        return cls.options(**{name: getattr(parameterNode, name) for name in OPTIONS})
 
     @classmethod
     def diffusionBackbone(cls, parameterNode) -> Optional[str]:
@@ -434,9 +525,14 @@ class DiffusionRegistrationLogic(ScriptedLoadableModuleLogic):
 
     def startJob(self, parameterNode: DiffusionRegistrationParameterNode, overwrite: bool = False):
         """Starts a background run for the panel's parameters; returns its job at once."""
+        from DiffusionRegistrationLib.errors import RegistrationError
+
         p = parameterNode
-        session = self.session(p.fixed.GetScene() if p.fixed else None)
-        session.set_inputs(fixed=p.fixed, moving=p.moving, fixed_mask=p.fixedMask, moving_mask=p.movingMask)
+        problem = self.parameterProblem(p)
+        if problem:
+            raise RegistrationError(problem)
+        session = self._session
+        session.keep_files = bool(p.keepTemporaryFiles)
         return session.start(self.parameterOptions(p), p.outputTransform, p.outputVolume, overwrite=overwrite)
 
     def start(self, fixed, moving, options=None, fixedMask=None, movingMask=None, outputTransform=None,

@@ -200,3 +200,40 @@ def test_mask_on_another_grid_is_refused_before_anything_runs(monkeypatch, tmp_p
     with pytest.raises(RegistrationError, match="fixed mask 'brain mask': lies on another voxel grid"):
         module.DiffusionRegistrationLogic().process(fixed_node, moving_node, fixedMask=mask, device="cpu")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_mask_on_the_moving_grid_is_taken_wherever_the_volume_is_placed(monkeypatch, tmp_path, pair):
+    """A moving mask drawn on the moving volume's voxels follows the volume: under the user's linear transform
+    while the mask has none (once refused as 'another voxel grid'), and on a re-run with both under the
+    previous result (once refused with 'harden the transform')."""
+    scene = slicer.vtkMRMLScene()
+    module = fake_slicer_app.import_module_file(monkeypatch, scene)
+    with_extra(module, monkeypatch)
+    fixed_node, moving_node = nodes_for(scene, pair)
+    moving = Image.from_sitk(pair[1])
+    mask = volume_node_from_image(moving.with_array((moving.array > 0.2 * moving.array.max()).astype(np.uint8)),
+                                  scene=scene, name="brain mask")
+    user = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "manual alignment")
+    import vtk
+    shift = vtk.vtkMatrix4x4()
+    shift.SetElement(1, 3, 5.0)
+    user.SetMatrixTransformToParent(shift)
+    moving_node.SetAndObserveTransformNodeID(user.GetID())
+    logic = module.DiffusionRegistrationLogic()
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+
+    def written_grids(job):
+        job.prepared()
+        grids = [Image.from_sitk(sitk.ReadImage(str(job.folder / name))).grid for name in
+                 ("moving.nrrd", "moving_mask.nrrd")]
+        logic.cancel(job)
+        return grids
+
+    moving_grid, mask_grid = written_grids(logic.process(fixed_node, moving_node, movingMask=mask, wait=False, **FAST))
+    assert mask_grid.same_as(moving_grid, 1e-4)
+    np.testing.assert_allclose(moving_grid.origin[1], moving.grid.origin[1] - 5.0, atol=1e-4)  # RAS +5 = LPS -5
+    result = logic.process(fixed_node, moving_node, **FAST)
+    mask.SetAndObserveTransformNodeID(result.transform.GetID())  # the user put the mask under the result too
+    moving_grid, mask_grid = written_grids(logic.process(fixed_node, moving_node, movingMask=mask, wait=False,
+                                                         **FAST))
+    assert mask_grid.same_as(moving_grid, 1e-4)

@@ -98,7 +98,7 @@ def test_every_parameter_has_a_bindable_widget(module):
             by_parameter[parameter] = widget
     expected = {"fixed", "moving", "fixedMask", "movingMask", "similarity", "backbone", "mode", "preset", "device",
                 "steps", "regularization", "networkCheckpoint", "finetuneSteps", "outputTransform", "outputVolume",
-                "checkerboardSquareMm", "agreementMap"}
+                "checkerboardSquareMm", "agreementMap", "initialTransform", "keepTemporaryFiles"}
     assert set(hints) == expected
     assert set(by_parameter) == expected, set(by_parameter) ^ expected
     for name, annotation in hints.items():
@@ -108,7 +108,7 @@ def test_every_parameter_has_a_bindable_widget(module):
         if fake_slicer_app._is_node_type(plain):
             assert cls == "qMRMLNodeComboBox", name
             assert dynamic_property(widget, "nodeTypes") == [plain.__name__], name
-            if name.startswith("output") or name.endswith("Mask"):  # subclasses: grid transforms, label maps
+            if name.startswith(("output", "initial")) or name.endswith("Mask"):  # subclasses: grid/linear, label maps
                 assert dynamic_property(widget, "showChildNodeTypes") == "true", name
         elif any(isinstance(v, fake_slicer_app.Choice) for v in validators):
             assert cls == "QComboBox", name
@@ -116,6 +116,12 @@ def test_every_parameter_has_a_bindable_widget(module):
             assert module.DiffusionRegistrationParameterNode.defaults[name] in choice.choices, name
         else:
             assert cls in CONNECTABLE[plain], (name, cls)
+
+
+def test_the_panels_layers_are_the_sessions(module):
+    from DiffusionRegistrationLib.slicer.session import LAYERS
+
+    assert module.LAYERS == LAYERS
 
 
 def test_panel_choices_are_the_registries(module):
@@ -344,7 +350,7 @@ def test_diffusion_settings_ask_for_the_weights_before_any_backend_run(monkeypat
 
     monkeypatch.setattr(module.DiffusionRegistrationLogic, "downloadWeights", spy)
     monkeypatch.setattr(module.DiffusionRegistrationLogic, "startJob",
-                        lambda logic, node: events.append(("start", served_backbone[0].is_file())) or None)
+                        lambda logic, node, overwrite=False: events.append(("start", served_backbone[0].is_file())))
     widget.onApplyButton()
     assert [e[0] for e in events] == ["download", "start"], events
     assert events[0][1:] == ("adm-256-uncond", False)  # Apply is disabled while the weights come
@@ -367,7 +373,8 @@ def diffusion_panel(monkeypatch, dialogs):
                                            for n in "fm")
     parameters.preset = "diffusion"
     started = []
-    monkeypatch.setattr(module.DiffusionRegistrationLogic, "startJob", lambda logic, node: started.append(node))
+    monkeypatch.setattr(module.DiffusionRegistrationLogic, "startJob",
+                        lambda logic, node, overwrite=False: started.append(node))
     return module, widget, started
 
 

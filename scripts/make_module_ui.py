@@ -77,18 +77,26 @@ def build() -> ET.ElementTree:
                       "The reference volume; the result lies on its grid."),
         node_selector(inputs, 1, "Moving volume:", "movingSelector", "moving", "vtkMRMLScalarVolumeNode",
                       "The volume to align onto the fixed one; any grid or orientation."),
-        node_selector(inputs, 2, "Fixed mask:", "fixedMaskSelector", "fixedMask", "vtkMRMLScalarVolumeNode",
+        node_selector(inputs, 2, "Initial transform:", "initialTransformSelector", "initialTransform",
+                      "vtkMRMLTransformNode", "Where the moving volume starts: a linear transform (by default the "
+                      "one it sits under when it is chosen). It is kept: 'Before registration' and every new run "
+                      "go back to it.", none=True, children=True),
+        node_selector(inputs, 3, "Fixed mask:", "fixedMaskSelector", "fixedMask", "vtkMRMLScalarVolumeNode",
                       "Optional: similarity is measured only inside this mask (on the fixed grid); a scalar "
                       "volume or a label map.", none=True, children=True),
-        node_selector(inputs, 3, "Moving mask:", "movingMaskSelector", "movingMask", "vtkMRMLScalarVolumeNode",
+        node_selector(inputs, 4, "Moving mask:", "movingMaskSelector", "movingMask", "vtkMRMLScalarVolumeNode",
                       "Optional: a mask on the moving volume's grid.", none=True, children=True),
     ]
+    row(inputs, 5, "", "QPushButton", "sampleDataButton", text=("string", "Load the sample pair"),
+        toolTip=("string", "Colin27 skull-stripped (moving) and Colin27 with skull under a known deformation "
+                           "(fixed), 2 mm: the pair of the project's main job, to try the module in one click."))
 
     method = section(vbox, "methodCollapsibleButton", "Method")
     row(method, 0, "Preset:", "QComboBox", "presetComboBox", "preset",
         toolTip=("string", "Named settings: default, fast, accurate, stripped (a skull-stripped moving "
                            "volume against a fixed one with skull), multimodal (different contrasts), "
                            "diffusion (the diffusion-feature similarity; needs its weights)."))
+    row(method, 9, "", "QLabel", "presetDescriptionLabel", text=("string", ""), wordWrap=("bool", "true"))
     row(method, 1, "Similarity:", "QComboBox", "similarityComboBox", "similarity",
         toolTip=("string", "What 'aligned' means. 'preset' keeps the preset's choice. 'diffusion' compares "
                            "features of a pre-trained diffusion network and needs its weights."))
@@ -120,8 +128,9 @@ def build() -> ET.ElementTree:
     selectors += [
         node_selector(outputs, 0, "Output transform:", "outputTransformSelector", "outputTransform",
                       "vtkMRMLTransformNode", "The fixed-to-moving grid transform; it is applied to the moving "
-                      "volume. None: a new transform is made and selected here; a transform selected here is "
-                      "overwritten.", none=True, add=True, children=True),
+                      "volume. None (the default): every run makes a new transform, so no result is lost. A "
+                      "transform chosen here is refilled, after a confirmation if it holds a result.",
+                      none=True, add=True, children=True),
         node_selector(outputs, 1, "Output warped volume:", "outputVolumeSelector", "outputVolume",
                       "vtkMRMLScalarVolumeNode", "Optional: the moving volume resampled on the fixed grid.",
                       none=True, add=True, children=True),
@@ -133,6 +142,21 @@ def build() -> ET.ElementTree:
         toolTip=("string", "Also compute the local similarity of the fixed and the registered moving volume "
                            "(the run's similarity, locally) and show it in colour over the fixed volume: low "
                            "values mark where the alignment is doubtful."))
+    row(outputs, 4, "Keep temporary files:", "QCheckBox", "keepFilesCheckBox", "keepTemporaryFiles",
+        toolTip=("string", "Keep the run's folder (inputs, job.json, the backend's outputs and report) in "
+                           "Slicer's temporary folder instead of removing it."))
+    row(outputs, 5, "", "QPushButton", "openFolderButton", text=("string", "Open the last run's folder"),
+        enabled=("bool", "false"))
+
+    review = section(vbox, "reviewCollapsibleButton", "Review")
+    row(review, 0, "Show:", "QComboBox", "layerComboBox",
+        toolTip=("string", "What the slice views show over the fixed volume: the moving volume under the result, "
+                           "the warped volume, the checkerboard, the agreement map or the Jacobian determinant "
+                           "(colour), or the fixed volume alone."))
+    row(review, 1, "", "QPushButton", "beforeAfterButton", text=("string", "Before registration"),
+        checkable=("bool", "true"),
+        toolTip=("string", "Pressed: the moving volume as its initial transform places it (and the checkerboard "
+                           "before registration); released: after."))
 
     for name, cls, extra in (("applyButton", "QPushButton", {"text": ("string", "Apply"), "enabled": ("bool", "false"),
                                                                "toolTip": ("string", "Run the registration.")}),
