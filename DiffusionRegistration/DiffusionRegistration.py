@@ -45,7 +45,7 @@ OPTIONS = ("preset", "similarity", "backbone", "mode", "device", "steps", "regul
            "finetuneSteps", "checkerboardSquareMm", "agreementMap")
 SETTINGS = OPTIONS + ("keepTemporaryFiles",)
 # Python packages the backend needs besides torch (PyTorch extension) and what Slicer bundles (numpy,
-# scipy, SimpleITK); entries marked `extra == "diffusion"` only for a diffusion backbone.
+# scipy, SimpleITK); entries marked `extra == "hub"` only for a backbone from a model hub.
 REQUIREMENTS_FILE = pathlib.Path(__file__).resolve().parent / "Resources" / "requirements.txt"
 MINIMUM_TORCH = "2.4"
 
@@ -380,14 +380,20 @@ class DiffusionRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
 #
 
 
-def readRequirements(diffusion: bool) -> list:
-    """The requirement lines of Resources/requirements.txt; those marked `extra == "diffusion"` only if asked."""
+def readRequirements(hub: bool) -> list:
+    """The requirement lines of Resources/requirements.txt; those marked `extra == "hub"` only if asked."""
     requirements = []
     for line in REQUIREMENTS_FILE.read_text(encoding="utf-8").splitlines():
         requirement, _sep, marker = line.split("#", 1)[0].partition(";")
-        if requirement.strip() and (diffusion or "diffusion" not in marker):
+        if requirement.strip() and (hub or "hub" not in marker):
             requirements.append(requirement.strip())
     return requirements
+
+
+def isHubBackbone(backbone: Optional[str]) -> bool:
+    """Whether the catalog fetches this backbone from a model hub (it then needs diffusers and friends)."""
+    entry = _load_catalog().get(backbone) if backbone is not None else None
+    return entry is not None and entry.kind == "hub"
 
 
 def missingRequirements(requirements: list) -> list:
@@ -600,15 +606,16 @@ class DiffusionRegistrationLogic(ScriptedLoadableModuleLogic):
         weights are there, asking the user before anything is installed or downloaded.
 
         torch comes only through the PyTorch extension (PyTorchUtils); other packages are read from
-        Resources/requirements.txt and installed with slicer.packaging.pip_ensure where Slicer has it,
-        else slicer.util.pip_install. Returns False when the user declines.
+        Resources/requirements.txt (the hub packages only for a hub backbone) and installed with
+        slicer.packaging.pip_ensure where Slicer has it, else slicer.util.pip_install. Returns False when the
+        user declines, or when Slicer must restart first.
         """
-        diffusion = backbone is not None
-        if diffusion not in self._dependenciesChecked:
-            if not self._ensureTorch() or not self._ensurePipPackages(readRequirements(diffusion)):
+        hub = isHubBackbone(backbone)
+        if hub not in self._dependenciesChecked:
+            if not self._ensureTorch() or not self._ensurePipPackages(readRequirements(hub)):
                 return False
-            self._dependenciesChecked.add(diffusion)
-        return self.ensureWeights(backbone) if diffusion else True
+            self._dependenciesChecked.add(hub)
+        return self.ensureWeights(backbone) if backbone is not None else True
 
     @staticmethod
     def _ensureTorch() -> bool:
@@ -637,16 +644,27 @@ class DiffusionRegistrationLogic(ScriptedLoadableModuleLogic):
             installed = ""
         if not slicer.util.confirmOkCancelDisplay(question.format(version=MINIMUM_TORCH, installed=installed)):
             return False
-        return torchLogic.installTorch(askConfirmation=False,
-                                       torchVersionRequirement=f">={MINIMUM_TORCH}") is not None
+        if torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=f">={MINIMUM_TORCH}") is None:
+            return False
+        if not installed:
+            return True
+        # torchInstalled() imported the old torch: it stays loaded (and its files in use on Windows) until Slicer
+        # restarts, so the registration must not run now
+        if slicer.util.confirmOkCancelDisplay(_("PyTorch was updated. Slicer must restart before registering, "
+                                                "because the old version stays loaded until then. Restart now?")):
+            slicer.util.restart()
+        return False
 
     @staticmethod
     def _ensurePipPackages(requirements: list) -> bool:
         missing = missingRequirements(requirements)
         if not missing:
             return True
-        packaging = getattr(slicer, "packaging", None)
-        if packaging is not None and hasattr(packaging, "pip_ensure"):
+        try:  # Slicer 5.12 and later (Base/Python/slicer/packaging.py); `import slicer` does not import it
+            import slicer.packaging as packaging
+        except ImportError:
+            packaging = None
+        if packaging is not None:
             try:
                 packaging.pip_ensure(missing, requester="DiffusionRegistration")
             except RuntimeError:  # the user declined
@@ -755,7 +773,7 @@ class DiffusionRegistrationTest(ScriptedLoadableModuleTest):
         """Why the registration cannot run in this Slicer, or None."""
         if importlib.util.find_spec("torch") is None:
             return _("PyTorch is not installed (install it with the PyTorch extension)")
-        missing = missingRequirements(readRequirements(diffusion=False))
+        missing = missingRequirements(readRequirements(hub=False))
         if missing:
             return _("missing Python packages: {packages}").format(packages=", ".join(missing))
         return None

@@ -301,10 +301,14 @@ def test_self_test_without_torch_skips_and_installs_nothing(monkeypatch):
     assert any("Skipped" in m and "PyTorch" in m for m in fake_slicer_app.App.messages), fake_slicer_app.App.messages
 
 
-def test_requirements_file_splits_diffusion_packages(module):
-    base, everything = module.readRequirements(False), module.readRequirements(True)
-    assert not [r for r in base if r.split(">")[0] in ("diffusers", "transformers", "torch")]
-    assert {"diffusers>=0.30", "transformers>=4.40"} <= set(everything) and set(base) < set(everything)
+def test_requirements_file_asks_only_hub_backbones_for_packages(module):
+    """The Slicer path runs the backend with --progress json (no tqdm); ADM and the built-in backbones need only
+    torch; diffusers and friends are for the hub backbones (Stable Diffusion) alone."""
+    base, hub = module.readRequirements(False), module.readRequirements(True)
+    assert base == []
+    assert {r.split(">")[0] for r in hub} == {"diffusers", "transformers", "safetensors", "huggingface_hub"}
+    assert [b for b in module.BACKBONES if module.isHubBackbone(b)] == ["sd-2-1-base", "sd-2-1"]
+    assert not module.isHubBackbone("adm-256-uncond") and not module.isHubBackbone(None)
 
 
 @pytest.fixture()
@@ -439,25 +443,48 @@ def test_missing_packages_are_installed_only_for_what_is_used(monkeypatch, tmp_p
     module = fake_slicer_app.import_module_file(monkeypatch, slicer.vtkMRMLScene(), app=app)
     requirements = tmp_path / "requirements.txt"
     requirements.write_text("numpy>=1.0\ndiffreg-absent-base>=1.0\n"
-                            'diffreg-absent-diffusion>=2.0; extra == "diffusion"  # only for a diffusion backbone\n')
+                            'diffreg-absent-hub>=2.0; extra == "hub"  # only for a hub backbone\n')
     monkeypatch.setattr(module, "REQUIREMENTS_FILE", requirements)
     torch_utils = types.ModuleType("PyTorchUtils")
     torch_utils.PyTorchUtilsLogic = lambda: types.SimpleNamespace(torchInstalled=lambda: True)
     monkeypatch.setitem(sys.modules, "PyTorchUtils", torch_utils)
-    if packaging:
-        monkeypatch.setattr(slicer, "packaging", types.SimpleNamespace(
-            pip_ensure=lambda requirements, requester=None: app.calls.append(("pip_ensure", requirements, requester))),
-            raising=False)
+    if packaging:  # Slicer 5.12.3's Base/Python/slicer/packaging.py: a submodule that `import slicer` leaves out
+        stand_in = types.ModuleType("slicer.packaging")
+        stand_in.pip_ensure = lambda requirements, requester=None: app.calls.append(("pip_ensure", requirements,
+                                                                                     requester))
+        monkeypatch.setitem(sys.modules, "slicer.packaging", stand_in)
     monkeypatch.setattr(module.DiffusionRegistrationLogic, "ensureWeights", lambda logic, backbone: True)
     logic = module.DiffusionRegistrationLogic()
     assert logic.ensureDependencies(None)
-    assert logic.ensureDependencies("adm-256-uncond")
+    assert logic.ensureDependencies("adm-256-uncond")  # needs only torch and the base packages
+    assert logic.ensureDependencies("sd-2-1-base")
     installed = [call[1] for call in app.calls]
-    assert installed == [["diffreg-absent-base>=1.0"], ["diffreg-absent-base>=1.0", "diffreg-absent-diffusion>=2.0"]]
+    assert installed == [["diffreg-absent-base>=1.0"], ["diffreg-absent-base>=1.0", "diffreg-absent-hub>=2.0"]]
     if packaging:
         assert {call[0] for call in app.calls} == {"pip_ensure"} and app.calls[0][2] == "DiffusionRegistration"
     else:
         assert {call[0] for call in app.calls} == {"pip_install"}
+
+
+def test_an_updated_torch_asks_for_a_restart_and_registers_nothing(monkeypatch):
+    """PyTorchUtils' torchInstalled() imports the old torch, which stays loaded: after the update Slicer must restart
+    (PyTorchUtils.py, torchInstalled and installTorch, SlicerPyTorch at e1c85cc)."""
+    dialogs = {}
+    app = fake_slicer_app.App()
+    module = fake_slicer_app.import_module_file(monkeypatch, slicer.vtkMRMLScene(), app=app, dialogs=dialogs)
+    installs = []
+    torch_utils = types.ModuleType("PyTorchUtils")
+    torch_utils.PyTorchUtilsLogic = lambda: types.SimpleNamespace(
+        torchInstalled=lambda: True, installTorch=lambda **options: installs.append(options) or object())
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", torch_utils)
+    import importlib.metadata
+    real_version = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "2.1.0" if name == "torch" else real_version(name))
+    restarts = []
+    monkeypatch.setattr(slicer.util, "restart", lambda: restarts.append(True))
+    assert not module.DiffusionRegistrationLogic().ensureDependencies(None)
+    assert installs == [{"askConfirmation": False, "torchVersionRequirement": ">=2.4"}]
+    assert "2.1.0" in dialogs["shown"][0] and "restart" in dialogs["shown"][1].lower() and restarts == [True]
 
 
 def test_self_test_with_torch_registers_and_measures_the_overlay(monkeypatch):
