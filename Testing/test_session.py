@@ -22,7 +22,7 @@ from DiffusionRegistrationLib.core.image import Grid, Image  # noqa: E402
 from DiffusionRegistrationLib.errors import RegistrationError  # noqa: E402
 from DiffusionRegistrationLib.slicer import (displacement_from_grid_transform, image_from_volume_node,  # noqa: E402
                                              load_scene, volume_node_from_image)
-from DiffusionRegistrationLib.slicer.options import RegistrationOptions  # noqa: E402
+from DiffusionRegistrationLib.engine.options import RegistrationOptions  # noqa: E402
 from DiffusionRegistrationLib.slicer.session import ReviewSession, Run  # noqa: E402
 
 QUICK = RegistrationOptions(preset="fast", similarity="mse", device="cpu", steps=15, seed=0,

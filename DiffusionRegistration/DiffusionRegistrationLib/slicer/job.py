@@ -25,12 +25,12 @@ import numpy as np
 
 from ..core.image import Image
 from ..engine.config import save_config
+from ..engine.options import RegistrationOptions
 from ..errors import Cancelled, RegistrationError
 from ..io.images import check_mask, read_image, write_image
 from ..progress import Progress
 from .checkerboard import checkerboard_volume
 from .geometry import grid_from_ijk_to_ras, ijk_to_ras_from_grid
-from .options import RegistrationOptions
 from .planes import Plane, field_to_world, in_plane, plane_of
 from .process_runner import Event, Finished, LogLine, ProcessRunner, backend_environment, python_executable
 from .transforms import (displacement_from_grid_transform, end_in_frame, grid_transform_from_displacement,
