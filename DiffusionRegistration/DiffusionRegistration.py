@@ -26,24 +26,25 @@ from slicer.util import VTKObservationMixin
 
 from DiffusionRegistrationLib.engine.config import presets as _presets
 from DiffusionRegistrationLib.features.catalog import load_catalog as _load_catalog
-from DiffusionRegistrationLib.similarity.registry import similarity_names as _similarity_names
+from DiffusionRegistrationLib.slicer.panel_settings import PANEL_SETTINGS as _PANEL
 
 README_URL = "https://github.com/DiffusionRegistration/SlicerDiffusionRegistration#readme"
 
-# The choices come from the backend's registries (torch-free modules): presets, similarities ("preset": the
-# preset's own) and the model catalog's backbones.
-PRESETS = tuple(_presets())
-SIMILARITIES = ("preset", *_similarity_names())
-BACKBONES = tuple(_load_catalog())
 # what the slice views can show of a run (DiffusionRegistrationLib.slicer.session.LAYERS, which imports MRML)
 LAYERS = ("fixed", "moving", "warped", "checkerboard", "agreement", "jacobian")
-MODES = ("exact", "fast")
-DEVICES = ("auto", "cpu", "cuda")
-# The panel's choices that are backend options, and all its choices that are not node references (kept when
-# the scene is closed).
-OPTIONS = ("preset", "similarity", "backbone", "mode", "device", "steps", "regularization", "networkCheckpoint",
-           "finetuneSteps", "checkerboardSquareMm", "agreementMap")
-SETTINGS = OPTIONS + ("keepTemporaryFiles",)
+# The panel's choices that are not node references (kept when the scene is closed): the run's options, each
+# declared once in the backend (DiffusionRegistrationLib.slicer.panel_settings, torch-free), and the panel's own.
+SETTINGS = (*_PANEL, "keepTemporaryFiles")
+
+
+def _declared(name: str):
+    """The parameter node's type for a declared option: its choices or its range."""
+    setting = _PANEL[name]
+    if setting.choices:
+        return Annotated[setting.kind, Choice(setting.choices)]
+    if setting.bounds:
+        return Annotated[setting.kind, WithinRange(*(setting.kind(b) for b in setting.bounds))]
+    return setting.kind
 # Python packages the backend needs besides torch (PyTorch extension) and what Slicer bundles (numpy,
 # scipy, SimpleITK); entries marked `extra == "hub"` only for a backbone from a model hub.
 REQUIREMENTS_FILE = pathlib.Path(__file__).resolve().parent / "Resources" / "requirements.txt"
@@ -88,9 +89,10 @@ class DiffusionRegistration(ScriptedLoadableModule):
 class DiffusionRegistrationParameterNode:
     """The panel's state, saved with the scene.
 
-    steps and regularization at 0 mean "as the preset says"; an empty network checkpoint means none. The
-    initial transform is the user's placement of the moving volume (by default its parent when it is chosen);
-    no output transform means a new one per run.
+    The run's options, their choices, ranges and defaults come from the backend's declaration (one below a
+    range, the choice "preset" or an empty path: unset, as the preset says). The initial transform is the
+    user's placement of the moving volume (by default its parent when it is chosen); no output transform means
+    a new one per run.
     """
 
     fixed: vtkMRMLScalarVolumeNode
@@ -98,19 +100,19 @@ class DiffusionRegistrationParameterNode:
     fixedMask: vtkMRMLScalarVolumeNode
     movingMask: vtkMRMLScalarVolumeNode
     initialTransform: vtkMRMLTransformNode
-    preset: Annotated[str, Choice(PRESETS)] = "default"
-    similarity: Annotated[str, Choice(SIMILARITIES)] = "preset"
-    backbone: Annotated[str, Choice(BACKBONES)] = "adm-256-uncond"
-    mode: Annotated[str, Choice(MODES)] = "fast"
-    device: Annotated[str, Choice(DEVICES)] = "auto"
-    steps: Annotated[int, WithinRange(0, 5000)] = 0
-    regularization: Annotated[float, WithinRange(0.0, 100.0)] = 0.0
-    networkCheckpoint: str = ""
-    finetuneSteps: Annotated[int, WithinRange(0, 5000)] = 0
+    preset: _declared("preset") = _PANEL["preset"].default
+    similarity: _declared("similarity") = _PANEL["similarity"].default
+    backbone: _declared("backbone") = _PANEL["backbone"].default
+    mode: _declared("mode") = _PANEL["mode"].default
+    device: _declared("device") = _PANEL["device"].default
+    steps: _declared("steps") = _PANEL["steps"].default
+    regularization: _declared("regularization") = _PANEL["regularization"].default
+    networkCheckpoint: _declared("networkCheckpoint") = _PANEL["networkCheckpoint"].default
+    finetuneSteps: _declared("finetuneSteps") = _PANEL["finetuneSteps"].default
     outputTransform: vtkMRMLTransformNode
     outputVolume: vtkMRMLScalarVolumeNode
-    checkerboardSquareMm: Annotated[float, WithinRange(1.0, 200.0)] = 10.0
-    agreementMap: bool = False
+    checkerboardSquareMm: _declared("checkerboardSquareMm") = _PANEL["checkerboardSquareMm"].default
+    agreementMap: _declared("agreementMap") = _PANEL["agreementMap"].default
     keepTemporaryFiles: bool = False
 
 
@@ -483,23 +485,11 @@ class DiffusionRegistrationLogic(ScriptedLoadableModuleLogic):
         return shutil.which("PythonSlicer") or sys.executable
 
     @staticmethod
-    def options(preset: str = "default", similarity: str = "preset", backbone: str = "adm-256-uncond",
-                mode: str = "fast", device: str = "auto", steps: int = 0, regularization: float = 0.0,
-                networkCheckpoint: str = "", finetuneSteps: int = 0, checkerboardSquareMm: float = 10.0,
-                agreementMap: bool = False, seed: Optional[int] = None):
-        """The backend options for these panel values (the panel's "preset" and 0 mean unset: None)."""
-        from DiffusionRegistrationLib.engine.options import RegistrationOptions
+    def parameterOptions(parameterNode):
+        """The run's options (engine.options.RegistrationOptions) for the panel's parameter node."""
+        from DiffusionRegistrationLib.slicer.panel_settings import options_from_panel
 
-        return RegistrationOptions(
-            preset=preset, similarity=None if similarity == "preset" else similarity, backbone=backbone, mode=mode,
-            device=device, steps=int(steps) or None, regularization=float(regularization) or None,
-            network=str(networkCheckpoint) or None, finetune_steps=int(finetuneSteps), seed=seed,
-            checkerboard_square_mm=float(checkerboardSquareMm), agreement=bool(agreementMap))
-
-    @classmethod
-    def parameterOptions(cls, parameterNode):
-        """The backend options for the panel's parameter node."""
-        return cls.options(**{name: getattr(parameterNode, name) for name in OPTIONS})
+        return options_from_panel({name: getattr(parameterNode, name) for name in _PANEL})
 
     @classmethod
     def diffusionBackbone(cls, parameterNode) -> Optional[str]:
@@ -549,9 +539,11 @@ class DiffusionRegistrationLogic(ScriptedLoadableModuleLogic):
         problem = self.inputProblem(fixed, moving)
         if problem:
             raise RegistrationError(problem)
+        from DiffusionRegistrationLib.engine.options import RegistrationOptions
+
         session = self.session(fixed.GetScene())
         session.set_inputs(fixed=fixed, moving=moving, fixed_mask=fixedMask, moving_mask=movingMask)
-        return session.start(options or self.options(), outputTransform, outputVolume, overwrite=overwrite)
+        return session.start(options or RegistrationOptions(), outputTransform, outputVolume, overwrite=overwrite)
 
     def finishJob(self, job=None, parameterNode: Optional[DiffusionRegistrationParameterNode] = None):
         """Records the finished run in the session (new output nodes unless chosen) and shows it."""
@@ -566,23 +558,13 @@ class DiffusionRegistrationLogic(ScriptedLoadableModuleLogic):
         else:
             job.cancel()
 
-    def process(self, fixed, moving, fixedMask=None, movingMask=None, outputTransform=None, outputVolume=None,
-                preset: str = "default", similarity: str = "preset", backbone: str = "adm-256-uncond",
-                mode: str = "fast", device: str = "auto", steps: int = 0, regularization: float = 0.0,
-                networkCheckpoint: str = "", finetuneSteps: int = 0, checkerboardSquareMm: float = 10.0,
-                agreementMap: bool = False, seed: Optional[int] = None, progress: Optional[Callable] = None,
-                wait: bool = True, overwrite: bool = False):
-        """Registers `moving` onto `fixed` (scalar volume nodes), for scripts and tests.
-
-        With wait=True, follows the run (calling `progress(event)` for every Progress/LogLine/Finished
-        event) and returns the session's Run (transform, warped, checkerboard, agreement, jacobian, report).
-        With wait=False, returns the running job: poll() it, then finishJob(job) or job.cancel().
-        """
-        options = self.options(preset, similarity, backbone, mode, device, steps, regularization,
-                               networkCheckpoint, finetuneSteps, checkerboardSquareMm, agreementMap, seed)
-        job = self.start(fixed, moving, options, fixedMask, movingMask, outputTransform, outputVolume, overwrite)
-        if not wait:
-            return job
+    def process(self, fixed, moving, options=None, fixedMask=None, movingMask=None, outputTransform=None,
+                outputVolume=None, progress: Optional[Callable] = None):
+        """Registers `moving` onto `fixed` (scalar volume nodes) with `options` (a RegistrationOptions; default:
+        the default preset) and waits, for scripts and tests: calls `progress(event)` for every
+        Progress/LogLine/Finished event and returns the session's Run (transform, warped, checkerboard,
+        agreement, jacobian, report). start() returns the running job instead."""
+        self.start(fixed, moving, options, fixedMask, movingMask, outputTransform, outputVolume)
         session = self._session
         try:
             run = session.wait(progress)
@@ -803,7 +785,10 @@ class DiffusionRegistrationTest(ScriptedLoadableModuleTest):
 
         self.delayDisplay("Registering with MSE")
         logic = DiffusionRegistrationLogic()
-        result = logic.process(fixed, moving, outputVolume=warped, preset="fast", similarity="mse", device="cpu")
+        from DiffusionRegistrationLib.engine.options import RegistrationOptions
+
+        options = RegistrationOptions(preset="fast", similarity="mse", device="cpu")
+        result = logic.process(fixed, moving, options, outputVolume=warped)
         fixedArray = image_from_volume_node(fixed).array
         before = float(np.mean((image_from_volume_node(moving, include_parent_transform=False).array
                                 - fixedArray) ** 2))

@@ -124,20 +124,41 @@ def test_the_panels_layers_are_the_sessions(module):
     assert module.LAYERS == LAYERS
 
 
-def test_panel_choices_are_the_registries(module):
-    """The parameter node's choices (what the combo boxes show) are the registries' names, in their order."""
+def test_panel_choices_and_ranges_are_the_declarations(module):
+    """Each option is declared once (engine.options): the parameter node's choices and ranges, and the .ui's
+    spin boxes (minimum, maximum, decimals, unit) and tooltips are that declaration; "unset" (None) is the choice
+    'preset' or one below the declared minimum."""
     from DiffusionRegistrationLib.engine.config import PRESETS
-    from DiffusionRegistrationLib.features.catalog import default_backbone_id, load_catalog
+    from DiffusionRegistrationLib.engine.options import OPTION_SETTINGS
+    from DiffusionRegistrationLib.features.catalog import load_catalog
     from DiffusionRegistrationLib.similarity.registry import SIMILARITIES
 
-    def choices(name):
-        validators = fake_slicer_app._split(module.DiffusionRegistrationParameterNode.allParameters[name])[1]
-        return list(next(v for v in validators if isinstance(v, fake_slicer_app.Choice)).choices)
+    node = module.DiffusionRegistrationParameterNode
 
-    assert choices("preset") == list(PRESETS)
-    assert choices("similarity") == ["preset", *SIMILARITIES]
-    assert choices("backbone") == list(load_catalog())
-    assert module.DiffusionRegistrationParameterNode.defaults["backbone"] == default_backbone_id()
+    def validator(name, kind):
+        extras = fake_slicer_app._split(node.allParameters[name])[1]
+        return next((v for v in extras if isinstance(v, kind)), None)
+
+    assert list(validator("preset", fake_slicer_app.Choice).choices) == list(PRESETS)
+    assert list(validator("similarity", fake_slicer_app.Choice).choices) == ["preset", *SIMILARITIES]
+    assert list(validator("backbone", fake_slicer_app.Choice).choices) == ["preset", *load_catalog()]
+    assert node.defaults["similarity"] == node.defaults["backbone"] == "preset"
+    widgets = ui_widgets()
+    for parameter, option in (("steps", "steps"), ("regularization", "regularization"),
+                              ("finetuneSteps", "finetune_steps"), ("checkerboardSquareMm", "checkerboard_square_mm")):
+        setting = OPTION_SETTINGS[option]
+        low, high = setting.bounds
+        unset = 1 if setting.default is None else 0
+        within = validator(parameter, fake_slicer_app.WithinRange)
+        assert (within.minimum, within.maximum) == (low - unset, high), parameter
+        widget = next(w for w in widgets.values() if dynamic_property(w, "SlicerParameterName") == parameter)
+        assert float(dynamic_property(widget, "maximum")) == high, parameter
+        assert float(dynamic_property(widget, "minimum")) == low - unset, parameter
+        assert dynamic_property(widget, "toolTip").lower().startswith(setting.help.lower()), parameter
+        if setting.kind.kind is float:
+            assert int(dynamic_property(widget, "decimals")) == setting.decimals, parameter
+        assert (dynamic_property(widget, "suffix") or "").strip() == setting.unit, parameter
+        assert (dynamic_property(widget, "specialValueText") == "preset") == bool(unset), parameter
 
 
 def test_parameter_node_round_trips_through_a_saved_scene(module, tmp_path):
@@ -149,7 +170,7 @@ def test_parameter_node_round_trips_through_a_saved_scene(module, tmp_path):
     logic = module.DiffusionRegistrationLogic()
     parameters = logic.getParameterNode()
     assert (parameters.preset, parameters.similarity, parameters.steps, parameters.checkerboardSquareMm) == \
-        ("default", "preset", 0, 10.0)
+        ("default", "preset", -1, 10.0)
     values = dict(similarity="mind", backbone="sd-2-1-base", mode="exact", preset="accurate", device="cpu", steps=123,
                   regularization=0.75, networkCheckpoint="/models/net.pt", finetuneSteps=17,
                   checkerboardSquareMm=12.5, agreementMap=True, outputTransform=transform, **volumes)
@@ -158,7 +179,7 @@ def test_parameter_node_round_trips_through_a_saved_scene(module, tmp_path):
     with pytest.raises(ValueError):
         parameters.similarity = "cosine"
     with pytest.raises(ValueError):
-        parameters.steps = -1
+        parameters.steps = -2
 
     loaded = load_scene(save_scene(scene, tmp_path / "scene.mrml"))
     node = loaded.GetFirstNodeByClass("vtkMRMLScriptedModuleNode")
@@ -259,7 +280,7 @@ def connectors(widget):
 def test_settings_survive_five_entries_and_a_scene_close(monkeypatch, version):
     module, widget = panel(monkeypatch, version)
     parameters = widget._parameterNode
-    assert parameters.mode == "fast" and shown(widget, "mode") == "fast"  # the declared default
+    assert parameters.mode == "preset" and shown(widget, "mode") == "preset"  # unset, as declared
     assert parameters.networkCheckpoint == "" and shown(widget, "networkCheckpoint") == ""  # not "."
     for name, value in CHOICES.items():
         setattr(parameters, name, value)
@@ -274,7 +295,7 @@ def test_settings_survive_five_entries_and_a_scene_close(monkeypatch, version):
     assert {name: getattr(widget._parameterNode, name) for name in CHOICES} == CHOICES
     assert {name: shown(widget, name) for name in CHOICES} == CHOICES
     assert set(connectors(widget).values()) == {1}, connectors(widget)
-    widget.ui.presetComboBox.currentIndex = module.PRESETS.index("stripped")  # the GUI still writes the node
+    widget.ui.presetComboBox.currentIndex = list(module.DiffusionRegistrationParameterNode.allParameters["preset"].__metadata__[0].choices).index("stripped")  # the GUI still writes the node
     assert widget._parameterNode.preset == "stripped"
 
 
@@ -286,7 +307,7 @@ def test_the_stand_in_shows_the_5_8_reset_of_the_template_pattern(monkeypatch):
     node.mode, node.preset = "fast", "accurate"
     tags = [node.connectGui(widget.ui) for _ in range(2)]
     assert tags == [None, None]
-    assert node.mode == "exact" and node.preset == "default"
+    assert node.mode == "preset" and node.preset == "default"
 
 
 def test_self_test_without_torch_skips_and_installs_nothing(monkeypatch):
@@ -307,7 +328,9 @@ def test_requirements_file_asks_only_hub_backbones_for_packages(module):
     base, hub = module.readRequirements(False), module.readRequirements(True)
     assert base == []
     assert {r.split(">")[0] for r in hub} == {"diffusers", "transformers", "safetensors", "huggingface_hub"}
-    assert [b for b in module.BACKBONES if module.isHubBackbone(b)] == ["sd-2-1-base", "sd-2-1"]
+    from DiffusionRegistrationLib.features.catalog import load_catalog
+
+    assert [b for b in load_catalog() if module.isHubBackbone(b)] == ["sd-2-1-base", "sd-2-1"]
     assert not module.isHubBackbone("adm-256-uncond") and not module.isHubBackbone(None)
 
 

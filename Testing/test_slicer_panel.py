@@ -43,14 +43,14 @@ def panel(monkeypatch):
     torch_utils = types.ModuleType("PyTorchUtils")
     torch_utils.PyTorchUtilsLogic = lambda: types.SimpleNamespace(torchInstalled=lambda: True)
     monkeypatch.setitem(sys.modules, "PyTorchUtils", torch_utils)
-    original = module.DiffusionRegistrationLogic.parameterOptions.__func__
+    original = module.DiffusionRegistrationLogic.parameterOptions
 
-    def quick(cls, node):
-        options = original(cls, node)
+    def quick(node):
+        options = original(node)
         options.overrides = {"threads": 1, "affine_iterations": (15, 5)}
         return options
 
-    monkeypatch.setattr(module.DiffusionRegistrationLogic, "parameterOptions", classmethod(quick))
+    monkeypatch.setattr(module.DiffusionRegistrationLogic, "parameterOptions", staticmethod(quick))
     widget = module.DiffusionRegistrationWidget()
     widget.setup()
     widget.parent.isEntered = True
