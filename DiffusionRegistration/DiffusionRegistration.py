@@ -459,7 +459,7 @@ class DiffusionRegistrationLogic(ScriptedLoadableModuleLogic):
         """The registries' one-line descriptions of the chosen preset and similarity."""
         from DiffusionRegistrationLib.similarity.registry import SIMILARITIES
 
-        text = _presets().get(parameterNode.preset, "")
+        text = f"{parameterNode.preset}: {_presets().get(parameterNode.preset, '')}"
         similarity = SIMILARITIES.get(parameterNode.similarity)
         return text + (f"\n{parameterNode.similarity}: {similarity.summary}" if similarity else "")
 
