@@ -133,15 +133,7 @@ class _qMRMLNodeComboBox(QtWidgets.QComboBox):
         return [n for n in (all_nodes.GetItemAsObject(i) for i in range(all_nodes.GetNumberOfItems())) if self.lists(n)]
 
     def _refresh(self) -> None:
-        current = self._current if self.lists(self._current) else None
-        self.blockSignals(True)
-        self.clear()
-        if self._noneEnabled:
-            self.addItem("None")
-        for node in self.nodes():
-            self.addItem(node.GetName())
-        self.blockSignals(False)
-        self._set(current)
+        self._set(self._current if self.lists(self._current) else None)
 
     def currentNode(self):
         return self._current if self.lists(self._current) else None
@@ -156,11 +148,18 @@ class _qMRMLNodeComboBox(QtWidgets.QComboBox):
         self.setCurrentNode(self._scene.GetNodeByID(node_id) if self._scene is not None and node_id else None)
 
     def _set(self, node) -> None:
-        names = [n.GetID() for n in self.nodes()]
-        index = (names.index(node.GetID()) + int(self._noneEnabled)) if node is not None else (0 if self._noneEnabled
-                                                                                               else -1)
+        """Lists the scene's nodes (the list is rebuilt when asked: the stand-in does not observe the scene) and
+        makes `node` current."""
+        nodes = self.nodes()
         self.blockSignals(True)
-        self.setCurrentIndex(index)
+        self.clear()
+        if self._noneEnabled:
+            self.addItem("None")
+        for listed in nodes:
+            self.addItem(listed.GetName())
+        ids = [n.GetID() for n in nodes]
+        self.setCurrentIndex(ids.index(node.GetID()) + int(self._noneEnabled) if node is not None
+                             else (0 if self._noneEnabled else -1))
         self.blockSignals(False)
         if node is not self._current:
             self._current = node

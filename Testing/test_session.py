@@ -17,6 +17,7 @@ import vtk
 
 slicer = pytest.importorskip("slicer", reason="slicer-core (the MRML library from PyPI) is not installed")
 
+from blob_volumes import GRID, blobs  # noqa: E402
 from DiffusionRegistrationLib.core.image import Grid, Image  # noqa: E402
 from DiffusionRegistrationLib.errors import RegistrationError  # noqa: E402
 from DiffusionRegistrationLib.slicer import (displacement_from_grid_transform, image_from_volume_node,  # noqa: E402
@@ -26,19 +27,6 @@ from DiffusionRegistrationLib.slicer.session import ReviewSession, Run  # noqa: 
 
 QUICK = RegistrationOptions(preset="fast", similarity="mse", device="cpu", steps=15, seed=0,
                             overrides={"threads": 1, "affine_iterations": (15, 5)})
-GRID = Grid((24, 24, 20), (3.0, 3.0, 3.0), (-36.0, -36.0, -30.0), tuple(np.eye(3).ravel()))
-
-
-def blobs(shift_voxels=(0.0, 0.0, 0.0), grid: Grid = GRID) -> np.ndarray:
-    """Three Gaussian blobs, moved by `shift_voxels` (x, y, z) voxels."""
-    z, y, x = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in grid.shape], indexing="ij")
-    dx, dy, dz = shift_voxels
-    value = np.zeros(grid.shape, np.float32)
-    for cx, cy, cz, r in ((8, 10, 7, 3), (15, 13, 11, 4), (12, 17, 9, 2.5)):
-        value += np.exp(-((x - cx - dx) ** 2 + (y - cy - dy) ** 2 + (z - cz - dz) ** 2) / (2 * r * r))
-    return 100 * value
-
-
 @pytest.fixture()
 def scene():
     return slicer.vtkMRMLScene()

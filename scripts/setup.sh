@@ -17,7 +17,7 @@ stamp="$venv/.installed-$(cat "$root/pyproject.toml" | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
     "${pip[@]}" install --upgrade pip
     "${pip[@]}" install "torch==2.13.0"
-    "${pip[@]}" install -e "$root[test,bench,review]"
+    "${pip[@]}" install -e "$root[test,bench,hub,review]"
     touch "$stamp"
 fi
 

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+from ..engine.options import RegistrationOptions
 from ..errors import RegistrationError
 from .job import JobResult, RegistrationJob
-from ..engine.options import RegistrationOptions
 from .process_runner import Event, Finished
 from .scene import save_scene
 from .transforms import FIXED_ROLE, MOVING_ROLE
