@@ -10,6 +10,7 @@ estimate at the end of each level is kept for the page (`latest_preview`). `Warm
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 from typing import Optional, Sequence
 
@@ -18,19 +19,20 @@ import numpy as np
 from ...errors import Cancelled
 from ...progress import Progress
 from ...slicer.job import RegistrationJob
-from ...slicer.process_runner import Finished, FollowedRun, LogLine
+from ...slicer.process_runner import Event, Finished, LogLine, RunStatus, drain
 from ..main import PLAIN_FAILURES, build_parser, failure, register_files
 
 logger = logging.getLogger(__name__)
 UNEXPECTED = 1
 
 
-class InProcessRunner(FollowedRun):
+class InProcessRunner(RunStatus):
     """`diffreg register ARGS` on a thread of this process, followed like a ProcessRunner."""
 
     def __init__(self, argv: Sequence[str]):
-        super().__init__()
         self.argv = [str(part) for part in argv]
+        self.events: "queue.Queue[Event]" = queue.Queue()
+        self._started = False
         self.stderr_lines: list[str] = []
         self._done = threading.Event()
         self._preview: Optional[np.ndarray] = None
@@ -40,6 +42,13 @@ class InProcessRunner(FollowedRun):
         self._started = True
         threading.Thread(target=self._run, name="diffreg-review-run", daemon=True).start()
         return self
+
+    @property
+    def running(self) -> bool:
+        return self._started and self._finished is None
+
+    def poll(self) -> list[Event]:
+        return drain(self.events)
 
     def _progress(self, event: Progress) -> None:
         if self._cancelled:
@@ -102,5 +111,5 @@ class WarmJob(RegistrationJob):
 
     runner: Optional[InProcessRunner]
 
-    def backend(self, command: list[str]) -> InProcessRunner:
-        return InProcessRunner(command[3:])  # [python, -m, module, register, ...]: `register ...`
+    def backend(self, argv: list[str]) -> InProcessRunner:
+        return InProcessRunner(argv).start()
