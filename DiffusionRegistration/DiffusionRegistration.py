@@ -9,13 +9,13 @@ import logging
 import pathlib
 import shutil
 import sys
-from typing import Annotated, Callable, Optional
+from typing import Annotated, Callable, Optional, Union
 
 import ctk
 import qt
 import slicer
 import vtk
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLTransformNode
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTransformNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import (Choice, GuiConnector, WithinRange, parameterNodeGuiConnector,
@@ -97,8 +97,8 @@ class DiffusionRegistrationParameterNode:
 
     fixed: vtkMRMLScalarVolumeNode
     moving: vtkMRMLScalarVolumeNode
-    fixedMask: vtkMRMLScalarVolumeNode
-    movingMask: vtkMRMLScalarVolumeNode
+    fixedMask: Union[vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, None]
+    movingMask: Union[vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, None]
     initialTransform: vtkMRMLTransformNode
     preset: _declared("preset") = _PANEL["preset"].default
     similarity: _declared("similarity") = _PANEL["similarity"].default
@@ -528,7 +528,7 @@ class DiffusionRegistrationLogic(ScriptedLoadableModuleLogic):
         if problem:
             raise RegistrationError(problem)
         session = self._session
-        session.keep_files = bool(p.keepTemporaryFiles)
+        session.keep_files, session.work_folder = bool(p.keepTemporaryFiles), self.temporaryFolder()
         return session.start(self.parameterOptions(p), p.outputTransform, p.outputVolume, overwrite=overwrite)
 
     def start(self, fixed, moving, options=None, fixedMask=None, movingMask=None, outputTransform=None,

@@ -223,3 +223,25 @@ def test_a_coronal_slice_is_registered_in_its_own_plane(scene):
     np.testing.assert_allclose(mean, [6.0, 0.0, 0.0], atol=1.5)
     assert np.abs(displacement[..., 1]).max() < 1e-4  # nothing out of the coronal plane
     assert image_from_volume_node(run.warped).grid.same_as(plane, 1e-3)
+
+
+def test_a_segmentation_is_a_mask_on_its_volumes_voxels(scene, tmp_path):
+    """A segmentation as the moving mask gives the same mask file as the label map it was made from."""
+    import SimpleITK as sitk
+    from slicer import vtkSlicerSegmentationsModuleLogic
+
+    fixed, moving = volume(scene, "F"), volume(scene, "M", (1, 0, 0))
+    inside = (blobs((1, 0, 0)) > 30).astype(np.uint8)
+    labels = volume_node_from_image(Image(inside, GRID), scene=scene, name="brain labels",
+                                    class_name="vtkMRMLLabelMapVolumeNode")
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "brain")
+    assert vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labels, segmentation)
+    ids = node_ids(scene)
+    session = ReviewSession(scene, work_folder=str(tmp_path))
+    session.set_inputs(fixed=fixed, moving=moving, moving_mask=segmentation)
+    job = session.start(QUICK).prepared()
+    written = sitk.GetArrayFromImage(sitk.ReadImage(str(job.folder / "moving_mask.nrrd")))
+    session.cancel()
+    np.testing.assert_array_equal(written > 0, inside > 0)
+    # the label map the export needed is gone again (the subject hierarchy it made is the scene's, as in Slicer)
+    assert {i for i in node_ids(scene) if not i.startswith("vtkMRMLSubjectHierarchyNode")} == ids

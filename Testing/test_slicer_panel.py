@@ -250,3 +250,17 @@ def test_cancel_gives_the_panel_back_at_once(panel):
     widget.ui.applyButton.click()  # Cancel
     assert widget._job is None and widget.ui.applyButton.text == "Apply"
     assert job.stopped(timeout=30) and node_ids() == ids
+
+
+def test_inputs_are_written_uncompressed_in_slicers_temporary_folder(panel, tmp_path):
+    module, widget, dialogs = panel
+    parameters = widget._parameterNode
+    parameters.fixed, parameters.moving = volume("F"), volume("M", (1, 0, 0))
+    slicer.app.temporaryPath = str(tmp_path)  # Application settings > General > Temporary directory
+    parameters.keepTemporaryFiles = True
+    apply_and_wait(widget)
+    folders = list(tmp_path.iterdir())
+    assert len(folders) == 1 and folders[0].name.startswith("diffreg-slicer-")
+    header = (folders[0] / "moving.nrrd").read_bytes().split(b"\n\n", 1)[0].decode()
+    assert "encoding: raw" in header, header
+    assert widget.ui.openFolderButton.enabled

@@ -95,12 +95,43 @@ def world_image(node, role: str, transform=OWN_PARENT) -> Image:
 def mask_image(mask_node, volume_node, image: Image, role: str) -> Image:
     """A mask for `image` (the volume `volume_node` as it is sent to the backend), as binary weights.
 
-    A mask on the volume's own voxel grid follows the volume wherever it is placed; any other mask is taken
-    where it lies in the world (through its own linear parent) and must cover the volume's grid there."""
-    own = image_from_volume_node(mask_node, role, include_parent_transform=False)
+    A segmentation's segments, all of them, are exported on the volume's own voxels (Slicer's segmentation
+    logic resamples them, with their transforms); a mask volume on the volume's own voxel grid follows the
+    volume wherever it is placed; any other mask volume is taken where it lies in the world (through its own
+    linear parent) and must cover the volume's grid there."""
+    if mask_node.IsA("vtkMRMLSegmentationNode"):
+        own = segments_on(mask_node, volume_node, role)
+    else:
+        own = image_from_volume_node(mask_node, role, include_parent_transform=False)
     mask = Image(own.array, image.grid) if own.grid.same_as(volume_grid(volume_node), 1e-3) \
         else world_image(mask_node, role)
     return check_mask(mask, image, role, f"'{mask_node.GetName()}'")
+
+
+def segments_on(segmentation_node, volume_node, role: str) -> Image:
+    """Every segment of the segmentation as one label map on the volume's own voxel grid."""
+    from slicer import vtkSlicerSegmentationsModuleLogic
+    import vtk
+
+    scene = segmentation_node.GetScene()
+    colour_tables = {scene.GetNthNodeByClass(i, "vtkMRMLColorNode").GetID()
+                     for i in range(scene.GetNumberOfNodesByClass("vtkMRMLColorNode"))}
+    labels = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", f"{segmentation_node.GetName()} (mask)")
+    try:
+        ids = vtk.vtkStringArray()
+        segmentation_node.GetSegmentation().GetSegmentIDs(ids)
+        if ids.GetNumberOfValues() == 0 or not vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+                segmentation_node, ids, labels, volume_node):
+            raise RegistrationError(f"{role} '{segmentation_node.GetName()}': holds no segment that can be exported "
+                                    "as a label map. Draw the region in the Segment Editor, or leave the mask out.")
+        return image_from_volume_node(labels, role, include_parent_transform=False)
+    finally:  # the export's label map, its display node and a colour table made for it
+        display = labels.GetDisplayNode()
+        colours = display.GetColorNode() if display is not None else None
+        made = [labels, display] + ([colours] if colours is not None and colours.GetID() not in colour_tables else [])
+        for node in made:
+            if node is not None and node.GetScene() is scene:
+                scene.RemoveNode(node)
 
 
 class RegistrationJob:
