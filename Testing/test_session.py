@@ -245,3 +245,19 @@ def test_a_segmentation_is_a_mask_on_its_volumes_voxels(scene, tmp_path):
     np.testing.assert_array_equal(written > 0, inside > 0)
     # the label map the export needed is gone again (the subject hierarchy it made is the scene's, as in Slicer)
     assert {i for i in node_ids(scene) if not i.startswith("vtkMRMLSubjectHierarchyNode")} == ids
+
+
+def test_a_refilled_transform_keeps_no_reference_to_the_earlier_agreement_map(scene):
+    """Run 1 with an agreement map; run 2 refills run 1's transform (confirmed) without one: the transform must
+    not point at run 1's map any more (the job once left that reference, and the next review showed it)."""
+    from dataclasses import replace
+
+    session = ReviewSession(scene)
+    session.set_inputs(fixed=volume(scene, "F"), moving=volume(scene, "M", (2, 0, 0)))
+    session.start(replace(QUICK, agreement=True))
+    first = session.wait()
+    assert first.agreement is not None
+    session.start(QUICK, output_transform=first.transform, overwrite=True)
+    second = session.wait()
+    assert second.transform is first.transform and second.agreement is None
+    assert first.transform.GetNodeReference("Agreement") is None
