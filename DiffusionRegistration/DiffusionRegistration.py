@@ -503,14 +503,16 @@ class DiffusionRegistrationLogic(ScriptedLoadableModuleLogic):
             return None
 
     def session(self, scene=None):
-        """The review session of `scene` (default: Slicer's scene): one per scene, made on first use."""
+        """The review session of `scene` (default: Slicer's scene): one per scene, made on first use; its runs'
+        files go to Slicer's temporary folder as the application settings say now."""
         from DiffusionRegistrationLib.slicer.session import ReviewSession
 
         scene = scene or slicer.mrmlScene
         if self._session is None or self._session.scene is not scene:
             if self._session is not None:
                 self._session.close()
-            self._session = ReviewSession(scene, python=self.pythonExecutable(), work_folder=self.temporaryFolder())
+            self._session = ReviewSession(scene, python=self.pythonExecutable())
+        self._session.work_folder = self.temporaryFolder()
         return self._session
 
     @staticmethod
@@ -528,7 +530,7 @@ class DiffusionRegistrationLogic(ScriptedLoadableModuleLogic):
         if problem:
             raise RegistrationError(problem)
         session = self._session
-        session.keep_files, session.work_folder = bool(p.keepTemporaryFiles), self.temporaryFolder()
+        session.keep_files = bool(p.keepTemporaryFiles)
         return session.start(self.parameterOptions(p), p.outputTransform, p.outputVolume, overwrite=overwrite)
 
     def start(self, fixed, moving, options=None, fixedMask=None, movingMask=None, outputTransform=None,
@@ -683,7 +685,7 @@ class DiffusionRegistrationLogic(ScriptedLoadableModuleLogic):
     def downloadWeights(self, backbone: str) -> bool:
         """Runs the download in a background process behind a modal progress dialog; True when it succeeded."""
         from DiffusionRegistrationLib.features import weights
-        from DiffusionRegistrationLib.io.atomic import remove_partial_files
+        from DiffusionRegistrationLib.io.atomic import recover
         from DiffusionRegistrationLib.slicer.job import LIBRARY_PARENT
         from DiffusionRegistrationLib.slicer.process_runner import Finished, ProcessRunner, backend_environment
         from DiffusionRegistrationLib.progress import Progress
@@ -706,7 +708,7 @@ class DiffusionRegistrationLogic(ScriptedLoadableModuleLogic):
 
         def cancel() -> None:
             runner.cancel()
-            remove_partial_files(weights.model_dir(backbone))
+            recover(weights.model_dir(backbone), recursive=True)
             outcome["cancelled"] = True
             loop.quit()
 

@@ -132,7 +132,7 @@ def test_a_failed_run_changes_nothing_even_with_outputs_chosen(scene, tmp_path):
     saved_field = field(earlier.transform).copy()
     warped_before = image_from_volume_node(earlier.warped).array.copy()
     ids = node_ids(scene)
-    session.python = write_failing_backend(tmp_path)
+    session.python, session.warm = write_failing_backend(tmp_path), False  # a process of its own
     question = session.overwrite_question(earlier.transform, earlier.warped)
     assert "'M'" in question and earlier.transform.GetName() in question  # names the volume that uses it
     with pytest.raises(RegistrationError, match="Overwrite|confirm"):

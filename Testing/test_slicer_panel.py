@@ -189,7 +189,8 @@ def test_a_run_failing_while_importing_leaves_the_chosen_output_as_it_was(panel,
     ids = node_ids()
     monkeypatch.setattr(module.DiffusionRegistrationLogic, "pythonExecutable",
                         staticmethod(lambda: write_backend_without_warped(tmp_path)))
-    widget.logic._session = None  # the next session runs the backend through that Python
+    widget.logic._session = None  # the next session runs the backend through that Python, as a process of its own
+    widget.logic.session().warm = False
     parameters.outputTransform = earlier  # confirmed (the user answers OK) for another pair: another field
     other = volume("N", (0, 2, 0))
     parameters.moving = other

@@ -3,7 +3,9 @@
 `RegistrationJob` reads the input volumes (with their world geometry; the moving volume as its initial
 transform places it) on the calling thread, then writes them uncompressed with job.json (the resolved
 settings, a saved RegistrationConfig) to a temporary folder and starts `python -m DiffusionRegistrationLib.cli.main
-register ... --config job.json --progress json` on a helper thread, so a large volume does not freeze the GUI.
+register ... --config job.json --progress json` on a helper thread, so a large volume does not freeze the GUI:
+on the warm backend (a worker process shared by the jobs: no start-up and torch import per run; see
+warm_backend.py) or, with `warm=False` or while that worker is busy with another job, as a process of its own.
 On success `finish()` imports the results into new nodes: a grid transform (read through its storage node),
 the warped volume, checkerboards after and before, the Jacobian determinant and, on request, the agreement
 map. It never changes an existing node: which nodes the run fills or shows is the review session's choice
@@ -12,6 +14,7 @@ process is ended in the background. No Qt and no Slicer application are needed.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import tempfile
@@ -19,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import numpy as np
 
@@ -36,6 +39,7 @@ from .process_runner import Event, Finished, LogLine, ProcessRunner, backend_env
 from .transforms import (displacement_from_grid_transform, end_in_frame, grid_transform_from_displacement,
                          load_transform, matrix_from_world)
 from .volumes import image_from_volume_node, volume_grid, volume_node_from_image
+from .warm_backend import WarmBackend, WarmRun, shared_backend
 
 LIBRARY_PARENT = Path(__file__).resolve().parents[2]  # the folder holding DiffusionRegistrationLib
 JOB_FILE = "job.json"
@@ -73,6 +77,26 @@ def colour_overlay(volume_node, low: float = -1.0, high: float = 1.0, colour_tab
     display.SetAndObserveColorNodeID(colour_table)
     display.SetAutoWindowLevel(False)
     display.SetWindowLevelMinMax(low, high)
+
+
+def idle_backend(python: Optional[str] = None) -> Optional[WarmBackend]:
+    """The shared warm backend for `python`, set up to run this Lib; None while it runs another job."""
+    backend = shared_backend(python)
+    if backend.busy:
+        return None
+    backend.configure(backend_environment(LIBRARY_PARENT), str(LIBRARY_PARENT))
+    return backend
+
+
+def warm_up(python: Optional[str] = None) -> None:
+    """Starts the shared worker in the background (when the panel or page opens), so that the first run is
+    warm too; returns at once. Nothing happens while torch is not installed (it is installed on the first
+    Apply) or while the worker runs a job."""
+    if importlib.util.find_spec("torch") is None:
+        return
+    backend = idle_backend(python)
+    if backend is not None:
+        backend.start()
 
 
 def world_image(node, role: str, transform=OWN_PARENT) -> Image:
@@ -139,7 +163,7 @@ class RegistrationJob:
 
     def __init__(self, scene, fixed, moving, options: Optional[RegistrationOptions] = None, fixed_mask=None,
                  moving_mask=None, initial_transform=None, python: Optional[str] = None,
-                 work_folder: Optional[str] = None, keep_files: bool = False, name: str = ""):
+                 work_folder: Optional[str] = None, keep_files: bool = False, name: str = "", warm: bool = True):
         if fixed is None or moving is None:
             raise RegistrationError("Select both a fixed and a moving volume.")
         if fixed is moving or fixed.GetID() == moving.GetID():
@@ -150,10 +174,10 @@ class RegistrationJob:
         self.fixed_mask, self.moving_mask = fixed_mask, moving_mask
         self.initial_transform = initial_transform
         self.python = python_executable(python)
-        self.work_folder, self.keep_files = work_folder, keep_files
+        self.work_folder, self.keep_files, self.warm = work_folder, keep_files, warm
         self.name = name or f"{moving.GetName()} to {fixed.GetName()}"
         self.folder: Optional[Path] = None
-        self.runner: Optional[ProcessRunner] = None
+        self.runner: Optional[Union[ProcessRunner, WarmRun]] = None
         self.log: list[str] = []
         self.last_progress: Optional[Progress] = None
         self._world_to_moving = None
@@ -167,23 +191,31 @@ class RegistrationJob:
         self._stopped = threading.Event()
 
     # -- running -------------------------------------------------------------------------------------
-    def command(self, folder: Path) -> list[str]:
+    def arguments(self, folder: Path) -> list[str]:
         """`diffreg register` on the files in `folder`; the settings are job.json (a saved RegistrationConfig),
         except for a network without fine-tuning, which takes no similarity settings."""
-        command = [self.python, "-m", "DiffusionRegistrationLib.cli.main", "register",
-                   "--fixed", str(folder / "fixed.nrrd"), "--moving", str(folder / "moving.nrrd"),
-                   "--output-dir", str(folder / "output"), "--progress", "json"]
+        argv = ["register", "--fixed", str(folder / "fixed.nrrd"), "--moving", str(folder / "moving.nrrd"),
+                "--output-dir", str(folder / "output"), "--progress", "json"]
         if self.fixed_mask is not None:
-            command += ["--fixed-mask", str(folder / "fixed_mask.nrrd")]
+            argv += ["--fixed-mask", str(folder / "fixed_mask.nrrd")]
         if self.moving_mask is not None:
-            command += ["--moving-mask", str(folder / "moving_mask.nrrd")]
+            argv += ["--moving-mask", str(folder / "moving_mask.nrrd")]
         if self.options.agreement:
-            command += ["--agreement"]
+            argv += ["--agreement"]
         if self.options.network:
-            command += ["--network", str(self.options.network), "--finetune-steps", str(int(self.options.finetune_steps))]
+            argv += ["--network", str(self.options.network), "--finetune-steps", str(int(self.options.finetune_steps))]
             if not self.options.finetune_steps:
-                return command + ["--device", self.options.device or "auto"]
-        return command + ["--config", str(folder / JOB_FILE)]
+                return argv + ["--device", self.options.device or "auto"]
+        return argv + ["--config", str(folder / JOB_FILE)]
+
+    def _launch(self, folder: Path) -> Union[ProcessRunner, WarmRun]:
+        """The job on the idle warm backend, else as a process of its own."""
+        backend = idle_backend(self.python) if self.warm else None
+        if backend is not None:
+            return backend.submit(self.arguments(folder), temporary_folder=folder)
+        return ProcessRunner([self.python, "-m", "DiffusionRegistrationLib.cli.main", *self.arguments(folder)],
+                             env=backend_environment(LIBRARY_PARENT), cwd=str(LIBRARY_PARENT),
+                             temporary_folder=folder).start()
 
     def start(self) -> "RegistrationJob":
         """Reads and checks the inputs here (MRML is not thread-safe), then writes them and starts the backend
@@ -215,8 +247,7 @@ class RegistrationJob:
                 write_image(image, self.folder / f"{name}.nrrd", compress=False)
             save_config(config, self.folder / JOB_FILE)
             if not self._cancelled.is_set():
-                self.runner = ProcessRunner(self.command(self.folder), env=backend_environment(LIBRARY_PARENT),
-                                            cwd=str(LIBRARY_PARENT)).start()
+                self.runner = self._launch(self.folder)
         except BaseException as error:  # reported by poll() as a failed run
             self._write_error = error
 

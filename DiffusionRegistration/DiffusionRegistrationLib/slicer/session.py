@@ -122,9 +122,11 @@ class ReviewSession:
     """Inputs, runs and the layers shown, on one MRML scene (see the module docstring)."""
 
     def __init__(self, scene, python: Optional[str] = None, work_folder: Optional[str] = None,
-                 keep_files: bool = False) -> None:
+                 keep_files: bool = False, warm: bool = True) -> None:
+        """`warm`: runs go to the shared warm backend when it is idle (slicer/warm_backend.py), else each is a
+        process of its own."""
         self.scene = scene
-        self.python, self.work_folder, self.keep_files = python, work_folder, keep_files
+        self.python, self.work_folder, self.keep_files, self.warm = python, work_folder, keep_files, warm
         self.fixed = self.moving = self.fixed_mask = self.moving_mask = self.initial_transform = None
         self.job: Optional[RegistrationJob] = None
         self.current: Optional[Run] = None
@@ -224,7 +226,7 @@ class ReviewSession:
         name = f"{self.moving.GetName()} to {self.fixed.GetName()} #{number}"
         job = RegistrationJob(self.scene, self.fixed, self.moving, options or RegistrationOptions(), self.fixed_mask,
                               self.moving_mask, self.initial_transform, python=self.python,
-                              work_folder=self.work_folder, keep_files=self.keep_files, name=name)
+                              work_folder=self.work_folder, keep_files=self.keep_files, name=name, warm=self.warm)
         self.job, self._outputs, self._number = job.start(), (output_transform, output_volume), number
         self.last_folder = job.folder if self.keep_files else None
         return job
