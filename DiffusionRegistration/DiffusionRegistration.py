@@ -203,6 +203,7 @@ class DiffusionRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
 
     def enter(self) -> None:
         self.initializeParameterNode()
+        self.logic.warmUp()
 
     def exit(self) -> None:
         self._disconnectGui()
@@ -514,6 +515,13 @@ class DiffusionRegistrationLogic(ScriptedLoadableModuleLogic):
             self._session = ReviewSession(scene, python=self.pythonExecutable())
         self._session.work_folder = self.temporaryFolder()
         return self._session
+
+    def warmUp(self) -> None:
+        """Starts the shared warm backend in the background (it imports torch there), so that the first Apply
+        does not wait for it either; nothing happens before torch is installed."""
+        from DiffusionRegistrationLib.slicer.job import warm_up
+
+        warm_up(self.pythonExecutable())
 
     @staticmethod
     def temporaryFolder() -> Optional[str]:
