@@ -4,7 +4,10 @@ Every case asserts the exit code (2; 128 + signal number for SIGTERM/SIGHUP), th
 (naming the file or setting) and the exact contents of the output folder afterwards. Images are tiny
 (2D 32x32 for registrations, 16^3 for header faults) and registrations run a few steps, so the suite is
 fast. Short writes use a file-size limit (RLIMIT_FSIZE) in a child process, signals are sent to child
-processes; everything else runs in-process.
+processes, and a SIGKILL after each step of a commit hits a forked child that runs only that commit;
+everything else runs in-process. The classes of issue 17 (file safety) each have cases here: failures
+and kills at every commit step, detached formats, what may be deleted, label maps, a busy or empty output
+folder, batch names and rows.
 """
 from __future__ import annotations
 

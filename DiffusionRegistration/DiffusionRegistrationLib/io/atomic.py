@@ -14,8 +14,10 @@ one rename per step:
   5. the old copies, the staging folders and then the journal are deleted.
 A process killed at any instant leaves its journal. `recover(folder)`, run before the next write there, rolls
 a prepared journal back (new files removed, old ones restored) and finishes a committed one, so the folder
-holds the whole old set or the whole new one. Copies moved aside are deleted only after the commit point;
-nothing of a process that is still running is touched. OS errors become RegistrationError naming the file.
+holds the whole old set or the whole new one. Detached headers go in after their data files and out before
+them, so every file in the folder loads at every step. Copies moved aside are deleted only after the commit
+point; nothing of a process that is still running, of another user, or outside a journal's own staging and
+aside folders is touched. OS errors become RegistrationError naming the file.
 """
 from __future__ import annotations
 
@@ -36,8 +38,7 @@ from ..errors import RegistrationError
 MARKER = ".diffreg-temporary"
 _TEMPORARY = re.compile(r"^\.diffreg-([0-9a-f]{16})\.(stage|old)$")
 _JOURNAL = re.compile(r"^\.diffreg-([0-9a-f]{16})\.journal$")
-_HEADERS = (".mhd", ".nhdr")  # detached headers: moved in after their data files and out before them, so a
-                              # header in the folder always has its data file, at every step
+_HEADERS = (".mhd", ".nhdr")  # detached headers: moved in after their data files, out before them
 
 
 def _is_header(path: str | os.PathLike) -> bool:
