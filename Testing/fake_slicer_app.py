@@ -25,16 +25,14 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import inspect
 import sys
 import tempfile
-import time
 import types
 import typing
 import unittest
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Optional
 
 import slicer
 import slicer.util

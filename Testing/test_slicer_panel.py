@@ -17,7 +17,7 @@ import vtk
 slicer = pytest.importorskip("slicer", reason="slicer-core (the MRML library from PyPI) is not installed")
 
 import fake_slicer_app  # noqa: E402
-from pythonqt_shim import APPLICATION, QT  # noqa: E402
+from pythonqt_shim import APPLICATION  # noqa: E402
 from blob_volumes import GRID, blobs  # noqa: E402
 
 from DiffusionRegistrationLib.core.image import Image  # noqa: E402
