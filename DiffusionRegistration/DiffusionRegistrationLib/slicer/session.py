@@ -12,7 +12,12 @@ this one object, so they behave alike. It holds:
   after asking `overwrite_question()`;
 - the layers shown (`show(layer, after)` returns a `View` for the caller's slice views): fixed, moving (under
   the result, or under the initial transform "before"), warped, checkerboard, agreement, Jacobian;
-- saving the scene (`save`, .mrb or .mrml).
+- saving the scene (`save`, .mrb or .mrml); a reloaded scene's runs come back (`ReviewSession(scene).runs`),
+  with the reviewer's verdict (`Run.set_review(accepted, comment)`, kept in the run's report).
+
+Runs go to the shared warm backend when it is idle (`warm=False`: a process per run). The session does not
+observe the scene: a view calls `close()` (cancels a run) when the scene closes; a run whose input nodes left
+the scene ends with a RegistrationError and adds nothing.
 
 Use:
     session = ReviewSession(scene)
