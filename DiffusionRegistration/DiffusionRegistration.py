@@ -9,13 +9,13 @@ import logging
 import pathlib
 import shutil
 import sys
-from typing import Annotated, Callable, Optional
+from typing import Annotated, Callable, Optional, Union
 
 import ctk
 import qt
 import slicer
 import vtk
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLTransformNode
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTransformNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import (Choice, GuiConnector, WithinRange, parameterNodeGuiConnector,
@@ -97,8 +97,8 @@ class DiffusionRegistrationParameterNode:
 
     fixed: vtkMRMLScalarVolumeNode
     moving: vtkMRMLScalarVolumeNode
-    fixedMask: vtkMRMLScalarVolumeNode
-    movingMask: vtkMRMLScalarVolumeNode
+    fixedMask: Union[vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, None]
+    movingMask: Union[vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, None]
     initialTransform: vtkMRMLTransformNode
     preset: _declared("preset") = _PANEL["preset"].default
     similarity: _declared("similarity") = _PANEL["similarity"].default
@@ -203,6 +203,7 @@ class DiffusionRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
 
     def enter(self) -> None:
         self.initializeParameterNode()
+        self.logic.warmUp()
 
     def exit(self) -> None:
         self._disconnectGui()
@@ -503,15 +504,24 @@ class DiffusionRegistrationLogic(ScriptedLoadableModuleLogic):
             return None
 
     def session(self, scene=None):
-        """The review session of `scene` (default: Slicer's scene): one per scene, made on first use."""
+        """The review session of `scene` (default: Slicer's scene): one per scene, made on first use; its runs'
+        files go to Slicer's temporary folder as the application settings say now."""
         from DiffusionRegistrationLib.slicer.session import ReviewSession
 
         scene = scene or slicer.mrmlScene
         if self._session is None or self._session.scene is not scene:
             if self._session is not None:
                 self._session.close()
-            self._session = ReviewSession(scene, python=self.pythonExecutable(), work_folder=self.temporaryFolder())
+            self._session = ReviewSession(scene, python=self.pythonExecutable())
+        self._session.work_folder = self.temporaryFolder()
         return self._session
+
+    def warmUp(self) -> None:
+        """Starts the shared warm backend in the background (it imports torch there), so that the first Apply
+        does not wait for it either; nothing happens before torch is installed."""
+        from DiffusionRegistrationLib.slicer.job import warm_up
+
+        warm_up(self.pythonExecutable())
 
     @staticmethod
     def temporaryFolder() -> Optional[str]:

@@ -25,15 +25,14 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import inspect
 import sys
-import time
+import tempfile
 import types
 import typing
 import unittest
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Optional
 
 import slicer
 import slicer.util
@@ -253,8 +252,17 @@ def _split(annotation):
     return annotation, []
 
 
+def node_types(plain) -> tuple:
+    """The MRML class names of a node type or of a Union of node types and None (parameterNodeWrapper/util.py,
+    v5.8.0, getNodeTypes); () for any other type."""
+    members = typing.get_args(plain) if typing.get_origin(plain) is typing.Union else (plain,)
+    names = tuple(m.__name__ for m in members if isinstance(m, type) and m.__name__.startswith("vtkMRML"))
+    others = [m for m in members if m is not type(None) and m.__name__ not in names] if names else members
+    return names if not others else ()
+
+
 def _is_node_type(plain) -> bool:
-    return isinstance(plain, type) and plain.__name__.startswith("vtkMRML")
+    return bool(node_types(plain))
 
 
 class GuiConnector:
@@ -346,7 +354,7 @@ class NodeConnector(SignalConnector):
 
     def __init__(self, widget, kind) -> None:
         super().__init__(widget)
-        widget.nodeTypes = [kind.__name__]
+        widget.nodeTypes = list(node_types(kind))
 
     def read(self):
         return self._widget.currentNode()
@@ -407,8 +415,8 @@ def parameterNodeWrapper(cls, slicer_version: str = "5.10"):
         def setter(self, value):
             node = self.parameterNode
             if _is_node_type(plain):
-                if value is not None and not value.IsA(plain.__name__):
-                    raise ValueError(f"{name}: expected a {plain.__name__}, got {value.GetClassName()}")
+                if value is not None and not any(value.IsA(kind) for kind in node_types(plain)):
+                    raise ValueError(f"{name}: expected one of {node_types(plain)}, got {value.GetClassName()}")
                 node.SetNodeReferenceID(name, value.GetID() if value is not None else None)
                 return
             value = plain(value)
@@ -558,6 +566,8 @@ class App:
     def __init__(self, testing: bool = False, confirm: bool = True) -> None:
         self.testing, self.confirm = testing, confirm
         self.calls: list[tuple] = []
+        # Base/QTCore/qSlicerCoreApplication.h (v5.8.0 to v5.12.3, line 78): Q_PROPERTY(QString temporaryPath ...)
+        self.temporaryPath = tempfile.gettempdir()
         App.messages = []
 
     def testingEnabled(self) -> bool:

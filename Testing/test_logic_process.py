@@ -143,7 +143,7 @@ def test_cancelled_run_leaves_no_nodes_files_or_process(monkeypatch, tmp_path, p
     module = fake_slicer_app.import_module_file(monkeypatch, scene)
     fixed_node, moving_node = nodes_for(scene, pair)
     node_ids = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
-    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))  # the job's temporary folder goes here
+    monkeypatch.setattr(slicer.app, "temporaryPath", str(tmp_path))  # Slicer's temporary folder: the job's goes here
     job = module.DiffusionRegistrationLogic().start(fixed_node, moving_node, FAST).prepared()
     folder = job.folder
     assert folder.parent == tmp_path and (folder / "fixed.nrrd").is_file()
@@ -169,7 +169,7 @@ def test_backend_error_becomes_a_registration_error_and_leaves_nothing(monkeypat
     module = fake_slicer_app.import_module_file(monkeypatch, scene)
     fixed_node, moving_node = nodes_for(scene, pair)
     count = scene.GetNumberOfNodes()
-    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    monkeypatch.setattr(slicer.app, "temporaryPath", str(tmp_path))
     with pytest.raises(RegistrationError, match="setting preset=sharpest: is not a known choice"):
         module.DiffusionRegistrationLogic().process(fixed_node, moving_node,
                                                         RegistrationOptions(preset="sharpest", device="cpu"))
@@ -184,7 +184,7 @@ def test_mask_on_another_grid_is_refused_before_anything_runs(monkeypatch, tmp_p
     coarse = Image.from_sitk(pair[0]).grid.scaled(5.0)
     small = Image(np.ones(coarse.shape, np.uint8), coarse)
     mask = volume_node_from_image(small, scene=scene, name="brain mask")
-    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    monkeypatch.setattr(slicer.app, "temporaryPath", str(tmp_path))
     with pytest.raises(RegistrationError, match="fixed mask 'brain mask': lies on another voxel grid"):
         module.DiffusionRegistrationLogic().process(fixed_node, moving_node, FAST, fixedMask=mask)
     assert list(tmp_path.iterdir()) == []
@@ -207,7 +207,7 @@ def test_a_mask_on_the_moving_grid_is_taken_wherever_the_volume_is_placed(monkey
     user.SetMatrixTransformToParent(shift)
     moving_node.SetAndObserveTransformNodeID(user.GetID())
     logic = module.DiffusionRegistrationLogic()
-    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    monkeypatch.setattr(slicer.app, "temporaryPath", str(tmp_path))
 
     def written_grids(job):
         job.prepared()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import stat
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -132,7 +131,7 @@ def test_a_failed_run_changes_nothing_even_with_outputs_chosen(scene, tmp_path):
     saved_field = field(earlier.transform).copy()
     warped_before = image_from_volume_node(earlier.warped).array.copy()
     ids = node_ids(scene)
-    session.python = write_failing_backend(tmp_path)
+    session.python, session.warm = write_failing_backend(tmp_path), False  # a process of its own
     question = session.overwrite_question(earlier.transform, earlier.warped)
     assert "'M'" in question and earlier.transform.GetName() in question  # names the volume that uses it
     with pytest.raises(RegistrationError, match="Overwrite|confirm"):
@@ -223,3 +222,41 @@ def test_a_coronal_slice_is_registered_in_its_own_plane(scene):
     np.testing.assert_allclose(mean, [6.0, 0.0, 0.0], atol=1.5)
     assert np.abs(displacement[..., 1]).max() < 1e-4  # nothing out of the coronal plane
     assert image_from_volume_node(run.warped).grid.same_as(plane, 1e-3)
+
+
+def test_a_segmentation_is_a_mask_on_its_volumes_voxels(scene, tmp_path):
+    """A segmentation as the moving mask gives the same mask file as the label map it was made from."""
+    import SimpleITK as sitk
+    from slicer import vtkSlicerSegmentationsModuleLogic
+
+    fixed, moving = volume(scene, "F"), volume(scene, "M", (1, 0, 0))
+    inside = (blobs((1, 0, 0)) > 30).astype(np.uint8)
+    labels = volume_node_from_image(Image(inside, GRID), scene=scene, name="brain labels",
+                                    class_name="vtkMRMLLabelMapVolumeNode")
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "brain")
+    assert vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labels, segmentation)
+    ids = node_ids(scene)
+    session = ReviewSession(scene, work_folder=str(tmp_path))
+    session.set_inputs(fixed=fixed, moving=moving, moving_mask=segmentation)
+    job = session.start(QUICK).prepared()
+    written = sitk.GetArrayFromImage(sitk.ReadImage(str(job.folder / "moving_mask.nrrd")))
+    session.cancel()
+    np.testing.assert_array_equal(written > 0, inside > 0)
+    # the label map the export needed is gone again (the subject hierarchy it made is the scene's, as in Slicer)
+    assert {i for i in node_ids(scene) if not i.startswith("vtkMRMLSubjectHierarchyNode")} == ids
+
+
+def test_a_refilled_transform_keeps_no_reference_to_the_earlier_agreement_map(scene):
+    """Run 1 with an agreement map; run 2 refills run 1's transform (confirmed) without one: the transform must
+    not point at run 1's map any more (the job once left that reference, and the next review showed it)."""
+    from dataclasses import replace
+
+    session = ReviewSession(scene)
+    session.set_inputs(fixed=volume(scene, "F"), moving=volume(scene, "M", (2, 0, 0)))
+    session.start(replace(QUICK, agreement=True))
+    first = session.wait()
+    assert first.agreement is not None
+    session.start(QUICK, output_transform=first.transform, overwrite=True)
+    second = session.wait()
+    assert second.transform is first.transform and second.agreement is None
+    assert first.transform.GetNodeReference("Agreement") is None

@@ -107,7 +107,7 @@ def test_every_parameter_has_a_bindable_widget(module):
         cls = widget.get("class")
         if fake_slicer_app._is_node_type(plain):
             assert cls == "qMRMLNodeComboBox", name
-            assert dynamic_property(widget, "nodeTypes") == [plain.__name__], name
+            assert dynamic_property(widget, "nodeTypes") == list(fake_slicer_app.node_types(plain)), name
             if name.startswith(("output", "initial")) or name.endswith("Mask"):  # subclasses: grid/linear, label maps
                 assert dynamic_property(widget, "showChildNodeTypes") == "true", name
         elif any(isinstance(v, fake_slicer_app.Choice) for v in validators):

@@ -17,7 +17,7 @@ import vtk
 slicer = pytest.importorskip("slicer", reason="slicer-core (the MRML library from PyPI) is not installed")
 
 import fake_slicer_app  # noqa: E402
-from pythonqt_shim import APPLICATION, QT  # noqa: E402
+from pythonqt_shim import APPLICATION  # noqa: E402
 from blob_volumes import GRID, blobs  # noqa: E402
 
 from DiffusionRegistrationLib.core.image import Image  # noqa: E402
@@ -189,7 +189,8 @@ def test_a_run_failing_while_importing_leaves_the_chosen_output_as_it_was(panel,
     ids = node_ids()
     monkeypatch.setattr(module.DiffusionRegistrationLogic, "pythonExecutable",
                         staticmethod(lambda: write_backend_without_warped(tmp_path)))
-    widget.logic._session = None  # the next session runs the backend through that Python
+    widget.logic._session = None  # the next session runs the backend through that Python, as a process of its own
+    widget.logic.session().warm = False
     parameters.outputTransform = earlier  # confirmed (the user answers OK) for another pair: another field
     other = volume("N", (0, 2, 0))
     parameters.moving = other
@@ -250,3 +251,17 @@ def test_cancel_gives_the_panel_back_at_once(panel):
     widget.ui.applyButton.click()  # Cancel
     assert widget._job is None and widget.ui.applyButton.text == "Apply"
     assert job.stopped(timeout=30) and node_ids() == ids
+
+
+def test_inputs_are_written_uncompressed_in_slicers_temporary_folder(panel, tmp_path):
+    module, widget, dialogs = panel
+    parameters = widget._parameterNode
+    parameters.fixed, parameters.moving = volume("F"), volume("M", (1, 0, 0))
+    slicer.app.temporaryPath = str(tmp_path)  # Application settings > General > Temporary directory
+    parameters.keepTemporaryFiles = True
+    apply_and_wait(widget)
+    folders = list(tmp_path.iterdir())
+    assert len(folders) == 1 and folders[0].name.startswith("diffreg-slicer-")
+    header = (folders[0] / "moving.nrrd").read_bytes().split(b"\n\n", 1)[0].decode()
+    assert "encoding: raw" in header, header
+    assert widget.ui.openFolderButton.enabled

@@ -51,6 +51,8 @@ def row(layout: ET.Element, index: int, label: str, child_cls: str, name: str, p
 # Volume classes deriving from vtkMRMLScalarVolumeNode that are not one scalar per voxel (vector, tensor and DWI
 # volumes): listed by no volume selector.
 NOT_SCALAR = "vtkMRMLTensorVolumeNode,vtkMRMLDiffusionWeightedVolumeNode"
+# a mask: a segmentation (exported on its volume's voxels) or a volume
+MASK_TYPES = "vtkMRMLScalarVolumeNode,vtkMRMLSegmentationNode"
 
 
 def node_selector(layout, index, label, name, parameter, node_types, tooltip, none=False, add=False,
@@ -105,11 +107,13 @@ def build() -> ET.ElementTree:
                       "vtkMRMLTransformNode", "Where the moving volume starts: a linear transform (by default the "
                       "one it sits under when it is chosen). It is kept: 'Before registration' and every new run "
                       "go back to it.", none=True, children=True),
-        node_selector(inputs, 3, "Fixed mask:", "fixedMaskSelector", "fixedMask", "vtkMRMLScalarVolumeNode",
-                      "Optional: similarity is measured only inside this mask (on the fixed grid); a scalar "
-                      "volume or a label map.", none=True, children=True),
-        node_selector(inputs, 4, "Moving mask:", "movingMaskSelector", "movingMask", "vtkMRMLScalarVolumeNode",
-                      "Optional: a mask on the moving volume's grid.", none=True, children=True),
+        node_selector(inputs, 3, "Fixed mask:", "fixedMaskSelector", "fixedMask", MASK_TYPES,
+                      "Optional: similarity is measured only inside this mask: a segmentation (all its segments, "
+                      "on the fixed volume's voxels), or a label map or scalar volume on the fixed grid.",
+                      none=True, children=True),
+        node_selector(inputs, 4, "Moving mask:", "movingMaskSelector", "movingMask", MASK_TYPES,
+                      "Optional: a mask of the moving volume: a segmentation, or a label map or scalar volume on "
+                      "its grid.", none=True, children=True),
     ]
     row(inputs, 5, "", "QPushButton", "sampleDataButton", text=("string", "Load the sample pair"),
         toolTip=("string", "Colin27 skull-stripped (moving) and Colin27 with skull under a known deformation "

@@ -163,7 +163,7 @@ def read_mask(path: str | os.PathLike, reference: Image, role: str = "mask") -> 
 def write_image(image: Image | sitk.Image, path: str | os.PathLike, compress: bool = True) -> Path:
     """Writes an image atomically; the format follows the file name (.nii.gz, .nrrd, .mha, .png ...). A
     detached header (.mhd, .nhdr) gets its data file beside it, named by `data_file` and put in place with it.
-    compress=False for files that are read once right away (the Slicer job's inputs): writing is faster."""
+    compress=False (attached headers only) for files read once right away, the Slicer job's inputs: faster."""
     sitk_image = image.to_sitk() if isinstance(image, Image) else image
     with atomic_path(path) as temporary:
         try:

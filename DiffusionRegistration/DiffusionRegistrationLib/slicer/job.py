@@ -2,10 +2,10 @@
 
 `RegistrationJob` reads the input volumes (with their world geometry; the moving volume as its initial
 transform places it) on the calling thread, then writes them uncompressed with job.json (the resolved
-settings, a saved RegistrationConfig) to a temporary folder and runs `diffreg register ... --config job.json
---progress json` on a helper thread, so a large volume does not freeze the GUI: on the warm backend (a worker
-process shared by the jobs: no start-up and torch import per run; see warm_backend.py) or, with `warm=False`
-or while that worker is busy with another job, as a process of its own through ProcessRunner.
+settings, a saved RegistrationConfig) to a temporary folder and starts `python -m DiffusionRegistrationLib.cli.main
+register ... --config job.json --progress json` on a helper thread, so a large volume does not freeze the GUI:
+on the warm backend (a worker process shared by the jobs: no start-up and torch import per run; see
+warm_backend.py) or, with `warm=False` or while that worker is busy with another job, as a process of its own.
 On success `finish()` imports the results into new nodes: a grid transform (read through its storage node),
 the warped volume, checkerboards after and before, the Jacobian determinant and, on request, the agreement
 map. It never changes an existing node: which nodes the run fills or shows is the review session's choice
@@ -35,8 +35,7 @@ from ..progress import Progress
 from .checkerboard import checkerboard_volume
 from .geometry import grid_from_ijk_to_ras, ijk_to_ras_from_grid
 from .planes import Plane, field_to_world, in_plane, plane_of
-from .process_runner import (Event, Finished, LogLine, ProcessRunner, RunStatus, backend_environment,
-                             python_executable)
+from .process_runner import Event, Finished, LogLine, ProcessRunner, backend_environment, python_executable
 from .transforms import (displacement_from_grid_transform, end_in_frame, grid_transform_from_displacement,
                          load_transform, matrix_from_world)
 from .volumes import image_from_volume_node, volume_grid, volume_node_from_image
@@ -80,6 +79,26 @@ def colour_overlay(volume_node, low: float = -1.0, high: float = 1.0, colour_tab
     display.SetWindowLevelMinMax(low, high)
 
 
+def idle_backend(python: Optional[str] = None) -> Optional[WarmBackend]:
+    """The shared warm backend for `python`, set up to run this Lib; None while it runs another job."""
+    backend = shared_backend(python)
+    if backend.busy:
+        return None
+    backend.configure(backend_environment(LIBRARY_PARENT), str(LIBRARY_PARENT))
+    return backend
+
+
+def warm_up(python: Optional[str] = None) -> None:
+    """Starts the shared worker in the background (when the panel or page opens), so that the first run is
+    warm too; returns at once. Nothing happens while torch is not installed (it is installed on the first
+    Apply) or while the worker runs a job."""
+    if importlib.util.find_spec("torch") is None:
+        return
+    backend = idle_backend(python)
+    if backend is not None:
+        backend.start()
+
+
 def world_image(node, role: str, transform=OWN_PARENT) -> Image:
     """The volume in world coordinates, placed by its own parent transform or by `transform` (None: none).
 
@@ -100,32 +119,43 @@ def world_image(node, role: str, transform=OWN_PARENT) -> Image:
 def mask_image(mask_node, volume_node, image: Image, role: str) -> Image:
     """A mask for `image` (the volume `volume_node` as it is sent to the backend), as binary weights.
 
-    A mask on the volume's own voxel grid follows the volume wherever it is placed; any other mask is taken
-    where it lies in the world (through its own linear parent) and must cover the volume's grid there."""
-    own = image_from_volume_node(mask_node, role, include_parent_transform=False)
+    A segmentation's segments, all of them, are exported on the volume's own voxels (Slicer's segmentation
+    logic resamples them, with their transforms); a mask volume on the volume's own voxel grid follows the
+    volume wherever it is placed; any other mask volume is taken where it lies in the world (through its own
+    linear parent) and must cover the volume's grid there."""
+    if mask_node.IsA("vtkMRMLSegmentationNode"):
+        own = segments_on(mask_node, volume_node, role)
+    else:
+        own = image_from_volume_node(mask_node, role, include_parent_transform=False)
     mask = Image(own.array, image.grid) if own.grid.same_as(volume_grid(volume_node), 1e-3) \
         else world_image(mask_node, role)
     return check_mask(mask, image, role, f"'{mask_node.GetName()}'")
 
 
-def idle_backend(python: Optional[str] = None) -> Optional[WarmBackend]:
-    """The shared warm backend for `python`, set up to run this Lib; None while it runs another job."""
-    backend = shared_backend(python)
-    if backend.busy:
-        return None
-    backend.configure(backend_environment(LIBRARY_PARENT), str(LIBRARY_PARENT))
-    return backend
+def segments_on(segmentation_node, volume_node, role: str) -> Image:
+    """Every segment of the segmentation as one label map on the volume's own voxel grid."""
+    from slicer import vtkSlicerSegmentationsModuleLogic
+    import vtk
 
-
-def warm_up(python: Optional[str] = None) -> None:
-    """Starts the shared worker in the background (when the panel or page opens), so that the first run is
-    warm too; returns at once. Nothing happens while torch is not installed (it is installed on the first
-    Apply) or while the worker runs a job."""
-    if importlib.util.find_spec("torch") is None:
-        return
-    backend = idle_backend(python)
-    if backend is not None:
-        backend.start()
+    scene = segmentation_node.GetScene()
+    colour_tables = {scene.GetNthNodeByClass(i, "vtkMRMLColorNode").GetID()
+                     for i in range(scene.GetNumberOfNodesByClass("vtkMRMLColorNode"))}
+    labels = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", f"{segmentation_node.GetName()} (mask)")
+    try:
+        ids = vtk.vtkStringArray()
+        segmentation_node.GetSegmentation().GetSegmentIDs(ids)
+        if ids.GetNumberOfValues() == 0 or not vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+                segmentation_node, ids, labels, volume_node):
+            raise RegistrationError(f"{role} '{segmentation_node.GetName()}': holds no segment that can be exported "
+                                    "as a label map. Draw the region in the Segment Editor, or leave the mask out.")
+        return image_from_volume_node(labels, role, include_parent_transform=False)
+    finally:  # the export's label map, its display node and a colour table made for it
+        display = labels.GetDisplayNode()
+        colours = display.GetColorNode() if display is not None else None
+        made = [labels, display] + ([colours] if colours is not None and colours.GetID() not in colour_tables else [])
+        for node in made:
+            if node is not None and node.GetScene() is scene:
+                scene.RemoveNode(node)
 
 
 class RegistrationJob:
@@ -178,6 +208,15 @@ class RegistrationJob:
                 return argv + ["--device", self.options.device or "auto"]
         return argv + ["--config", str(folder / JOB_FILE)]
 
+    def _launch(self, folder: Path) -> Union[ProcessRunner, WarmRun]:
+        """The job on the idle warm backend, else as a process of its own."""
+        backend = idle_backend(self.python) if self.warm else None
+        if backend is not None:
+            return backend.submit(self.arguments(folder), temporary_folder=folder)
+        return ProcessRunner([self.python, "-m", "DiffusionRegistrationLib.cli.main", *self.arguments(folder)],
+                             env=backend_environment(LIBRARY_PARENT), cwd=str(LIBRARY_PARENT),
+                             temporary_folder=folder).start()
+
     def start(self) -> "RegistrationJob":
         """Reads and checks the inputs here (MRML is not thread-safe), then writes them and starts the backend
         on a helper thread; returns at once. Bad input raises RegistrationError before anything is written."""
@@ -208,18 +247,9 @@ class RegistrationJob:
                 write_image(image, self.folder / f"{name}.nrrd", compress=False)
             save_config(config, self.folder / JOB_FILE)
             if not self._cancelled.is_set():
-                self.runner = self.backend(self.arguments(self.folder))
+                self.runner = self._launch(self.folder)
         except BaseException as error:  # reported by poll() as a failed run
             self._write_error = error
-
-    def backend(self, argv: list[str]) -> RunStatus:
-        """`diffreg ARGV` started on the idle warm backend, else as a process of its own. (The review page
-        runs it in its own process instead: cli/review/warm.py.)"""
-        backend = idle_backend(self.python) if self.warm else None
-        if backend is not None:
-            return backend.submit(argv)
-        return ProcessRunner([self.python, "-m", "DiffusionRegistrationLib.cli.main", *argv],
-                             env=backend_environment(LIBRARY_PARENT), cwd=str(LIBRARY_PARENT)).start()
 
     def prepared(self, timeout: Optional[float] = None) -> "RegistrationJob":
         """Waits until the inputs are written and the backend started; re-raises a failure to write them."""

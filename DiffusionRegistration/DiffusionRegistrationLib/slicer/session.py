@@ -12,7 +12,12 @@ this one object, so they behave alike. It holds:
   after asking `overwrite_question()`;
 - the layers shown (`show(layer, after)` returns a `View` for the caller's slice views): fixed, moving (under
   the result, or under the initial transform "before"), warped, checkerboard, agreement, Jacobian;
-- saving the scene (`save`, .mrb or .mrml).
+- saving the scene (`save`, .mrb or .mrml); a reloaded scene's runs come back (`ReviewSession(scene).runs`),
+  with the reviewer's verdict (`Run.set_review(accepted, comment)`, kept in the run's report).
+
+Runs go to the shared warm backend when it is idle (`warm=False`: a process per run). The session does not
+observe the scene: a view calls `close()` (cancels a run) when the scene closes; a run whose input nodes left
+the scene ends with a RegistrationError and adds nothing.
 
 Use:
     session = ReviewSession(scene)
@@ -124,9 +129,11 @@ class ReviewSession:
     job_class = RegistrationJob  # the review page's runs stay in its process (cli/review/warm.py)
 
     def __init__(self, scene, python: Optional[str] = None, work_folder: Optional[str] = None,
-                 keep_files: bool = False) -> None:
+                 keep_files: bool = False, warm: bool = True) -> None:
+        """`warm`: runs go to the shared warm backend when it is idle (slicer/warm_backend.py), else each is a
+        process of its own."""
         self.scene = scene
-        self.python, self.work_folder, self.keep_files = python, work_folder, keep_files
+        self.python, self.work_folder, self.keep_files, self.warm = python, work_folder, keep_files, warm
         self.fixed = self.moving = self.fixed_mask = self.moving_mask = self.initial_transform = None
         self.job: Optional[RegistrationJob] = None
         self.current: Optional[Run] = None
@@ -226,7 +233,7 @@ class ReviewSession:
         name = f"{self.moving.GetName()} to {self.fixed.GetName()} #{number}"
         job = self.job_class(self.scene, self.fixed, self.moving, options or RegistrationOptions(), self.fixed_mask,
                               self.moving_mask, self.initial_transform, python=self.python,
-                              work_folder=self.work_folder, keep_files=self.keep_files, name=name)
+                              work_folder=self.work_folder, keep_files=self.keep_files, name=name, warm=self.warm)
         self.job, self._outputs, self._number = job.start(), (output_transform, output_volume), number
         self.last_folder = job.folder if self.keep_files else None
         return job

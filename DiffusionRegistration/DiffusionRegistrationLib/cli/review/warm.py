@@ -3,15 +3,17 @@
 `InProcessRunner` keeps `ProcessRunner`'s interface (slicer/process_runner.py: start, poll, running,
 returncode, cancelled, error_message, cancel, wait) but runs `diffreg register`'s own work
 (`cli.main.register_files`, on the arguments the Slicer job builds) on a thread. Cancel raises `Cancelled`
-from the next progress event, so the run stops within one optimiser step and writes nothing. The current
-estimate at the end of each level is kept for the page (`latest_preview`). `WarmJob` is the session's
-`RegistrationJob` with this runner instead of a process.
+from the next progress event (every fifth optimiser step), so the run stops soon and writes nothing. The
+current estimate at the end of each level is kept for the page (`latest_preview`). `WarmJob` is the session's
+`RegistrationJob` with this runner instead of a process or the shared worker (slicer/warm_backend.py),
+which cannot hand the page its per-level estimates.
 """
 from __future__ import annotations
 
 import logging
 import queue
 import threading
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -111,5 +113,5 @@ class WarmJob(RegistrationJob):
 
     runner: Optional[InProcessRunner]
 
-    def backend(self, argv: list[str]) -> InProcessRunner:
-        return InProcessRunner(argv).start()
+    def _launch(self, folder: Path) -> InProcessRunner:
+        return InProcessRunner(self.arguments(folder)).start()
