@@ -143,13 +143,21 @@ def _diverged(setting: str, what: str) -> RegistrationError:
 
 
 def _optimise(step: Callable[[], torch.Tensor], groups: list[ParameterGroup], iterations: int,
-              config: RegistrationConfig, report: Callable[[int, float], None], setting: str) -> dict:
+              config: RegistrationConfig, report: Callable[[int, float], None], setting: str,
+              keep_best: bool = True) -> dict:
     """Adam steps with a cosine schedule until `iterations` or convergence. Non-finite losses or parameters
-    stop it before they reach grid_sample (whose backward crashes on them), naming `setting` to lower."""
+    stop it before they reach grid_sample (whose backward crashes on them), naming `setting` to lower.
+
+    With `keep_best` (losses of different steps comparable: no random sampling per step) the parameters
+    with the lowest loss seen are kept. Adam's normalised steps have the size of the learning rate
+    whatever the gradient, so a level that starts at its optimum (an image registered to itself, or a
+    finer level whose coarser one found the answer) would otherwise end wherever the oscillation of the
+    last steps left it."""
     convergence = _Convergence(config.tolerance, config.patience)
     optimizer = CosineAdam(groups, iterations)
     parameters = optimizer.parameters
     loss_value, start_loss, done = float("nan"), None, 0
+    best_loss, best, best_step = float("inf"), None, 0
     for done in range(1, iterations + 1):
         optimizer.zero_grad()
         loss = step()
@@ -157,6 +165,9 @@ def _optimise(step: Callable[[], torch.Tensor], groups: list[ParameterGroup], it
         if not np.isfinite(loss_value):
             raise _diverged(setting, "the loss is not finite")
         start_loss = loss_value if start_loss is None else start_loss
+        if keep_best and loss_value < best_loss:
+            best_loss, best_step = loss_value, done
+            best = [p.detach().clone() for p in parameters]
         loss.backward()
         optimizer.step()
         if not all(bool(torch.isfinite(p).all()) for p in parameters):
@@ -164,6 +175,11 @@ def _optimise(step: Callable[[], torch.Tensor], groups: list[ParameterGroup], it
         report(done, loss_value)
         if convergence.done(loss_value):
             break
+    if best is not None and best_step < done:  # the last step's update is kept when its start was the best
+        with torch.no_grad():
+            for parameter, value in zip(parameters, best):
+                parameter.copy_(value)
+        loss_value = best_loss
     return {"steps": done, "loss": loss_value, "start_loss": start_loss}
 
 
@@ -230,7 +246,8 @@ class Run:
 LevelBuilder = Callable[[float], tuple[Callable[[], torch.Tensor], list[ParameterGroup]]]
 
 
-def _run_levels(run: Run, stage: str, plan: list[tuple[float, int]], build: LevelBuilder, setting: str) -> None:
+def _run_levels(run: Run, stage: str, plan: list[tuple[float, int]], build: LevelBuilder, setting: str,
+                similarity: Similarity) -> None:
     """The level loop every stage shares: build the level's step and optimiser, optimise, record.
 
     `setting` is the learning rate to name if the optimisation diverges."""
@@ -243,7 +260,7 @@ def _run_levels(run: Run, stage: str, plan: list[tuple[float, int]], build: Leve
                 fraction = (index + done / iterations) / len(plan)
                 run.progress(Progress(stage, fraction, f"level {index + 1}/{len(plan)} step {done} loss {loss:.5f}"))
 
-        outcome = _optimise(step, groups, iterations, run.config, report, setting)
+        outcome = _optimise(step, groups, iterations, run.config, report, setting, not similarity.stochastic)
         spacing = float(np.mean(run.fixed.level(factor)[2].spacing))
         run.history.append({"stage": stage, "level": factor, "spacing_mm": round(spacing, 3), **outcome,
                             "seconds": round(time.perf_counter() - start, 3)})
@@ -275,7 +292,7 @@ def affine_stage(run: Run) -> AffineTransform:
             return step, [([affine.translation], config.affine_lr * 100), ([affine.linear], config.affine_lr)]
 
         _run_levels(run, "affine", level_plan(run.fixed.grid, config.affine_levels, config.affine_iterations,
-                                              config.level_spacing_mm), build, "affine_lr")
+                                              config.level_spacing_mm), build, "affine_lr", similarity)
     affine.requires_grad_(False)
     return affine
 
@@ -337,7 +354,7 @@ def deformable_stage(run: Run, affine: AffineTransform) -> Optional[DenseTransfo
         return current[0].loss, [(list(current[0].dense.parameters()), current[0].lr)]
 
     _run_levels(run, "deformable", level_plan(run.fixed.grid, config.levels, config.iterations,
-                                              config.level_spacing_mm), build, "lr")
+                                              config.level_spacing_mm), build, "lr", similarity)
     return current[0].dense
 
 

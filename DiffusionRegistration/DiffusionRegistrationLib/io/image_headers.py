@@ -102,6 +102,11 @@ def _nifti(path: Path, role: str) -> Layout:
         data_path = next((p for p in (path.with_suffix(".img"), path.with_suffix(".img.gz")) if p.exists()),
                          path.with_suffix(".img"))
         offset = 0
+    elif offset < needed + 4:  # NIfTI-1 and -2 standards: vox_offset >= 352 (544) in a single .nii file
+        raise RegistrationError(f"{role} {path}: the NIfTI header's vox_offset is {offset}, but in a single-file "
+                                f".nii the voxel data must start at byte {needed + 4} or later (the NIfTI "
+                                f"standard); every voxel would be read shifted. The header is damaged: export the "
+                                "image again.")
     return Layout(data_path, offset, tuple(int(d) for d in dim[1:ndim + 1]),
                   np.dtype(order + _NIFTI_TYPES[datatype]), _NIFTI_COMPONENTS.get(datatype, 1),
                   "gzip" if _opener(data_path) is gzip.open else None, tuple(float(p) for p in pixdim[1:min(ndim, 3) + 1]))
@@ -223,12 +228,14 @@ def _chunks(layout: Layout) -> Iterator[bytes]:
         if layout.compression == "gzip@":
             handle = gzip.GzipFile(fileobj=raw, mode="rb")
         if layout.compression == "zlib":
-            inflater = zlib.decompressobj()
+            # at most CHUNK bytes out per call: a small stream of zeros can inflate a thousandfold
+            inflater, pending = zlib.decompressobj(), b""
             while not inflater.eof:
-                block = handle.read(CHUNK)
-                if not block:
+                pending = pending or handle.read(CHUNK)
+                if not pending:
                     break
-                yield inflater.decompress(block)
+                yield inflater.decompress(pending, CHUNK)
+                pending = inflater.unconsumed_tail
         else:
             yield from iter(lambda: handle.read(CHUNK), b"")
 
@@ -310,7 +317,7 @@ def check_image_file(path: Path, role: str, finite: bool = True) -> None:
             layout = _metaimage(path, role)
         else:
             return
-    except (OSError, EOFError, zlib.error, gzip.BadGzipFile, struct.error, ValueError) as error:
+    except (OSError, EOFError, zlib.error, gzip.BadGzipFile, struct.error, ValueError, OverflowError) as error:
         raise RegistrationError(f"{role} {path}: its header cannot be read ({error}); the file is damaged or "
                                 "truncated. Copy or export it again.") from None
     if layout is None:

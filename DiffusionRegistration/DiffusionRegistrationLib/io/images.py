@@ -68,7 +68,7 @@ def _read_sitk(path: Path, role: str) -> sitk.Image:
 def _read_checked(path: Path, role: str) -> sitk.Image:
     """The image as ITK reads it, after the header checks; its grid must be usable."""
     existing_path(path, role)
-    if path.is_file():
+    if not path.is_dir():
         check_image_file(path, role)
     try:
         with itk_messages_hidden():

@@ -25,6 +25,9 @@ import torch
 import torch.distributed as dist
 
 from ..engine.registration import resolve_device
+from ..engine.settings import Choice, Device, Mapping, Number, Numbers
+from ..geometry.transforms import REGULARIZERS
+from ..similarity.registry import check_similarity_name, check_similarity_params
 from ..errors import RegistrationError
 from ..io.atomic import atomic_path
 from ..progress import Progress, ProgressCallback, silent
@@ -54,12 +57,30 @@ class TrainConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        self.percentiles = tuple(float(v) for v in self.percentiles)
-        for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
-            if int(getattr(self, name)) < 1:
-                raise RegistrationError(f"training: {name} must be >= 1, not {getattr(self, name)}.")
-        if self.lr <= 0:
-            raise RegistrationError(f"training: lr must be > 0, not {self.lr}.")
+        """Every field type- and range-checked (the same checks as the registration settings), so a flag,
+        an API call or a checkpoint's stored config with a bad value is one RegistrationError."""
+        for name, value in asdict(self).items():
+            check, flag = TRAIN_SETTINGS[name], "--" + name.replace("_", "-")
+            setattr(self, name, check.check(flag, value) if hasattr(check, "check") else check(flag, value))
+        check_similarity_params(self.similarity, self.similarity_params, "--similarity-params")
+
+
+def _similarity_name(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise RegistrationError(f"setting {name}={value!r}: is not a name; allowed: a similarity name.")
+    check_similarity_name(value)
+    return value
+
+
+_COUNT = Number(int, 1, 10 ** 9)
+TRAIN_SETTINGS: dict[str, Any] = {
+    "similarity": _similarity_name, "similarity_params": Mapping(), "regularizer": Choice(tuple(REGULARIZERS)),
+    "regularization": Number(float, 0, 1e6), "inverse_consistency": Number(float, 0, 1e6), "steps": _COUNT,
+    "batch_size": Number(int, 1, 1_000_000), "lr": Number(float, 0, 1, low_open=True),
+    "finetune_lr": Number(float, 0, 1, low_open=True), "seed": Number(int, 0, 2 ** 63 - 1),
+    "checkpoint_every": _COUNT, "log_every": _COUNT, "validate_every": Number(int, 0, 10 ** 9),
+    "percentiles": Numbers(Number(float, 0, 100), length=2), "device": Device(),
+}
 
 
 @dataclass

@@ -146,8 +146,12 @@ class LocalNormalizedCrossCorrelation(Similarity):
 
     Local moments come from separable convolutions; near the border and the mask edge they are
     renormalised by the filtered mask, so windows use only voxels inside the image and the mask.
-    Local NCC = cov / sqrt((var_f + eps) (var_w + eps)): -1 for identical images wherever var >> eps,
-    0 in flat regions.
+    Local NCC = (cov + eps) / sqrt((var_f + eps) (var_w + eps)): the cosine of the centred intensities
+    with one more component sqrt(eps) on both sides, so it is at most 1 and reaches 1 exactly where the
+    warped image equals the fixed one (up to an offset): an image registered to itself stays put. The
+    form cov / sqrt((var_f + eps) (var_w + eps)) rewarded raising the warped image's local variance
+    wherever the variance is near eps (smooth regions), and moved an image registered to itself.
+    Flat regions of both images score 1 whatever the alignment.
     """
 
     def __init__(self, window: str = "gaussian", sigma: float | Sequence[float] = 2.0, radius: int = 2,
@@ -195,7 +199,7 @@ class LocalNormalizedCrossCorrelation(Similarity):
         mean_w, square_w, cross = moments.split(c, 1)  # one backward for the three (slices: three zero-filled copies)
         var_w = (square_w - mean_w * mean_w).clamp_min(0.0)
         cov = cross - mean_f * mean_w
-        local = cov * torch.rsqrt((var_f + self.eps) * (var_w + self.eps))
+        local = (cov + self.eps) * torch.rsqrt((var_f + self.eps) * (var_w + self.eps))
         return -_masked_mean(local, mask)
 
 
@@ -243,6 +247,10 @@ class MutualInformation(Similarity):
         self.normalized = bool(normalized)
         self.seed = seed
         self._generator = torch.Generator().manual_seed(seed)
+
+    @property
+    def stochastic(self) -> bool:
+        return self.max_samples > 0
 
     def reseed(self, seed: int) -> None:
         """Restarts the sampling generator at this measure's seed offset by a run's `seed`."""
