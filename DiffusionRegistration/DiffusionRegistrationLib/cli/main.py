@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
@@ -75,6 +76,10 @@ def _cmd_register(args: argparse.Namespace) -> int:
     moving = read_image(args.moving, "moving image")
     fixed_mask = read_mask(args.fixed_mask, fixed, "fixed mask") if args.fixed_mask else None
     moving_mask = read_mask(args.moving_mask, moving, "moving mask") if args.moving_mask else None
+    if not args.network:
+        from ..engine.registration import overlap_warnings
+
+        overlap_warnings(fixed, moving, config)  # images that cannot meet are refused before the folder is made
     request = OutputRequest(transform=args.transform, vector_field=args.vector_field, warped=args.warped,
                             affine=args.affine, inverse=args.inverse, agreement=args.agreement)
     check_outputs(args.output_dir, request, (args.fixed, args.moving, args.fixed_mask, args.moving_mask),
@@ -264,7 +269,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     piped = getattr(args, "progress_when_piped", "none")
     json_events = progress_kind(getattr(args, "progress", "none"), piped) == "json"
     try:
-        with _termination_as_interrupt():
+        with _termination_as_interrupt(), warnings.catch_warnings():
+            # library warnings (numpy's invalid values, torch's deprecations) are not the user's to act on:
+            # the console holds the outputs, the warnings the run itself reports, or one `error:` line
+            warnings.simplefilter("ignore")
             return args.handler(args)
     except RegistrationError as error:
         return _fail(2, "error", str(error), json_events)

@@ -143,8 +143,8 @@ def load_config_file(path: Union[str, Path]) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
-        raise RegistrationError(f"config file {path}: is not UTF-8 text (byte {error.start}). Use JSON or "
-                                "TOML.") from None
+        raise RegistrationError(f"config file {path}: cannot be parsed (not UTF-8 text, byte {error.start}). Use "
+                                "JSON or TOML.") from None
     except OSError as error:
         raise RegistrationError(f"config file {path}: cannot be read ({error.strerror}).") from None
     values = parse_settings_text(text, path.suffix, f"config file {path}")

@@ -18,6 +18,7 @@ from ..geometry.metrics import folding, jacobian_determinant
 from ..io.atomic import OutputSet, os_error, remove_partial_files, signals_held, write_json
 from ..core.image import Grid, Image
 from ..io.images import IMAGE_WRITE_SUFFIXES, write_image
+from ..io.paths import resolvable_folder
 from ..io.pictures import before_after_checkerboard
 from ..io.transform_files import AFFINE_SUFFIXES, FIELD_SUFFIXES, IMAGE_SUFFIXES, write_affine, write_displacement
 from .result import Result
@@ -76,7 +77,7 @@ def check_outputs(output_dir: str | os.PathLike, request: OutputRequest, inputs:
     """Before any registration work: every output name has a known suffix, overwrites no input and no
     folder, and its folder exists (it is created) and takes a file of the expected size. Removes
     temporaries of killed runs there. RegistrationError naming the file or folder and the fix."""
-    targets = planned_outputs(output_dir, request)
+    targets = planned_outputs(resolvable_folder(output_dir), request)
     seen: dict[Path, str] = {}
     for role, target in targets.items():
         check_output_name(target, f"{role} output", ROLE_SUFFIXES[role], inputs)

@@ -241,6 +241,7 @@ class Run:
     device: torch.device
     progress: ProgressCallback
     history: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
 
 
 LevelBuilder = Callable[[float], tuple[Callable[[], torch.Tensor], list[ParameterGroup]]]
@@ -370,12 +371,18 @@ def _result(run: Run, fixed: Image, moving: Image, affine: AffineTransform, dens
             deformation = channels_last(resize_field(dense.displacement(), fixed.grid.shape))
         mapped = affine(points + deformation)
         displacement = (mapped - points)[0].cpu().numpy().astype(np.float32)
-        warped = sample(_tensor(moving.array, device), to_sampling_grid(mapped, moving.grid), padding_mode="zeros")
+        sampling = to_sampling_grid(mapped, moving.grid)
+        if not bool((sampling.abs() <= 1.0).all(-1).any()):
+            raise RegistrationError(f"the registration mapped every voxel of fixed {fixed.name} outside moving "
+                                    f"{moving.name}: the images do not overlap after the affine stage (fixed "
+                                    f"spans {_span(fixed.grid)}, moving {_span(moving.grid)}). Check that they "
+                                    "show the same anatomy, try --set init=centers, or fix the origins.")
+        warped = sample(_tensor(moving.array, device), sampling, padding_mode="zeros")
         inverse_field = _inverse_on_moving_grid(affine, dense, fixed.grid, moving.grid, device) if inverse else None
     result = Result(fixed.grid, moving.grid, displacement, affine=affine.matrix()[0],
                     warped=Image(warped[0, 0].cpu().numpy(), fixed.grid, None), inverse=inverse_field,
                     seconds=time.perf_counter() - start, config=run.config.to_dict(), history=run.history)
-    result.warnings = quality_warnings(result, fixed, moving, run.config.similarity)
+    result.warnings = run.warnings + quality_warnings(result, fixed, moving, run.config.similarity)
     return result
 
 
@@ -391,6 +398,39 @@ def cut_out(fixed: Image, moving: Image) -> bool:
     """Whether `moving` looks cut out of a larger scene (skull-stripped or masked) that `fixed` shows."""
     moving_zeros, fixed_zeros = float((moving.array == 0).mean()), float((fixed.array == 0).mean())
     return moving_zeros >= CUT_OUT_ZEROS and moving_zeros >= CUT_OUT_RATIO * fixed_zeros
+
+
+def physical_box(grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """The lowest and highest LPS coordinates of a grid's voxels (their outer edges), per axis."""
+    corners = np.array(np.meshgrid(*[(-0.5, n - 0.5) for n in grid.size], indexing="ij")).reshape(grid.dim, -1).T
+    matrix = grid.index_to_physical()
+    points = corners @ matrix[:grid.dim, :grid.dim].T + matrix[:grid.dim, grid.dim]
+    return points.min(0), points.max(0)
+
+
+def overlap(fixed: Grid, moving: Grid) -> bool:
+    """Whether the two grids' boxes in physical space share any point."""
+    (f_low, f_high), (m_low, m_high) = physical_box(fixed), physical_box(moving)
+    return bool(np.all(f_low < m_high) and np.all(m_low < f_high))
+
+
+def _span(grid: Grid) -> str:
+    low, high = physical_box(grid)
+    return " x ".join(f"[{a:.0f}, {b:.0f}]" for a, b in zip(low, high)) + " mm"
+
+
+def overlap_warnings(fixed: Image, moving: Image, config: RegistrationConfig) -> list[str]:
+    """RegistrationError when the images lie apart in physical space and init=none keeps them apart; a
+    warning (for the report) when the initial alignment has to bring them together."""
+    if overlap(fixed.grid, moving.grid):
+        return []
+    where = f"fixed {fixed.name} spans {_span(fixed.grid)}, moving {moving.name} spans {_span(moving.grid)}"
+    if config.init == "none":
+        raise RegistrationError(f"the images do not overlap in physical space ({where}) and init=none keeps them "
+                                "apart. Use --set init=moments (the default) or init=centers, or fix the origin "
+                                "in the image headers.")
+    return [f"the images do not overlap in physical space as given ({where}); they were first aligned by their "
+            f"{'centres of mass' if config.init == 'moments' else 'centres'}: check that they show the same anatomy."]
 
 
 def _check_inputs(fixed: Image, moving: Image, fixed_mask: Optional[Image], moving_mask: Optional[Image],
@@ -421,10 +461,11 @@ def register(fixed: Image, moving: Image, config: Optional[RegistrationConfig] =
     config = _checked_arguments(fixed, moving, config, fixed_mask, moving_mask)
     start = time.perf_counter()
     fixed_mask, moving_mask, config = _check_inputs(fixed, moving, fixed_mask, moving_mask, config)
+    warnings = overlap_warnings(fixed, moving, config)
     device = resolve_device(config.device)
     with torch_threads(config.threads):
         run = Run(prepare(fixed, fixed_mask, config, device), prepare(moving, moving_mask, config, device),
-                  config, device, progress)
+                  config, device, progress, warnings=warnings)
         affine = affine_stage(run)
         dense = deformable_stage(run, affine)
         return _result(run, fixed, moving, affine, dense, inverse, start)

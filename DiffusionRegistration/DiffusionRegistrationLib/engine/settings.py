@@ -56,8 +56,7 @@ class Number:
         if isinstance(number, bool) or not isinstance(number, (int, float)):
             raise _refuse(name, shown, f"is a {type(value).__name__}, not a number", self.describe())
         if isinstance(number, int) and abs(number) > 2 ** 63:  # beyond float's exact range: refused, not overflowed
-            digits = int(number.bit_length() * math.log10(2)) + 1
-            raise _refuse(name, f"<an integer of about {digits} digits>", "is out of range", self.describe())
+            raise _refuse(name, f"<an integer of {number.bit_length()} bits>", "is out of range", self.describe())
         if not math.isfinite(number):
             raise _refuse(name, shown, "is not finite", self.describe())
         if self.kind is int and number != int(number):

@@ -66,6 +66,19 @@ def _opener(path: Path):
     return gzip.open if magic == b"\x1f\x8b" else open
 
 
+def nifti_version(path: Path) -> Optional[int]:
+    """1 or 2 for a NIfTI file (its first field, the header size, in either byte order), else None."""
+    if _suffix(path) not in (".nii", ".nii.gz", ".hdr"):
+        return None
+    try:
+        with _opener(path)(path, "rb") as handle:
+            head = handle.read(4)
+    except (OSError, EOFError, zlib.error, gzip.BadGzipFile):
+        return None
+    sizes = {struct.unpack(order + "i", head)[0] for order in "<>"} if len(head) == 4 else set()
+    return 2 if 540 in sizes else 1 if 348 in sizes else None
+
+
 def _nifti(path: Path, role: str) -> Layout:
     with _opener(path)(path, "rb") as handle:
         head = handle.read(540)
@@ -187,7 +200,10 @@ def _nrrd(path: Path, role: str) -> Optional[Layout]:
     components = 1
     kinds = values.get("kinds", "").lower().split()
     if len(kinds) == len(size) and kinds[0] not in ("domain", "space", "time"):
+        # the first axis holds the components of a voxel (RGB-color, vector ...): it has no spacing
+        # ("spacings: nan ..." or "space directions: none ...")
         components, size = size[0], size[1:]
+        spacing = spacing[1:] if len(spacing) == len(size) + 1 else spacing
     return Layout(data_path, offset + max(skip, 0) if offset >= 0 else -1, size,
                   np.dtype(order + _nrrd_dtype(values["type"])), components,
                   "gzip@" if encoding in ("gzip", "gz") else None, spacing)

@@ -66,7 +66,8 @@ def _read_json(path: Path, text: str) -> Landmarks:
     try:
         document = parse_json(text, f"landmark file {path}")
     except SyntaxProblem as error:
-        raise RegistrationError(f"{error} Save it again from Slicer (Markups module) or fix the syntax.") from None
+        raise _bad(path, error.line, f"is not valid JSON ({error.reason}). Save it again from Slicer "
+                                     "(Markups module) or fix the syntax.") from None
     markups = document.get("markups") if isinstance(document, dict) else None
     if not isinstance(markups, list):
         raise _bad(path, None, 'has no "markups" list; it is not a Slicer markups file (.mrk.json).')

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Any, Optional
 
 from ..errors import RegistrationError
 
@@ -30,7 +30,18 @@ class StructureError(RegistrationError):
 
 
 class SyntaxProblem(StructureError):
-    """Text that is not valid JSON/TOML at all (as opposed to valid but out of bounds)."""
+    """Text that is not valid JSON/TOML at all (as opposed to valid but out of bounds); `line` and `reason`
+    say where and what, for readers that word it their own way."""
+
+    def __init__(self, message: str, line: Optional[int] = None, reason: str = ""):
+        super().__init__(message)
+        self.line, self.reason = line, reason
+
+
+def _digits(number: int) -> int:
+    """How many decimal digits `number` has (estimated beyond Python's limit for turning it into text)."""
+    magnitude = abs(number)
+    return len(str(magnitude)) if magnitude.bit_length() < 12_000 else int(magnitude.bit_length() * math.log10(2)) + 1
 
 
 def _check(value: Any, what: str) -> Any:
@@ -45,8 +56,8 @@ def _check(value: Any, what: str) -> Any:
             children = item.values() if isinstance(item, dict) else item
             pending.extend((child, depth + 1) for child in children)
         elif isinstance(item, int) and not isinstance(item, bool) and abs(item) > MAX_INTEGER:
-            digits = int(item.bit_length() * math.log10(2)) + 1
-            raise StructureError(f"{what}: holds an integer of about {digits} digits; integers must be below "
+            digits = _digits(item)
+            raise StructureError(f"{what}: holds an integer of {digits} digits; integers must be below "
                                  f"2^63. Check the value.")
     return value
 
@@ -56,7 +67,8 @@ def parse_json(text: str, what: str) -> Any:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as error:
-        raise SyntaxProblem(f"{what}: is not valid JSON (line {error.lineno}: {error.msg}).") from None
+        raise SyntaxProblem(f"{what}: cannot be parsed as JSON (line {error.lineno}: {error.msg}).", error.lineno,
+                            error.msg) from None
     except RecursionError:
         raise StructureError(f"{what}: is nested more than {MAX_DEPTH} levels deep. Check the file.") from None
     except ValueError as error:  # an integer beyond Python's digit limit for text
@@ -74,7 +86,7 @@ def parse_toml(text: str, what: str) -> dict[str, Any]:
     except RecursionError:
         raise StructureError(f"{what}: is nested more than {MAX_DEPTH} levels deep. Check the file.") from None
     except ValueError as error:  # TOMLDecodeError, and an integer beyond Python's digit limit for text
-        raise SyntaxProblem(f"{what}: is not valid TOML ({error}).") from None
+        raise SyntaxProblem(f"{what}: cannot be parsed as TOML ({error}).", None, str(error)) from None
     return _check(value, what)
 
 

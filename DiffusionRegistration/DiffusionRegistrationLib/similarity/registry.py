@@ -123,8 +123,7 @@ def check_similarity_params(name: str, params: Any, setting: str = "similarity_p
     for key, value in params.items():
         if key not in known:
             allowed = ", ".join(known) or "none"
-            raise RegistrationError(f"{setting}: similarity '{name}' has no parameter '{key}'; its parameters: "
-                                    f"{allowed}.")
+            raise RegistrationError(f"{setting}: similarity '{name}' has no parameter '{key}'; allowed: {allowed}.")
         if not known[key].accepts(value):
             shown = value if isinstance(value, (str, float, bool)) or value is None else type(value).__name__
             if isinstance(value, int) and not isinstance(value, bool):
