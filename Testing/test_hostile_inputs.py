@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+import DiffusionRegistrationLib
 from DiffusionRegistrationLib.cli.main import main
 from DiffusionRegistrationLib.errors import RegistrationError
 from test_faults import _blobs, _contents, _one_error, data  # noqa: F401 (data: the fixture of the same images)
@@ -28,7 +29,7 @@ from test_faults import _blobs, _contents, _one_error, data  # noqa: F401 (data:
 QUICK = ["--set", "similarity=mse", "--set", "levels=[1]", "--set", "iterations=[2]", "--set", "affine_levels=[1]",
          "--set", "affine_iterations=[2]"]
 DEFAULT_SET = {"transform.h5", "warped.nii.gz", "jacobian.nii.gz", "checkerboard.png", "report.json"}
-LIB = Path(__file__).resolve().parents[1] / "DiffusionRegistration"
+LIB = Path(DiffusionRegistrationLib.__file__).resolve().parents[1]  # the code under test, for child processes
 DEEP = 100_000  # nesting levels: far beyond Python's recursion limit
 HUGE = "9" * 400  # an integer of 400 digits
 
@@ -46,22 +47,24 @@ def _register(data, out: Path, *extra: str, fixed: str = "", moving: str = "") -
             str(out), "--progress", "none", *QUICK, *extra]
 
 
+DIFFREG = "import sys; from DiffusionRegistrationLib.cli.main import main; sys.exit(main(sys.argv[1:]))"
+
+
 def _child(args: list[str], timeout: float = 120, env: dict | None = None, limits: dict | None = None,
-           code: str | None = None) -> subprocess.CompletedProcess:
-    """`diffreg ARGS` (or python -c CODE) in a child process with a timeout and optional resource limits;
-    a child that outlives the timeout fails the test instead of hanging it."""
+           code: str = DIFFREG) -> subprocess.CompletedProcess:
+    """`python -c CODE ARGS` (by default `diffreg ARGS`) in a child process with a timeout and optional
+    resource limits; a child that outlives the timeout fails the test instead of hanging it."""
     def limit():
         for name, value in (limits or {}).items():
             resource.setrlimit(name, (value, value))
 
-    command = [sys.executable, "-c", code] if code else \
-        [sys.executable, "-c", "import sys; from DiffusionRegistrationLib.cli.main import main; sys.exit(main())", *args]
+    command = [sys.executable, "-c", code, *args]
     environment = {**os.environ, "PYTHONPATH": str(LIB), **(env or {})}
     try:
         return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment,
                               preexec_fn=limit)
     except subprocess.TimeoutExpired:
-        pytest.fail(f"{args or code[:60]} still ran after {timeout} s (it hangs)")
+        pytest.fail(f"{args or code[:80]} still ran after {timeout} s (it hangs)")
 
 
 # --- inputs that are not regular files --------------------------------------------------------------------
@@ -138,7 +141,7 @@ def test_a_decompression_bomb_is_read_within_the_header_size(tmp_path):
               "ElementSpacing = 1 1 1\nElementType = MET_UCHAR\nElementDataFile = LOCAL\n")
     bomb = tmp_path / "bomb.mha"
     bomb.write_bytes(header.encode() + stream)
-    done = _child([], code=BOMB_READER.replace("sys.argv[1]", repr(str(bomb))), timeout=120)
+    done = _child([str(bomb)], code=BOMB_READER, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[:3] == ["(16,", "16,", "16)"]
 
@@ -295,7 +298,6 @@ def test_a_cfg_toml_with_upper_case_suffix_is_read_as_toml(data, tmp_path, capsy
     ("deep.mrk.json", '{"markups": ' + "[" * DEEP + "]" * DEEP + "}", "nested more than"),
     ("huge.mrk.json", json.dumps({"markups": [{"controlPoints": [{"position": [1, 2, 3]}]}]}).replace("1,", HUGE + ","),
      "holds an integer of 400 digits"),
-    ("huge.csv", f"x,y\n{HUGE},1\n", "coordinates must be finite"),
     ("field.csv", "x,y\n1," + "9" * 200_000 + "\n", "cannot be read as CSV"),
 ])
 def test_a_landmark_file_nested_or_numbered_to_break_parsers_is_refused(data, tmp_path, capsys, name, text, fragment):
@@ -436,8 +438,7 @@ def test_a_catalog_default_backbone_of_the_wrong_type_is_refused(tmp_path, monke
         default_backbone_id()
 
 
-@pytest.mark.parametrize("stamp", ["[1, 2]", '{"w.pt": "verified"}', '{"w.pt": {"size": "big"}}',
-                                   "[" * DEEP + "]" * DEEP])
+@pytest.mark.parametrize("stamp", ["[1, 2]", '{"w.pt": "verified"}', "[" * DEEP + "]" * DEEP])
 def test_a_crafted_stamp_counts_as_no_check(tmp_path, capsys, monkeypatch, stamp):
     for key, value in _catalog(tmp_path, GOOD_ENTRY).items():
         monkeypatch.setenv(key, value)
@@ -475,22 +476,33 @@ def test_a_download_stops_at_the_catalog_size(tmp_path):
 
 # --- messages ---------------------------------------------------------------------------------------------
 
-def test_library_warnings_do_not_reach_the_console_above_the_error(data, tmp_path, capsys, monkeypatch):
-    """A numpy warning raised while a run fails (here: in reading the moving image) is not printed."""
-    from DiffusionRegistrationLib.io import images
+WARNING_THEN_ERROR = """
+import sys
+import numpy as np
+from DiffusionRegistrationLib.cli.main import main
+from DiffusionRegistrationLib.errors import RegistrationError
+from DiffusionRegistrationLib.io import images
 
-    real = images.read_image
+real = images.read_image
 
-    def warning_then_error(path, role="image", **kwargs):
-        if role == "moving image":
-            np.float32(0) / np.float32(0)  # RuntimeWarning: invalid value encountered
-            raise RegistrationError(f"{role} {path}: unreadable for this test.")
-        return real(path, role, **kwargs)
+def warning_then_error(path, role="image", **kwargs):
+    if role == "moving image":
+        np.float32(0) / np.float32(0)  # RuntimeWarning: invalid value encountered
+        raise RegistrationError(f"{role} {path}: unreadable for this test.")
+    return real(path, role, **kwargs)
 
-    monkeypatch.setattr(images, "read_image", warning_then_error)
+images.read_image = warning_then_error
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_library_warnings_do_not_reach_the_console_above_the_error(data, tmp_path):
+    """A numpy warning raised while a run fails (here: in reading the moving image) is not printed; a child
+    process, because pytest records warnings itself."""
     out = tmp_path / "out"
-    assert main(_register(data, out)) == 2
-    _one_error(capsys.readouterr().err, "unreadable for this test")
+    done = _child(_register(data, out), code=WARNING_THEN_ERROR, timeout=120)
+    assert done.returncode == 2, done.stderr
+    _one_error(done.stderr, "unreadable for this test")
     assert _contents(out) is None
 
 

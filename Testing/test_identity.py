@@ -35,7 +35,7 @@ def _image(array: np.ndarray, spacing: float) -> Image:
                  "blobs")
 
 
-CASES = {"2d": lambda: _image(_blobs((48, 48)), 1.0), "3d": lambda: _image(_blobs((32, 32, 32)), 2.0)}
+CASES = {"2d": lambda: _image(_blobs((40, 40)), 1.0), "3d": lambda: _image(_blobs((24, 24, 24)), 2.0)}
 
 
 @pytest.mark.parametrize("stages", ["affine", "affine+deformable"])
@@ -50,7 +50,10 @@ def test_a_smooth_image_registered_to_itself_stays_put(dim, stages):
 
 
 def test_a_brain_slice_registered_to_itself_stays_put():
-    image = read_image(data_file(ITK_T1_SLICE))
+    full = read_image(data_file(ITK_T1_SLICE))
+    array = np.ascontiguousarray(full.array[::2, ::2])  # every other voxel: a quick case
+    grid = Grid(array.shape[::-1], tuple(2 * s for s in full.grid.spacing), full.grid.origin, full.grid.direction)
+    image = Image(array, grid, "brain slice")
     result = register(image, image, make_config("default"))
     moved = np.linalg.norm(result.displacement, axis=-1).max() / min(image.grid.spacing)
     assert moved < TOLERANCE_VOXELS, f"moved up to {moved:.3f} voxel"

@@ -68,7 +68,8 @@ def _settings_value(settings: Path, key: str) -> Optional[str]:
         raise RegistrationError(f"{what}: cannot be read ({getattr(error, 'strerror', None) or error}). Fix it or "
                                 "delete it.") from None
     if not isinstance(values, dict):
-        raise RegistrationError(f"{what}: must hold a JSON object (e.g. {{\"{key}\": \"/path\"}}). Fix it or delete it.")
+        raise RegistrationError(f"{what}: must hold a JSON object (e.g. {{\"{key}\": \"/path\"}}). Fix it or "
+                                "delete it.")
     value = values.get(key)
     if value is not None and not isinstance(value, str):
         raise RegistrationError(f"{what}: \"{key}\" must be a text (a folder path), not {type(value).__name__}. Fix "
@@ -159,9 +160,12 @@ def _read_stamp(folder: Path) -> dict:
         return {}
     if not isinstance(stamp, dict):
         return {}
-    return {name: record for name, record in stamp.items() if isinstance(record, dict)
-            and all(isinstance(record.get(k), int) and not isinstance(record.get(k), bool) for k in ("size", "mtime_ns"))
-            and isinstance(record.get("sha256"), str) and isinstance(record.get("reference", "none"), str)}
+    def whole(record: Any) -> bool:
+        numbers = [record.get(k) for k in ("size", "mtime_ns")] if isinstance(record, dict) else [None]
+        return all(isinstance(n, int) and not isinstance(n, bool) for n in numbers) \
+            and isinstance(record.get("sha256"), str) and isinstance(record.get("reference", "none"), str)
+
+    return {name: record for name, record in stamp.items() if whole(record)}
 
 
 def _write_stamp(folder: Path, records: dict) -> None:

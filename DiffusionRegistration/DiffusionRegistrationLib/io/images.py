@@ -84,7 +84,8 @@ def _read_nifti2(path: Path, role: str) -> sitk.Image:
         array = np.asanyarray(loaded.dataobj)
         affine = np.asarray(loaded.affine, dtype=np.float64)
     except Exception as error:  # nibabel raises many types for damaged files
-        raise RegistrationError(f"{role} {path}: cannot be read as NIfTI-2 ({type(error).__name__}: {error}).") from None
+        raise RegistrationError(f"{role} {path}: cannot be read as NIfTI-2 ({type(error).__name__}: {error})."
+                                ) from None
     while array.ndim > 2 and array.shape[-1] == 1:
         array = array[..., 0]
     dim = array.ndim

@@ -173,9 +173,9 @@ def predict(network: TrainedNetwork, fixed: Image, moving: Image, device: torch.
     displacement = displacement[0].cpu().numpy().astype(np.float32)
     if not np.isfinite(displacement).all():
         raise RegistrationError(f"network {network.path or '(in memory)'}: produced NaN or infinite displacements for "
-                                f"this pair ({int((~np.isfinite(displacement)).sum())} values); its weights are damaged "
-                                "or its training (or fine-tuning) diverged. Use another checkpoint, retrain it, or "
-                                "lower --finetune-lr.")
+                                f"this pair ({int((~np.isfinite(displacement)).sum())} values); its weights are "
+                                "damaged or its training (or fine-tuning) diverged. Use another checkpoint, retrain "
+                                "it, or lower --finetune-lr.")
     return displacement, inverse_field, Image(warped.cpu().numpy(), fixed.grid)
 
 
