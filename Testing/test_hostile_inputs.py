@@ -335,9 +335,9 @@ def test_mutual_information_with_a_hundred_million_bins_is_refused(data, tmp_pat
 # --- training settings and checkpoints ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("flags, fragment", [
-    (["--lr", "nan"], "setting --lr=nan: is not finite"), (["--lr", "-1"], "setting --lr=-1"),
-    (["--finetune-lr", "-0.001"], "setting --finetune-lr=-0.001"), (["--threads", "0"], "setting --threads=0"),
-    (["--regularization", "inf"], "setting --regularization=inf"),
+    (["--lr", "nan"], "setting lr=nan: is not finite"), (["--lr", "-1"], "setting lr=-1"),
+    (["--finetune-lr", "-0.001"], "setting finetune_lr=-0.001"), (["--threads", "0"], "setting threads=0"),
+    (["--regularization", "inf"], "setting regularization=inf"),
     (["--similarity-params", '{"sigma": -1}'], "parameter sigma=-1"),
 ])
 def test_a_bad_training_setting_is_refused_before_training(data, tmp_path, capsys, flags, fragment):
@@ -366,11 +366,11 @@ def _checkpoint(path: Path, config: dict, nan: bool = False) -> str:
 
 
 @pytest.mark.parametrize("config, fragment", [
-    ({"similarity": "mse", "regularization": "strong"}, "--regularization=strong"),
-    ({"similarity": "mse", "finetune_lr": -1.0}, "--finetune-lr=-1"),
-    ({"similarity": ["mse"]}, "is not a name"),
+    ({"similarity": "mse", "regularization": "strong"}, "setting regularization=strong"),
+    ({"similarity": "mse", "finetune_lr": -1.0}, "setting finetune_lr=-1"),
+    ({"similarity": ["mse"]}, "is not a known choice"),
     ({"similarity": "lncc", "similarity_params": {"sigma": float("inf")}}, "parameter sigma=inf"),
-    ({"similarity": "mse", "percentiles": "all"}, "--percentiles=all"),
+    ({"similarity": "mse", "percentiles": "all"}, "setting percentiles=all"),
 ])
 def test_a_checkpoint_with_crafted_settings_is_refused(data, tmp_path, capsys, config, fragment):
     checkpoint = _checkpoint(tmp_path / "crafted.pt", config)

@@ -25,6 +25,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from ..core.paths import cache_root
 from ..errors import RegistrationError
 from ..io.atomic import atomic_path
 from ..io.paths import input_file
@@ -45,7 +46,7 @@ def settings_file() -> Path:
 
 def cache_dir(configured: Optional[str | os.PathLike] = None) -> Path:
     """The model cache folder: $DIFFREG_CACHE, else `configured`, else the settings file's model_cache,
-    else ~/.cache/diffusionregistration/models."""
+    else "models" in the user cache folder (core.paths.cache_root)."""
     if os.environ.get("DIFFREG_CACHE"):
         return Path(os.environ["DIFFREG_CACHE"]).expanduser()
     if configured:
@@ -55,7 +56,7 @@ def cache_dir(configured: Optional[str | os.PathLike] = None) -> Path:
         value = _settings_value(settings, "model_cache")
         if value:
             return Path(value).expanduser()
-    return Path.home() / ".cache" / "diffusionregistration" / "models"
+    return cache_root() / "models"
 
 
 def _settings_value(settings: Path, key: str) -> Optional[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from importlib import import_module
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
 from ..errors import RegistrationError
 
@@ -64,40 +64,46 @@ _SEED = Param(int, 0, 2 ** 32 - 1)
 
 
 class SimilarityInfo(NamedTuple):
-    """Where a similarity is implemented, what it is for and its parameters (name -> Param)."""
+    """Where a similarity is implemented, what it is for, its parameters (name -> Param), and what the engine
+    and the front ends ask of it."""
     module: str
     cls: str
     summary: str
+    same_contrast: bool  # compares intensities: only for images of the same contrast
     params: dict[str, Param]
+    affine: Optional[str] = None  # the affine stage's similarity when none is set (None: this one)
+    modes: tuple[str, ...] = ()  # choices of its `mode` parameter, the default first
 
 
+_DIFFUSION_MODES = ("fast", "exact")
 SIMILARITIES: dict[str, SimilarityInfo] = {
-    "mse": SimilarityInfo("intensity", "MeanSquaredError", "mean squared difference (same contrast)", {}),
-    "ncc": SimilarityInfo("intensity", "NormalizedCrossCorrelation", "global normalized cross-correlation",
+    "mse": SimilarityInfo("intensity", "MeanSquaredError", "mean squared difference (same contrast)", True, {}),
+    "ncc": SimilarityInfo("intensity", "NormalizedCrossCorrelation", "global normalized cross-correlation", True,
                           {"eps": _EPS}),
     "lncc": SimilarityInfo("intensity", "LocalNormalizedCrossCorrelation",
-                           "local normalized cross-correlation (same contrast, robust to bias)",
+                           "local normalized cross-correlation (same contrast, robust to bias)", True,
                            {"window": Param(str, choices=("gaussian", "box")), "sigma": _SIGMA._replace(many=True),
                             "radius": Param(int, 1, 100), "eps": _EPS}),
-    "mi": SimilarityInfo("intensity", "MutualInformation", "mutual information (different contrasts)",
+    "mi": SimilarityInfo("intensity", "MutualInformation", "mutual information (different contrasts)", False,
                          {"bins": Param(int, 4, 1024), "kernel": Param(str, choices=("gaussian", "bspline")),
                           "sigma": Param(float, 0.0, 64.0, low_open=True), "max_samples": Param(int, 0, 10 ** 9),
                           "seed": _SEED, "normalized": Param(bool)}),
-    "ngf": SimilarityInfo("intensity", "NormalizedGradientFields", "normalized gradient fields (edges)",
+    "ngf": SimilarityInfo("intensity", "NormalizedGradientFields", "normalized gradient fields (edges)", False,
                           {"eps": Param(float, 0.0, 100.0, low_open=True)}),
-    "mind": SimilarityInfo("intensity", "MINDSSC", "MIND-SSC self-similarity descriptors (multimodal)",
+    "mind": SimilarityInfo("intensity", "MINDSSC", "MIND-SSC self-similarity descriptors (multimodal)", False,
                            {"radius": Param(int, 1, 16), "dilation": Param(int, 1, 16),
                             "norm": Param(str, choices=("l1", "l2"))}),
     "diffusion": SimilarityInfo("diffusion", "DiffusionFeatureSimilarity",
-                                "LNCC of features of a pre-trained diffusion model (the paper's)",
+                                "LNCC of features of a pre-trained diffusion model (the paper's)", False,
                                 {"extractor": Param(object), "measure": Param(str, choices=("lncc", "cosine", "l1")),
-                                 "mode": Param(str, choices=("exact", "fast")),
+                                 "mode": Param(str, choices=_DIFFUSION_MODES),
                                  "sigma": _SIGMA._replace(optional=True), "eps": _EPS,
                                  "slices_per_step": Param(int, 1, 4096), "slice_seed": _SEED,
                                  "slice_stride": Param(int, 1, 4096), "refresh_every": Param(int, 0, 10 ** 6),
                                  "intensity_weight": Param(float, 0.0, 1e3), "cache": Param(bool),
                                  "cache_dir": Param(str, optional=True),
-                                 "step_slices": Param(int, 1, 4096, optional=True)}),
+                                 "step_slices": Param(int, 1, 4096, optional=True)},
+                                affine="mi", modes=_DIFFUSION_MODES),
 }
 
 
@@ -130,6 +136,16 @@ def check_similarity_params(name: str, params: Any, setting: str = "similarity_p
                 shown = value if abs(value) <= 2 ** 63 else "a very large integer"
             raise RegistrationError(f"{setting}: similarity '{name}' parameter {key}={shown!r} is out of range or "
                                     f"of the wrong type; allowed: {known[key].describe()}.")
+
+
+def same_contrast(name: str) -> bool:
+    """Whether the similarity compares intensities, so that it suits only images of the same contrast."""
+    return SIMILARITIES[name].same_contrast
+
+
+def affine_similarity_name(name: str) -> str:
+    """The similarity the affine stage uses with `name` when none is set."""
+    return SIMILARITIES[name].affine or name
 
 
 def build_similarity(name: str, **params) -> "Similarity":
