@@ -42,7 +42,7 @@ class Param(NamedTuple):
         if value is None:
             return self.optional
         if self.many and isinstance(value, (list, tuple)):
-            return bool(value) and all(self.accepts(v) for v in value)
+            return bool(value) and all(self._replace(many=False).accepts(v) for v in value)
         if self.kind is object:
             return True
         if self.choices:
