@@ -513,3 +513,15 @@ def test_an_output_folder_behind_a_symlink_loop_is_one_error(data, tmp_path, cap
     assert main(_register(data, out)) == 2
     _one_error(capsys.readouterr().err, str(out))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
+
+
+def test_a_negative_fine_tuning_rate_given_to_the_api_is_refused(data):
+    from DiffusionRegistrationLib.io.images import read_image
+    from DiffusionRegistrationLib.network.inference import TrainedNetwork, register_with_network
+    from DiffusionRegistrationLib.network.model import NetworkSpec, RegistrationNetwork
+
+    spec = NetworkSpec(dim=2, size=(32, 32), stages=(2, 1), channels=(4, 4))
+    network = TrainedNetwork(RegistrationNetwork(spec), spec, {"similarity": "mse"}, 0)
+    fixed, moving = read_image(data["fixed"]), read_image(data["moving"])
+    with pytest.raises(RegistrationError, match="setting finetune_lr=-0.001"):
+        register_with_network(fixed, moving, network, finetune_steps=1, device="cpu", finetune_lr=-0.001)

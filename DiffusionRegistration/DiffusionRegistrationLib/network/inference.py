@@ -214,7 +214,10 @@ def register_with_network(fixed: Image, moving: Image, checkpoint: Union[str, Pa
     if finetune_steps:
         network = TrainedNetwork(copy.deepcopy(network.model), network.spec, network.config, network.step, network.path)
         loss = network_loss(network.config, similarity, similarity_params, regularization)
-        lr = finetune_lr if finetune_lr is not None else float(network.config.get("finetune_lr", 1e-4))
+        from .train import TRAIN_SETTINGS  # train imports this module
+
+        lr = float(network.config.get("finetune_lr", 1e-4)) if finetune_lr is None else \
+            TRAIN_SETTINGS["finetune_lr"].check(finetune_lr)
         history = finetune(network, batch, loss, finetune_steps, lr, progress)
     displacement, inverse_field, warped = predict(network, fixed, moving, torch_device, batch, grid, inverse)
     progress(Progress("network", 1.0, "done"))

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from ..engine.device import resolve_device
-from ..engine.settings import Choice, Device, Mapping, Number, Numbers, check_declared, declare
+from ..engine.settings import Choice, Device, Mapping, Number, Numbers, Setting, check_declared, declare, declared
 from ..geometry.transforms import REGULARIZERS
 from ..similarity.registry import SIMILARITIES, check_similarity_params
 from ..errors import RegistrationError
@@ -67,6 +67,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_declared(self)
         check_similarity_params(self.similarity, self.similarity_params)
+
+
+TRAIN_SETTINGS: dict[str, Setting] = declared(TrainConfig)
 
 
 @dataclass
