@@ -506,15 +506,6 @@ def test_library_warnings_do_not_reach_the_console_above_the_error(data, tmp_pat
     assert _contents(out) is None
 
 
-def test_an_output_folder_behind_a_symlink_loop_is_one_error(data, tmp_path, capsys):
-    (tmp_path / "a").symlink_to(tmp_path / "b")
-    (tmp_path / "b").symlink_to(tmp_path / "a")
-    out = tmp_path / "a" / "out"
-    assert main(_register(data, out)) == 2
-    _one_error(capsys.readouterr().err, str(out))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
-
-
 def test_a_negative_fine_tuning_rate_given_to_the_api_is_refused(data):
     from DiffusionRegistrationLib.io.images import read_image
     from DiffusionRegistrationLib.network.inference import TrainedNetwork, register_with_network

@@ -64,15 +64,3 @@ def existing_path(path: PathLike, role: str = "image") -> Path:
                 continue  # a dangling link: the DICOM reader skips what it cannot open
     return path
 
-
-def resolvable_folder(path: PathLike, role: str = "output folder") -> Path:
-    """`path` when its location can be resolved; a RegistrationError for a symbolic link loop on the way
-    (Path.resolve raises RuntimeError or OSError there) or a path the system refuses to look up."""
-    path = Path(path)
-    try:
-        path.resolve()
-    except (RuntimeError, OSError) as error:
-        reason = getattr(error, "strerror", None) or "a symbolic link loop"
-        raise RegistrationError(f"{role} {path}: cannot be reached ({reason}). Check the symbolic links on the "
-                                "way, or choose another folder.") from None
-    return path
