@@ -16,7 +16,7 @@ stamp="$venv/.installed-$(cat "$root/pyproject.toml" | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
     "${pip[@]}" install --upgrade pip
     "${pip[@]}" install "torch==2.13.0"
-    "${pip[@]}" install -e "$root[test,bench]"
+    "${pip[@]}" install -e "$root[test,bench,hub]"
     touch "$stamp"
 fi
 
@@ -36,6 +36,21 @@ for version in 3.9.18 3.12.1; do
     "$target/bin/python" -m pip --disable-pip-version-check -q install numpy SimpleITK scipy Pillow pytest
     touch "$target/.installed-1"
 done
+
+# Qt's offscreen platform (the Slicer panel's tests, PySide6) loads these system libraries
+qt_libraries=(libEGL.so.1:libegl1 libGL.so.1:libgl1 libxkbcommon.so.0:libxkbcommon0 libfontconfig.so.1:libfontconfig1
+              libdbus-1.so.3:libdbus-1-3)
+missing=()
+for entry in "${qt_libraries[@]}"; do
+    ldconfig -p | grep -q "${entry%%:*}" || missing+=("${entry#*:}")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq >/dev/null && apt-get install -y -qq "${missing[@]}" >/dev/null
+    else
+        echo "setup: Qt's offscreen platform needs: apt-get install ${missing[*]}" >&2
+    fi
+fi
 
 fetch_deb() {  # package, a file it must provide
     local pkg="$1" probe="$2"

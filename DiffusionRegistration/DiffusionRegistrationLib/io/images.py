@@ -198,14 +198,15 @@ def read_mask(path: str | os.PathLike, reference: Image, role: str = "mask") -> 
     return check_mask(read_labels(path, role), reference, role)
 
 
-def write_image(image: Image | sitk.Image, path: str | os.PathLike) -> Path:
+def write_image(image: Image | sitk.Image, path: str | os.PathLike, compress: bool = True) -> Path:
     """Writes an image atomically; the format follows the file name (.nii.gz, .nrrd, .mha, .png ...). A
-    detached header (.mhd, .nhdr) gets its data file beside it, named by `data_file` and put in place with it."""
+    detached header (.mhd, .nhdr) gets its data file beside it, named by `data_file` and put in place with it.
+    compress=False (attached headers only) for files read once right away, the Slicer job's inputs: faster."""
     sitk_image = image.to_sitk() if isinstance(image, Image) else image
     with atomic_path(path) as temporary:
         try:
             with itk_messages_hidden():
-                sitk.WriteImage(sitk_image, str(temporary), useCompression=True, imageIO=image_io(path))
+                sitk.WriteImage(sitk_image, str(temporary), useCompression=compress, imageIO=image_io(path))
         except RuntimeError as error:
             raise unwritable(path, error) from None
         check_written(sitk_image, temporary, path)
