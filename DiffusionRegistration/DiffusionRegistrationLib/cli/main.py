@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import sys
+import warnings
 from functools import partial
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -83,6 +84,10 @@ def register_files(args: argparse.Namespace, progress, preview=None) -> dict[str
     moving = read_image(args.moving, "moving image")
     fixed_mask = read_mask(args.fixed_mask, fixed, "fixed mask") if args.fixed_mask else None
     moving_mask = read_mask(args.moving_mask, moving, "moving mask") if args.moving_mask else None
+    if not args.network:
+        from ..engine.registration import overlap_warnings
+
+        overlap_warnings(fixed, moving, config)  # images that cannot meet are refused before the folder is made
     request = OutputRequest(transform=args.transform, vector_field=args.vector_field, warped=args.warped,
                             affine=args.affine, inverse=args.inverse,
                             agreement=AGREEMENT_FILE if options.agreement else None)
@@ -287,7 +292,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     piped = getattr(args, "progress_when_piped", "none")
     json_events = progress_kind(getattr(args, "progress", "none"), piped) == "json"
     try:
-        with handlers_swapped(_interrupt, ("SIGTERM", "SIGHUP")):
+        with handlers_swapped(_interrupt, ("SIGTERM", "SIGHUP")), warnings.catch_warnings():
+            # library warnings (numpy's invalid values, torch's deprecations) are not the user's to act on:
+            # the console holds the outputs, the warnings the run itself reports, or one `error:` line
+            warnings.simplefilter("ignore")
             return args.handler(args)
     except PLAIN_FAILURES as error:
         return _fail(*failure(error), json_events)
