@@ -58,7 +58,8 @@ def _read(log) -> str:
 def launch(playwright):
     if not CHROMIUM:
         raise RuntimeError("Debian's chromium is missing: run `bash scripts/setup.sh` (as root it installs it)")
-    return playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+    # as root (CI) chromium needs --no-sandbox; containers often have a small /dev/shm
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"])
 
 
 def choose(page, element_id: str, option: str) -> None:
