@@ -1,6 +1,6 @@
 """The Slicer job's settings and agreement map, on real MRML nodes (slicer-core) and a real image pair.
 
-- The job writes job.json (a RegistrationConfig from resolve_config) and runs `diffreg register --config`;
+- The job writes job.json (a RegistrationConfig from RegistrationOptions.config()) and runs `diffreg register --config`;
   the same settings given as command-line flags give a bit-identical transform.
 - The agreement map of a registered pair (Colin27 at 6 mm under a known smooth deformation) is higher
   inside the brain after registration than before, and loads as a volume on the fixed volume's grid.
@@ -21,7 +21,7 @@ from DiffusionRegistrationLib.core.image import Image  # noqa: E402
 from DiffusionRegistrationLib.slicer import image_from_volume_node, volume_node_from_image  # noqa: E402
 from DiffusionRegistrationLib.slicer import job as job_module  # noqa: E402
 from DiffusionRegistrationLib.slicer.job import JOB_FILE, RegistrationJob  # noqa: E402
-from DiffusionRegistrationLib.slicer.options import RegistrationOptions  # noqa: E402
+from DiffusionRegistrationLib.engine.options import RegistrationOptions  # noqa: E402
 
 QUICK = {"threads": 1, "affine_iterations": (10, 5)}
 
@@ -45,7 +45,7 @@ def test_job_json_gives_the_same_transform_as_the_flags(deformed_pair, tmp_path,
                                   overrides=QUICK)
     commands = []
     monkeypatch.setattr(job_module.ProcessRunner, "start", lambda runner: commands.append(runner.command) or runner)
-    job = RegistrationJob(scene, fixed, moving, options, work_folder=str(tmp_path)).start()
+    job = RegistrationJob(scene, fixed, moving, options, work_folder=str(tmp_path), warm=False).start().prepared()
     try:
         command = commands[0]
         assert command[command.index("--config") + 1] == str(job.folder / JOB_FILE)
@@ -90,7 +90,8 @@ def test_agreement_map_is_higher_after_registration_and_lies_on_the_fixed_grid(d
 
 def test_result_keeps_the_placement_the_users_linear_transform_gave(colin_small, tmp_path):
     """The moving volume lies 10 mm off and the user's linear transform puts it back: the registration sees it
-    through that transform, and the result (which becomes the volume's parent) must keep that placement."""
+    through that (initial) transform, and the result (which the session makes the volume's parent) must keep
+    that placement."""
     grid = colin_small.grid
     moved = type(grid)(grid.size, grid.spacing, (grid.origin[0] + 10.0, *grid.origin[1:]), grid.direction)
     scene, fixed, moving = nodes((colin_small, Image(colin_small.array, moved)))
@@ -100,8 +101,9 @@ def test_result_keeps_the_placement_the_users_linear_transform_gave(colin_small,
     user.SetMatrixTransformToParent(to_parent)
     moving.SetAndObserveTransformNodeID(user.GetID())
     options = RegistrationOptions(preset="fast", similarity="mse", steps=5, device="cpu", overrides=QUICK)
-    result = RegistrationJob(scene, fixed, moving, options, work_folder=str(tmp_path)).start().wait()
-    assert moving.GetParentTransformNode() is result.transform
+    result = RegistrationJob(scene, fixed, moving, options, initial_transform=user,
+                             work_folder=str(tmp_path)).start().wait()
+    assert moving.GetParentTransformNode() is user  # the job changes no existing node
     assert user.GetScene() is scene and user.GetMatrixTransformToParent().GetElement(0, 3) == 10.0  # untouched
     to_volume = vtk.vtkGeneralTransform()
     result.transform.GetTransformFromWorld(to_volume)

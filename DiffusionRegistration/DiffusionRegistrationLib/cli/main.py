@@ -10,20 +10,24 @@ import json
 import os
 import signal
 import sys
-import threading
-from contextlib import contextmanager
+import warnings
+from functools import partial
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
+from ..core.signals import handlers_swapped
+from ..engine.options import RegistrationOptions
 from ..errors import Cancelled, Interrupted, RegistrationError
 from ..io.atomic import json_text, write_text
 from ..io.paths import existing_path
 from ..progress import progress_kind
 from .models import add_models_parser
 from .network import add_network_parsers
-from .settings import (add_progress_argument, add_settings_arguments, config_from_args, finetune_settings,
-                       progress_from_args, settings_given)
+from .settings import (add_progress_argument, add_settings_arguments, finetune_settings, network_refusals,
+                       options_from_args, progress_from_args)
+from .worker import add_worker_parser
 
+AGREEMENT_FILE = "agreement.nii.gz"
 EPILOG = """examples:
   diffreg register --fixed fixed.nii.gz --moving moving.nii.gz --output-dir out
   diffreg register --fixed f.nii.gz --moving m.nii.gz --output-dir out --preset multimodal --set lr=0.3
@@ -42,69 +46,75 @@ def _register_parser(subparsers) -> None:
     parser.add_argument("--output-dir", required=True, help="folder for the outputs (created)")
     parser.add_argument("--fixed-mask", help="binary mask on the fixed grid: measure similarity only there")
     parser.add_argument("--moving-mask", help="binary mask on the moving grid")
-    add_settings_arguments(parser)
-    parser.add_argument("--network", help="registration network checkpoint (diffreg train); skips optimisation")
-    parser.add_argument("--finetune-steps", type=int, default=0, help="fine-tune the network on this pair")
+    add_settings_arguments(parser, "register")
     parser.add_argument("--transform", default="transform.h5", help="transform file name (.h5, .nii.gz, .mha)")
     parser.add_argument("--warped", default="warped.nii.gz", help="warped moving image file name")
     parser.add_argument("--vector-field", help="also write the field as a vector image, the ANTs warp format "
                                                "(e.g. transform.nii.gz)")
     parser.add_argument("--affine", help="also write the affine part alone (e.g. affine.tfm)")
     parser.add_argument("--inverse", help="also write the inverse (moving->fixed) field (e.g. inverse.h5)")
-    parser.add_argument("--agreement", action="store_const", const="agreement.nii.gz",
-                        help="also write agreement.nii.gz: the local similarity of the fixed and the registered "
-                             "moving image on the fixed grid (higher: better aligned)")
     add_progress_argument(parser)
     parser.set_defaults(handler=_cmd_register)
 
 
 def _cmd_register(args: argparse.Namespace) -> int:
-    for role, path in (("fixed image", args.fixed), ("moving image", args.moving), ("fixed mask", args.fixed_mask),
-                       ("moving mask", args.moving_mask)):
-        if path:
-            existing_path(path, role)
-    config = config_from_args(args)  # bad paths and settings are answered before torch and SimpleITK load
-    if args.network:
-        _check_network_settings(args)
-    from ..engine.outputs import OutputRequest, check_outputs, write_outputs
-    from ..io.images import read_image, read_mask
-    from ..progress import Progress
-
     progress_shown, progress = progress_from_args(args)
-    fixed = read_image(args.fixed, "fixed image")
-    moving = read_image(args.moving, "moving image")
-    fixed_mask = read_mask(args.fixed_mask, fixed, "fixed mask") if args.fixed_mask else None
-    moving_mask = read_mask(args.moving_mask, moving, "moving mask") if args.moving_mask else None
-    request = OutputRequest(transform=args.transform, vector_field=args.vector_field, warped=args.warped,
-                            affine=args.affine, inverse=args.inverse, agreement=args.agreement)
-    check_outputs(args.output_dir, request, (args.fixed, args.moving, args.fixed_mask, args.moving_mask),
-                  fixed.grid, moving.grid)
-    if args.network:
-        from ..network.inference import register_with_network
-
-        result = register_with_network(fixed, moving, args.network, finetune_steps=args.finetune_steps,
-                                       device=config.device, progress=progress, inverse=bool(args.inverse),
-                                       **finetune_settings(args, config))
-    else:
-        from ..engine.registration import register
-
-        result = register(fixed, moving, config, fixed_mask, moving_mask, progress=progress,
-                          inverse=bool(args.inverse))
-    written = write_outputs(result, fixed, moving, args.output_dir, request)
-    for warning in result.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    progress(Progress("done", 1.0, written["report"]))
+    written = register_files(args, progress)
     if progress_shown != "json":
         _print_outputs(written)
     return 0
 
 
-def _check_network_settings(args: argparse.Namespace) -> None:
+def register_files(args: argparse.Namespace, progress, preview=None) -> dict[str, str]:
+    """`diffreg register`'s work on parsed arguments: check, read, register, write; role -> path written.
+    The review page runs it in its own process (the backend stays loaded), with `preview` per level."""
+    for role, path in (("fixed image", args.fixed), ("moving image", args.moving), ("fixed mask", args.fixed_mask),
+                       ("moving mask", args.moving_mask)):
+        if path:
+            existing_path(path, role)
+    options = options_from_args(args, "register")
+    config = options.config()  # bad paths and settings are answered before torch and SimpleITK load
+    if args.network:
+        _check_network_settings(args, options)
+    from ..engine.outputs import OutputRequest, register_and_write
+    from ..io.images import read_image, read_mask
+    from ..progress import Progress
+
+    fixed = read_image(args.fixed, "fixed image")
+    moving = read_image(args.moving, "moving image")
+    fixed_mask = read_mask(args.fixed_mask, fixed, "fixed mask") if args.fixed_mask else None
+    moving_mask = read_mask(args.moving_mask, moving, "moving mask") if args.moving_mask else None
+    if not args.network:
+        from ..engine.registration import overlap_warnings
+
+        overlap_warnings(fixed, moving, config)  # images that cannot meet are refused before the folder is made
+    request = OutputRequest(transform=args.transform, vector_field=args.vector_field, warped=args.warped,
+                            affine=args.affine, inverse=args.inverse,
+                            agreement=AGREEMENT_FILE if options.agreement else None)
+    if args.network:
+        from ..network.inference import register_with_network
+
+        run = partial(register_with_network, fixed, moving, args.network, finetune_steps=args.finetune_steps,
+                      device=config.device, progress=progress, inverse=bool(args.inverse),
+                      **finetune_settings(options, config))
+    else:
+        from ..engine.registration import register
+
+        run = partial(register, fixed, moving, config, fixed_mask, moving_mask, progress=progress,
+                      inverse=bool(args.inverse), preview=preview)
+    result, written = register_and_write(args.output_dir, request, fixed, moving, run,
+                                         (args.fixed_mask, args.moving_mask, args.network, args.config))
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    progress(Progress("done", 1.0, written["report"]))
+    return written
+
+
+def _check_network_settings(args: argparse.Namespace, options: RegistrationOptions) -> None:
     """`--network` predicts the transform; only fine-tuning uses the similarity settings, and no step uses masks."""
     refused = [flag for flag, value in (("--fixed-mask", args.fixed_mask), ("--moving-mask", args.moving_mask))
                if value]
-    if not args.finetune_steps:
-        refused += [flag for flag in settings_given(args) if flag not in ("--seed",)]
+    refused += network_refusals(options)
     if refused:
         raise RegistrationError(f"--network cannot honour {', '.join(refused)}: the network predicts the transform "
                                 "without masks, and similarity settings only apply with --finetune-steps N. Drop "
@@ -192,17 +202,46 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _presets_parser(subparsers) -> None:
-    parser = subparsers.add_parser("presets", help="list the named settings and what they change")
+    parser = subparsers.add_parser("presets", help="list the named settings, what they change, and every setting")
+    parser.add_argument("--markdown", action="store_true", help="the settings as the README's Markdown table")
     parser.set_defaults(handler=_cmd_presets)
 
 
 def _cmd_presets(args: argparse.Namespace) -> int:
-    from ..engine.config import PRESETS, RegistrationConfig
+    from ..engine.config import PRESETS
+    from .settings import settings_table
 
-    print("defaults:", json.dumps(RegistrationConfig().to_dict()))
+    if args.markdown:
+        print(settings_table(markdown=True))
+        return 0
     for name, preset in PRESETS.items():
         print(f"{name}: {preset.summary}\n    {json.dumps(preset.settings) if preset.settings else '(the defaults)'}")
+    print("\nsettings (--set KEY=VALUE, or a --config file; the flags of `diffreg register --help` are shortcuts):")
+    print(settings_table(markdown=False))
     return 0
+
+
+def _review_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "review", help="review registrations in a browser on real Slicer views (needs the `review` extra)",
+        description="A web page (trame-slicer) to pick images under the data folder, run registrations and "
+                    "review them: fixed, moving under the result, overlay, checkerboard; save the scene.",
+        epilog="On a GPU server: run it there (loopback, the default) and forward the port with "
+               "`ssh -L 8080:127.0.0.1:8080 server`, then open http://127.0.0.1:8080/ here.")
+    parser.add_argument("--data", default=".", help="the only folder whose images the page can use and where "
+                                                    "scenes are saved (default: the current folder)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this "
+                                                            "machine only; any other needs the token)")
+    parser.add_argument("--port", type=int, default=8080, help="port (0: a free one)")
+    parser.add_argument("--token", help="the token the page asks for (default: generated and printed when the "
+                                        "host is not loopback)")
+    parser.set_defaults(handler=_cmd_review)
+
+
+def _cmd_review(args: argparse.Namespace) -> int:
+    from .review.server import serve
+
+    return serve(args.data, host=args.host, port=args.port, token=args.token)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -210,29 +249,18 @@ def build_parser() -> argparse.ArgumentParser:
                                      "features of pre-trained diffusion models.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_register_parser, _apply_parser, _evaluate_parser, _demo_parser, _presets_parser):
+    for add in (_register_parser, _apply_parser, _evaluate_parser, _demo_parser, _presets_parser,
+                _review_parser):
         add(subparsers)
     add_models_parser(subparsers)
     add_network_parsers(subparsers)
+    add_worker_parser(subparsers)
     return parser
 
 
-@contextmanager
-def _termination_as_interrupt() -> Iterator[None]:
+def _interrupt(signum: int, frame: Any) -> None:
     """SIGTERM and SIGHUP raise Interrupted, like Ctrl-C raises KeyboardInterrupt, so every cleanup runs."""
-    def interrupt(signum, frame):
-        raise Interrupted(signum)
-
-    names = [n for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {n: signal.signal(getattr(signal, n), interrupt) for n in names}
-    try:
-        yield
-    finally:
-        for name, handler in previous.items():
-            signal.signal(getattr(signal, name), handler)
+    raise Interrupted(signum)
 
 
 def _fail(code: int, stage: str, message: str, json_events: bool) -> int:
@@ -247,11 +275,11 @@ def openmp_waiting() -> None:
     """How OpenMP threads wait between torch's operations, unless the user chose otherwise; it must be set
     before torch starts its thread pool, so here, not in register().
 
-    Spinning until the next operation is fast on idle cores and ruinous on busy ones: with two threads on
-    two cores that two other processes kept busy, libgomp's default spin made a 2 mm registration 12x
-    slower (77 s against 6 s). Sleeping at once (PASSIVE) is safe but cost 1.2 s of 4.4 s on idle cores.
-    libgomp (torch's Linux wheels) spinning 2000 times, then sleeping, was as fast as spinning on idle
-    cores (3.3 s) and no slower than PASSIVE on busy ones (6-8 s); other OpenMP runtimes sleep at once.
+    Spinning until the next operation is fast on idle cores and ruinous on busy ones (a registration many
+    times slower when other processes keep the cores busy); sleeping at once (PASSIVE) is safe but slow on
+    idle cores. libgomp (torch's Linux wheels) spinning 2000 times, then sleeping, was as fast as spinning
+    on idle cores and no slower than PASSIVE on busy ones (README, measured results); other OpenMP runtimes
+    sleep at once.
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("GOMP_SPINCOUNT", "2000")
@@ -264,31 +292,39 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     piped = getattr(args, "progress_when_piped", "none")
     json_events = progress_kind(getattr(args, "progress", "none"), piped) == "json"
     try:
-        with _termination_as_interrupt():
+        with handlers_swapped(_interrupt, ("SIGTERM", "SIGHUP")), warnings.catch_warnings():
+            # library warnings (numpy's invalid values, torch's deprecations) are not the user's to act on:
+            # the console holds the outputs, the warnings the run itself reports, or one `error:` line
+            warnings.simplefilter("ignore")
             return args.handler(args)
-    except RegistrationError as error:
-        return _fail(2, "error", str(error), json_events)
-    except OSError as error:
+    except PLAIN_FAILURES as error:
+        return _fail(*failure(error), json_events)
+
+
+PLAIN_FAILURES = (RegistrationError, OSError, MemoryError, Cancelled, KeyboardInterrupt)
+
+
+def failure(error: BaseException) -> tuple[int, str, str]:
+    """(exit code, final progress stage, one-line message) of a command ended by one of PLAIN_FAILURES."""
+    if isinstance(error, RegistrationError):
+        return 2, "error", str(error)
+    if isinstance(error, OSError):
         where = f"{error.filename}: " if error.filename else ""
-        return _fail(2, "error", f"{where}{error.strerror or error}. Check the path, its permissions and free "
-                     "space.", json_events)
-    except MemoryError:
-        return _fail(2, "error", "not enough memory for these images and settings; use smaller images, fewer "
-                     "levels or a machine with more memory.", json_events)
-    except Cancelled:
-        return _fail(130, "cancelled", "cancelled: no partial outputs were left", json_events)
-    except KeyboardInterrupt as error:
-        signum = getattr(error, "signum", signal.SIGINT)
-        name = signal.Signals(signum).name
-        return _fail(128 + signum, "cancelled", f"interrupted by {name}: no partial outputs were left",
-                     json_events)
+        return 2, "error", f"{where}{error.strerror or error}. Check the path, its permissions and free space."
+    if isinstance(error, MemoryError):
+        return 2, "error", "not enough memory for these images and settings; use smaller images, fewer levels " \
+                           "or a machine with more memory."
+    if isinstance(error, Cancelled):
+        return 130, "cancelled", "cancelled: no partial outputs were left"
+    signum = getattr(error, "signum", signal.SIGINT)
+    return 128 + signum, "cancelled", f"interrupted by {signal.Signals(signum).name}: no partial outputs were left"
 
 
 def run() -> None:
-    """The `diffreg` command: `main()`, then the process ends at once with its exit code. Python's own
-    teardown with torch and SimpleITK loaded takes 0.25-0.3 s (measured: `import torch, SimpleITK` 1.15 s
-    as a process, 0.89 s ending with os._exit), 7 % of a 2 mm registration; every file is closed and every
-    output committed by then. An unexpected exception still ends the usual way, with its traceback."""
+    """The `diffreg` command: `main()`, then the process ends at once with its exit code: Python's own
+    teardown with torch and SimpleITK loaded is a noticeable part of a short registration (README, measured
+    results), and every file is closed and every output committed by then. An unexpected exception still
+    ends the usual way, with its traceback."""
     code = main()
     sys.stdout.flush()
     sys.stderr.flush()

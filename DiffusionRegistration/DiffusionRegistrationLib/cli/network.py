@@ -11,9 +11,10 @@ import sys
 from pathlib import Path
 
 from ..errors import RegistrationError
+from ..io.structured import parse_json
 from ..progress import json_lines, progress_bar, silent
-from .settings import (add_progress_argument, add_settings_arguments, config_from_args, finetune_settings,
-                       progress_from_args, settings_given)
+from .settings import (add_progress_argument, add_settings_arguments, finetune_settings, network_refusals,
+                       options_from_args, progress_from_args)
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -25,9 +26,9 @@ def _ints(text: str) -> tuple[int, ...]:
 
 def _json(text: str) -> dict:
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise argparse.ArgumentTypeError(f"'{text}' is not JSON ({error})") from None
+        value = parse_json(text, "the value")
+    except RegistrationError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"'{text}' must be a JSON object, e.g. '{{\"sigma\": 2}}'")
     return value
@@ -79,13 +80,14 @@ def add_network_parsers(subparsers: argparse._SubParsersAction) -> None:
     train.set_defaults(handler=run_train)
 
     batch = subparsers.add_parser("batch", help="register a cohort listed in a CSV",
-                                  description="Register every pair of a CSV (fixed,moving[,name]); skips pairs "
-                                              "already done; under torchrun the list is split across ranks.")
+                                  description="Register every pair of a CSV (fixed,moving[,name]) into a folder "
+                                              "per pair (named by the plain, unique name, or by the row); skips "
+                                              "pairs done from the same files and settings, registers changed ones "
+                                              "again; a bad row fails that pair only; under torchrun the list is "
+                                              "split across ranks.")
     batch.add_argument("pairs_csv")
     batch.add_argument("--output-dir", required=True)
-    batch.add_argument("--network", help="trained network checkpoint (default: instance optimisation)")
-    batch.add_argument("--finetune-steps", type=int, default=0)
-    add_settings_arguments(batch)
+    add_settings_arguments(batch, "batch")
     add_progress_argument(batch)
     batch.set_defaults(handler=run_batch_command)
 
@@ -97,10 +99,17 @@ def run_train(args: argparse.Namespace) -> int:
     from ..network.data import (Augmentation, PairDataset, RandomPairDataset, SyntheticPairDataset, cases_from_records,
                                 folder_pairs, images_from_csv, pairs_from_csv, synthetic_cases)
     from ..network.model import NetworkSpec
+    from ..engine.config import CONFIG_SETTINGS
     from ..network.train import TrainConfig, train
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    config = TrainConfig(similarity=args.similarity, similarity_params=args.similarity_params,
+                         regularizer=args.regularizer, regularization=args.regularization,
+                         inverse_consistency=args.inverse_consistency, steps=args.steps, batch_size=args.batch_size,
+                         lr=args.lr, finetune_lr=args.finetune_lr, seed=args.seed,
+                         checkpoint_every=args.checkpoint_every, log_every=args.log_every,
+                         validate_every=args.validate_every, device=args.device)
+    if args.threads is not None:
+        torch.set_num_threads(CONFIG_SETTINGS["threads"].check(args.threads))
     spec = NetworkSpec(dim=args.dim, size=args.grid, stages=args.stages, channels=args.channels, output=args.output)
     augmentation = Augmentation(args.augment_affine, args.augment_gamma)
     if args.pairs:
@@ -117,12 +126,6 @@ def run_train(args: argparse.Namespace) -> int:
             raise RegistrationError("--validation-synthetic needs --synthetic images to deform.")
         validation += synthetic_cases([read_image(p) for p in args.synthetic], args.validation_synthetic,
                                       args.max_deformation, seed=10_000 + args.seed, smoothness_mm=args.smoothness)
-    config = TrainConfig(similarity=args.similarity, similarity_params=args.similarity_params,
-                         regularizer=args.regularizer, regularization=args.regularization,
-                         inverse_consistency=args.inverse_consistency, steps=args.steps, batch_size=args.batch_size,
-                         lr=args.lr, finetune_lr=args.finetune_lr, seed=args.seed,
-                         checkpoint_every=args.checkpoint_every, log_every=args.log_every,
-                         validate_every=args.validate_every, device=args.device)
     outcome = train(dataset, spec, config, args.checkpoint_dir, args.log_dir, args.resume, validation or None,
                     progress=json_lines() if args.progress == "json" else silent, show_bar=args.progress == "bar")
     if outcome.validation:
@@ -134,13 +137,15 @@ def run_batch_command(args: argparse.Namespace) -> int:
     from ..engine.outputs import check_folder
     from ..network.batch import run_batch
 
-    config = config_from_args(args)
-    if args.network and not args.finetune_steps and settings_given(args):
-        raise RegistrationError(f"batch --network cannot honour {', '.join(settings_given(args))}: similarity "
+    options = options_from_args(args, "batch")
+    config = options.config()
+    refused = network_refusals(options)
+    if refused:
+        raise RegistrationError(f"batch --network cannot honour {', '.join(refused)}: similarity "
                                 "settings only apply with --finetune-steps N.")
     check_folder(Path(args.output_dir))
     statuses = run_batch(args.pairs_csv, args.output_dir, None if args.network else config, args.network,
-                         args.finetune_steps, config.device, progress_from_args(args)[1], finetune_settings(args, config))
+                         args.finetune_steps, config.device, progress_from_args(args)[1], finetune_settings(options, config))
     failed = [s for s in statuses if s["status"] == "failed"]
     for status in failed:
         print(f"failed: {status['name']}: {status['error']}", file=sys.stderr)

@@ -1,80 +1,98 @@
-"""Registration settings: one dataclass, the named presets, and `resolve_config`, the one function that turns
-a preset, a settings file, `key=value` overrides and dedicated flags into a RegistrationConfig. The command
-line, the Python API and the Slicer job all go through it; a RegistrationConfig saved with `save` is a
-settings file that gives back the same config. Importing this module imports no torch."""
+"""Registration settings: RegistrationConfig (every field declared once, engine.settings.declare), the named
+presets, settings files and `key=value` overrides. engine.options.RegistrationOptions resolves what a person
+chose into one RegistrationConfig; a config saved with `save_config` is a settings file that gives back the
+same config. Importing this module imports no torch."""
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, NamedTuple, Optional, Union
 
 from ..errors import RegistrationError
-from ..similarity.registry import check_similarity_name
-from .settings import SETTINGS
+from ..io.paths import input_file
+from ..io.structured import SyntaxProblem, parse_json, parse_settings_text
+from ..similarity.registry import SIMILARITIES, check_similarity_params
+from .settings import Choice, Device, Flag, Mapping, Number, Numbers, Setting, check_declared, declare, declared
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python < 3.11 (Slicer 5.8 ships 3.9): the same parser as a package
-    try:
-        import tomli as tomllib
-    except ModuleNotFoundError:
-        tomllib = None
+
+_ITERATIONS = Number(int, 0, 100_000)  # 0 skips the level, as in ANTs
+_LEVELS = Numbers(Number(float, 1, 64))
+_SIMILARITY = Choice(tuple(SIMILARITIES))
 
 
 @dataclass
 class RegistrationConfig:
-    """Everything `register()` needs besides the images. Lengths of `levels` and `iterations` match."""
+    """Everything `register()` needs besides the images, each field declared once (engine.settings.declare).
+    Lengths of `levels` and `iterations` match."""
 
-    similarity: str = "lncc"
-    similarity_params: dict[str, Any] = field(default_factory=dict)
-    # affine stage
-    affine: bool = True
-    affine_similarity: Optional[str] = None  # None: the deformable similarity (if it is an intensity one)
-    affine_similarity_params: dict[str, Any] = field(default_factory=dict)
-    init: str = "moments"  # moments | centers | none
-    affine_levels: tuple[float, ...] = (4.0, 2.0)
-    affine_iterations: tuple[int, ...] = (40, 20)
-    affine_lr: float = 0.01  # per step, relative units: translation lr is this times 100 mm
-    # 3D volumes: levels and affine_levels are shrink factors of this spacing (mm; never finer than the
-    # image), so the pyramid is physical: a 0.5 mm and a 1 mm volume are optimised on the same levels in
-    # mm and the finer field is upsampled. 2D images, and None: factors of the image's own spacing.
-    # 1 mm: on the 1 mm Colin27 pair TRE 0.07 mm, MNI152->Colin27 grey matter Dice 0.800 (README, measured results).
-    level_spacing_mm: Optional[float] = 1.0
-    # deformable stage
-    transform: str = "svf"  # svf (diffeomorphic) | displacement | none
-    levels: tuple[float, ...] = (4.0, 2.0, 1.0)
-    iterations: tuple[int, ...] = (40, 30, 12)
-    lr: float = 0.25  # Adam step in voxels of the level being optimised
-    # The field model (issue 20; benchmarks/sweep_settings.py, README "Against Greedy"): a control grid
-    # twice as coarse as each level's, lightly smoothed, integrated in 3 squarings; with a moving mask the
-    # regulariser weighs `masked_regularization_factor` times more (a finer grid bends the brain's edge
-    # towards the fixed image's skull when the similarity sees only the brain).
-    control_spacing: float = 2.0  # control grid coarser than the level grid by this factor
-    field_smoothing: float = 1.0  # Gaussian sigma (level voxels) applied to the field parameter
-    regularizer: str = "diffusion"  # diffusion | bending
-    regularization: float = 0.3
-    masked_regularization_factor: float = 3.0  # regularization x this when a moving mask limits the similarity
-    integration_steps: int = 3
-    # convergence: stop a level when the loss improved by less than `tolerance` (relative) over `patience` steps
-    tolerance: float = 1e-4
-    patience: int = 20
-    # images and run
-    normalize: bool = True
-    # measure similarity only where the moving image is non-zero (a skull-stripped or masked moving
-    # image against a fixed image that shows more anatomy); ignored when a moving mask is given. "auto":
-    # when the moving image has far more zero voxels than the fixed one (engine.registration.cut_out);
-    # the report's config holds what was decided.
-    moving_foreground_mask: Union[bool, str] = "auto"
-    percentiles: tuple[float, float] = (0.5, 99.5)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    seed: int = 0
-    threads: Optional[int] = None
+    similarity: str = declare(_SIMILARITY, "lncc", "Similarity", "what is compared: " + ", ".join(
+        f"{name} ({info.summary})" for name, info in SIMILARITIES.items()), advanced=False)
+    similarity_params: dict[str, Any] = declare(Mapping(), {}, "Similarity parameters",
+                                                "the similarity's own parameters, e.g. {\"sigma\": 2}")
+    affine: bool = declare(Flag(), True, "Affine stage", "optimise an affine transform before the deformable stage")
+    affine_similarity: Optional[str] = declare(_SIMILARITY, None, "Affine similarity",
+                                               "similarity of the affine stage (unset: the similarity's own choice "
+                                               "for it, see `diffreg presets`)")
+    affine_similarity_params: dict[str, Any] = declare(Mapping(), {}, "Affine similarity parameters",
+                                                       "parameters of the affine similarity")
+    init: str = declare(Choice(("moments", "centers", "none")), "moments", "Initial alignment",
+                        "moments: centres of mass; centers: image centres; none: as the headers place them")
+    affine_levels: tuple[float, ...] = declare(_LEVELS, (4.0, 2.0), "Affine levels",
+                                               "shrink factors of the affine stage, coarse to fine")
+    affine_iterations: tuple[int, ...] = declare(Numbers(_ITERATIONS), (40, 20), "Affine iterations",
+                                                 "steps at each affine level (0 skips the level)")
+    affine_lr: float = declare(Number(float, 0, 1, low_open=True), 0.01, "Affine step",
+                               "Adam step of the affine stage, relative (translations: this times 100 mm)")
+    level_spacing_mm: Optional[float] = declare(Number(float, 0, 100, low_open=True, optional=True), 1.0,
+                                                "Level spacing", "3D: the levels are shrink factors of this spacing "
+                                                "(never finer than the image), so the pyramid is physical; null: "
+                                                "factors of the image's own spacing (2D always)", unit="mm")
+    transform: str = declare(Choice(("svf", "displacement", "none")), "svf", "Deformable transform",
+                             "svf: stationary velocity field (diffeomorphic); displacement: dense field; none: "
+                             "affine only")
+    levels: tuple[float, ...] = declare(_LEVELS, (4.0, 2.0, 1.0), "Levels",
+                                        "shrink factors of the deformable stage, coarse to fine")
+    iterations: tuple[int, ...] = declare(Numbers(_ITERATIONS), (40, 30, 12), "Iterations",
+                                          "steps at each deformable level (0 skips the level)")
+    lr: float = declare(Number(float, 0, 10, low_open=True), 0.25, "Step size",
+                        "Adam step of the deformable stage", unit="voxels")
+    # The field model (issue 20; benchmarks/sweep_settings.py, README "Against Greedy"): a control grid twice
+    # as coarse as each level's, lightly smoothed, integrated in 3 squarings; with a moving mask the regulariser
+    # weighs `masked_regularization_factor` times more (a finer grid bends the brain's edge towards the fixed
+    # image's skull when the similarity sees only the brain).
+    control_spacing: float = declare(Number(float, 1, 64), 2.0, "Control spacing",
+                                     "control grid coarser than the level's grid by this factor")
+    field_smoothing: float = declare(Number(float, 0, 100), 1.0, "Field smoothing",
+                                     "Gaussian sigma applied to the field parameter", unit="voxels")
+    regularizer: str = declare(Choice(("diffusion", "bending")), "diffusion", "Regulariser",
+                               "smoothness penalty: diffusion (first derivatives) or bending energy")
+    regularization: float = declare(Number(float, 0, 1e6), 0.3, "Regularization",
+                                    "weight of the smoothness regulariser", advanced=False)
+    masked_regularization_factor: float = declare(Number(float, 0, 1e6), 3.0, "Masked regularization factor",
+                                                  "the regularization is multiplied by this when a moving mask "
+                                                  "limits where the similarity is measured")
+    integration_steps: int = declare(Number(int, 0, 30), 3, "Integration steps",
+                                     "scaling and squaring steps of the velocity field")
+    tolerance: float = declare(Number(float, 0, 1), 1e-4, "Tolerance",
+                               "a level stops when the loss improved by less than this (relative) over `patience` "
+                               "steps")
+    patience: int = declare(Number(int, 1, 100_000), 20, "Patience", "steps over which convergence is judged")
+    normalize: bool = declare(Flag(), True, "Normalise", "scale intensities to [0, 1] between the percentiles")
+    moving_foreground_mask: Union[bool, str] = declare(
+        Flag(auto=True), "auto", "Moving foreground mask",
+        "measure similarity only where the moving image is non-zero (a skull-stripped moving image onto one with "
+        "more anatomy); auto: decided from the images, recorded in the report; ignored with a moving mask")
+    percentiles: tuple[float, float] = declare(Numbers(Number(float, 0, 100), length=2), (0.5, 99.5),
+                                               "Percentiles", "intensity percentiles mapped to 0 and 1")
+    device: str = declare(Device(), "auto", "Device", "auto: a CUDA GPU when present, else the CPU", advanced=False)
+    seed: int = declare(Number(int, 0, 2**32 - 1), 0, "Seed", "seed of every random draw")
+    threads: Optional[int] = declare(Number(int, 1, 4096, optional=True), None, "Threads",
+                                     "CPU threads (unset: torch's default)")
 
     def __post_init__(self) -> None:
-        for item in fields(self):
-            setattr(self, item.name, SETTINGS[item.name].check(item.name, getattr(self, item.name)))
+        check_declared(self)
         if len(self.levels) != len(self.iterations):
             raise RegistrationError(f"config: levels {self.levels} and iterations {self.iterations} must have "
                                     "the same length (one iteration count per level).")
@@ -84,9 +102,9 @@ class RegistrationConfig:
         if self.percentiles[0] >= self.percentiles[1]:
             raise RegistrationError(f"setting percentiles={json.dumps(list(self.percentiles))}: the low percentile "
                                     "must be below the high one, e.g. --set percentiles=[0.5,99.5].")
-        for name in (self.similarity, self.affine_similarity):
-            if name is not None:
-                check_similarity_name(name)
+        check_similarity_params(self.similarity, self.similarity_params)
+        if self.affine_similarity is not None:
+            check_similarity_params(self.affine_similarity, self.affine_similarity_params, "affine_similarity_params")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -98,6 +116,9 @@ class RegistrationConfig:
             raise RegistrationError(f"config: unknown option(s) {', '.join(unknown)}. Known options: "
                                     f"{', '.join(sorted(known))}.")
         return dataclasses.replace(self, **overrides)
+
+
+CONFIG_SETTINGS: dict[str, Setting] = declared(RegistrationConfig)
 
 
 class Preset(NamedTuple):
@@ -124,8 +145,8 @@ PRESETS: dict[str, Preset] = {
     "multimodal": Preset("different contrasts: MIND descriptors, mutual information for the affine stage",
                          {**COARSE_FIELD, "similarity": "mind", "affine_similarity": "mi"}),
     # The regulariser weight is the paper's 3D lambda; it needs the weights (`diffreg models download`).
-    # slice_stride 8 with 8 cached slices per step: the best accuracy per second measured, 7.9x faster than
-    # exact mode (benchmarks/bench_diffusion_approximations.py; README, "What the approximations cost").
+    # slice_stride 8 with 8 cached slices per step: chosen from benchmarks/bench_diffusion_approximations.py
+    # (README, "What the approximations cost").
     "diffusion": Preset("the paper's similarity on diffusion-model features (ADM, fast mode; needs the weights)",
                         {**COARSE_FIELD, "similarity": "diffusion",
                          "similarity_params": {"extractor": "adm-256-uncond", "mode": "fast", "slice_stride": 8,
@@ -135,10 +156,11 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def _parse_value(text: str) -> Any:
+def _parse_value(key: str, text: str) -> Any:
+    """The JSON value of `text`, or `text` itself where it is not JSON (a word such as a similarity name)."""
     try:
-        return json.loads(text)
-    except json.JSONDecodeError:
+        return parse_json(text, f"option {key}")
+    except SyntaxProblem:
         return text
 
 
@@ -149,25 +171,21 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise RegistrationError(f"option '{item}' must look like key=value (e.g. lr=0.5).")
-        out[key.strip().replace("-", "_")] = _parse_value(value.strip())
+        out[key.strip().replace("-", "_")] = _parse_value(key.strip(), value.strip())
     return out
 
 
 def load_config_file(path: Union[str, Path]) -> dict[str, Any]:
     """Reads settings from a JSON or TOML file (a whole saved RegistrationConfig or a few keys)."""
-    path = Path(path)
-    if not path.is_file():
-        raise RegistrationError(f"config file {path}: no such file.")
-    if path.suffix == ".toml" and tomllib is None:
-        raise RegistrationError(f"config file {path}: reading TOML needs Python 3.11 or the package 'tomli' "
-                                "(pip install tomli); or write the settings as JSON.")
+    path = input_file(path, "config file")
     try:
         text = path.read_text(encoding="utf-8")
-        values = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError and TOMLDecodeError are ValueErrors
-        raise RegistrationError(f"config file {path}: cannot be parsed ({error}). Use JSON or TOML.") from None
+    except UnicodeDecodeError as error:
+        raise RegistrationError(f"config file {path}: cannot be parsed (not UTF-8 text, byte {error.start}). Use "
+                                "JSON or TOML.") from None
     except OSError as error:
         raise RegistrationError(f"config file {path}: cannot be read ({error.strerror}).") from None
+    values = parse_settings_text(text, path.suffix, f"config file {path}")
     if not isinstance(values, dict):
         raise RegistrationError(f"config file {path}: must hold an object of settings (key: value), "
                                 f"not a {type(values).__name__}.")
@@ -186,37 +204,6 @@ def make_config(preset: str = "default", overrides: Optional[dict[str, Any]] = N
     return RegistrationConfig().with_overrides({**PRESETS[preset].settings, **(overrides or {})})
 
 
-def resolve_config(preset: str = "default", config_file: Union[str, Path, None] = None,
-                   overrides: Optional[dict[str, Any]] = None, *, similarity: Optional[str] = None,
-                   backbone: Optional[str] = None, mode: Optional[str] = None, steps: Optional[int] = None,
-                   regularization: Optional[float] = None, device: Optional[str] = None,
-                   seed: Optional[int] = None) -> RegistrationConfig:
-    """Preset, then the settings file, then `overrides` (`--set`), then the dedicated flags: the one order.
-
-    `steps` sets the iterations of every deformable level; `backbone` and `mode` are the diffusion
-    similarity's `extractor` and `mode` parameters.
-    """
-    settings: dict[str, Any] = {}
-    if config_file:
-        settings.update(load_config_file(config_file))
-    settings.update(overrides or {})
-    flags = {"similarity": similarity, "regularization": regularization, "device": device, "seed": seed}
-    settings.update({key: value for key, value in flags.items() if value is not None})
-    preset_settings = PRESETS[preset].settings if preset in PRESETS else {}
-    if settings.get("similarity", preset_settings.get("similarity")) != preset_settings.get("similarity") \
-            and "similarity_params" not in settings:
-        settings["similarity_params"] = {}  # the preset's parameters belong to the similarity it chose
-    config = make_config(preset, settings)
-    changes: dict[str, Any] = {}
-    if steps is not None:
-        changes["iterations"] = (steps,) * len(config.levels)
-    if backbone is not None or mode is not None:
-        params = dict(config.similarity_params)
-        params.update({key: value for key, value in (("extractor", backbone), ("mode", mode)) if value is not None})
-        changes["similarity_params"] = params
-    return config.with_overrides(changes) if changes else config
-
-
 def save_config(config: RegistrationConfig, path: Union[str, Path]) -> None:
-    """Writes `config` as a JSON settings file that `resolve_config(config_file=path)` reads back unchanged."""
+    """Writes `config` as a JSON settings file that reads back unchanged (RegistrationOptions(config_file=path))."""
     Path(path).write_text(json.dumps(config.to_dict(), indent=2), encoding="utf-8")

@@ -25,6 +25,7 @@ from ..geometry.transforms import resize_field
 from ..io import landmarks
 from ..core.image import Grid, Image
 from ..io.images import normalize, read_image, read_labels
+from ..io.paths import input_file
 from .model import NetworkSpec, identity_points, network_grid, normalised_to_mm, warp
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".png", ".tif", ".tiff", ".jpg")
@@ -74,10 +75,10 @@ def _resolve(value: str, base: Path) -> str:
     return str(path if path.is_absolute() else base / path)
 
 
-def read_csv_rows(path: str | Path, required: tuple[str, ...]) -> list[dict[str, str]]:
-    path = Path(path)
-    if not path.is_file():
-        raise RegistrationError(f"CSV {path}: no such file. Check the path.")
+def read_csv_rows(path: str | Path, required: tuple[str, ...], text: tuple[str, ...] = ()) -> list[dict[str, str]]:
+    """The rows of a CSV with a header naming `required` columns: empty and missing cells left out, paths made
+    relative to the CSV's folder, except in the `text` columns (kept as written, without surrounding blanks)."""
+    path = input_file(path, "CSV")
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             rows = list(csv.DictReader(handle))
@@ -92,7 +93,8 @@ def read_csv_rows(path: str | Path, required: tuple[str, ...]) -> list[dict[str,
         raise RegistrationError(f"CSV {path}: needs a header with column(s) {', '.join(required)} and at least "
                                 f"one row (found columns: {', '.join(sorted(columns)) or 'none'}).")
     base = path.parent
-    return [{k: _resolve(v, base) for k, v in row.items() if k and v and v.strip()} for row in rows]
+    return [{k: v.strip() if k in text else _resolve(v, base) for k, v in row.items() if k and v and v.strip()}
+            for row in rows]
 
 
 def pairs_from_csv(path: str | Path) -> list[PairRecord]:

@@ -1,4 +1,4 @@
-"""The similarity interface every measure implements, and the registry that builds them by name.
+"""The similarity interface every measure implements (similarity.registry builds them by name).
 
 Images are tensors [B, 1, *spatial] scaled to [0, 1]; masks are [B, 1, *spatial] weights (0 or 1) in
 fixed space. A similarity returns a scalar loss: lower means better aligned.
@@ -19,7 +19,12 @@ from ..core.image import Grid
 
 
 class Similarity(torch.nn.Module):
-    """Base class: a loss between the fixed image and the moving image mapped into fixed space."""
+    """Base class: a loss between the fixed image and the moving image mapped into fixed space.
+
+    `stochastic`: the measure draws random samples at every call, so losses of different steps are not
+    comparable (the engine then keeps the last parameters rather than those of the lowest loss)."""
+
+    stochastic = False
 
     def forward(self, fixed: torch.Tensor, warped: torch.Tensor,
                 mask: Optional[torch.Tensor] = None) -> torch.Tensor:
