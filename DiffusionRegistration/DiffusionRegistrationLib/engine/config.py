@@ -57,11 +57,12 @@ class RegistrationConfig:
     patience: int = 20
     # images and run
     normalize: bool = True
-    # measure similarity only where the moving image is non-zero (a skull-stripped or masked moving
-    # image against a fixed image that shows more anatomy); ignored when a moving mask is given. "auto":
-    # when the moving image has far more zero voxels than the fixed one (engine.registration.cut_out);
-    # the report's config holds what was decided.
+    # measure the similarity only inside an image's foreground (where it differs from its constant
+    # background); ignored when that image's mask is given. "auto": for an image that is brain only
+    # (skull-stripped or masked) onto one that is not, e.g. a template onto a head scan or the reverse
+    # (engine.foreground); the report's config holds what was decided, its "foreground" why.
     moving_foreground_mask: Union[bool, str] = "auto"
+    fixed_foreground_mask: Union[bool, str] = "auto"
     percentiles: tuple[float, float] = (0.5, 99.5)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0
@@ -102,14 +103,15 @@ class Preset(NamedTuple):
 
 
 PRESETS: dict[str, Preset] = {
-    "default": Preset("same contrast: local NCC, stationary velocity field, three levels; a skull-stripped moving "
-                      "image onto one with more anatomy is masked (moving_foreground_mask=auto)", {}),
+    "default": Preset("same contrast: local NCC, stationary velocity field, three levels; a skull-stripped image "
+                      "onto a head, or a head onto a skull-stripped image, is masked by the brain's foreground "
+                      "(moving_/fixed_foreground_mask=auto)", {}),
     "fast": Preset("same contrast, two levels and fewer steps",
                    {"levels": (4.0, 2.0), "iterations": (60, 40), "affine_iterations": (50, 20)}),
     "accurate": Preset("same contrast, more steps and a finer control grid",
                        {"iterations": (150, 100, 50), "control_spacing": 2.0, "tolerance": 2e-5}),
-    "stripped": Preset("similarity only where the moving image is non-zero, always (default decides from the "
-                       "share of zero voxels)", {"moving_foreground_mask": True}),
+    "stripped": Preset("similarity only inside the moving image's foreground, always (default decides from what "
+                       "each image shows)", {"moving_foreground_mask": True}),
     "multimodal": Preset("different contrasts: MIND descriptors, mutual information for the affine stage",
                          {"similarity": "mind", "affine_similarity": "mi"}),
     # The regulariser weight is the paper's 3D lambda; it needs the weights (`diffreg models download`).

@@ -195,6 +195,7 @@ SETTINGS: dict[str, Any] = {
     "patience": Number(int, 1, 100_000),
     "normalize": Flag(),
     "moving_foreground_mask": Flag(auto=True),
+    "fixed_foreground_mask": Flag(auto=True),
     "percentiles": Numbers(Number(float, 0, 100), length=2),
     "device": Device(),
     "seed": Number(int, 0, 2**32 - 1),
