@@ -389,14 +389,14 @@ class DiffusionRegistrationLogic(ScriptedLoadableModuleLogic):
                 mode: str = "fast", device: str = "auto", steps: int = 0, regularization: float = 0.0,
                 networkCheckpoint: str = "", finetuneSteps: int = 0, checkerboardSquareMm: float = 10.0,
                 agreementMap: bool = False, seed: Optional[int] = None):
-        """The backend options for these panel values."""
-        from DiffusionRegistrationLib.slicer.options import RegistrationOptions
+        """The backend options for these panel values (the panel's "preset" and 0 mean unset: None)."""
+        from DiffusionRegistrationLib.engine.options import RegistrationOptions
 
         return RegistrationOptions(
-            preset=preset, similarity="" if similarity == "preset" else similarity, backbone=backbone, mode=mode,
-            device=device, steps=int(steps), regularization=float(regularization), network=str(networkCheckpoint),
-            finetune_steps=int(finetuneSteps), seed=seed, checkerboard_square_mm=float(checkerboardSquareMm),
-            agreement=bool(agreementMap))
+            preset=preset, similarity=None if similarity == "preset" else similarity, backbone=backbone, mode=mode,
+            device=device, steps=int(steps) or None, regularization=float(regularization) or None,
+            network=str(networkCheckpoint) or None, finetune_steps=int(finetuneSteps), seed=seed,
+            checkerboard_square_mm=float(checkerboardSquareMm), agreement=bool(agreementMap))
 
     @classmethod
     def parameterOptions(cls, parameterNode):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -15,11 +14,10 @@ from DiffusionRegistrationLib.features.adm_extractor import AdmExtractor
 from DiffusionRegistrationLib.features.diffusion_schedule import alphas_cumprod, q_sample
 from DiffusionRegistrationLib.features.loading import load_extractor
 
-REFERENCE = Path(os.environ.get("DIFFREG_REFERENCE", Path(__file__).resolve().parents[2] / "shared" / "reference"))
+# Vectors from the reference ADM implementation, kept in the repository (provenance: Testing/reference/README.md)
+REFERENCE = Path(__file__).resolve().parent / "reference"
 MANIFEST = REFERENCE / "adm_256_uncond_manifest.json"
 SMALL = REFERENCE / "adm_small_reference.pt"
-needs_reference = pytest.mark.skipif(not SMALL.is_file() or not MANIFEST.is_file(),
-                                     reason=f"reference vectors not found in {REFERENCE}")
 
 TAPS = [("output_blocks_10_t60", "output_blocks.10", 60), ("input_blocks_11_t50", "input_blocks.11", 50),
         ("output_blocks_4_t60", "output_blocks.4", 60), ("input_blocks_5_t261", "input_blocks.5", 261),
@@ -42,7 +40,6 @@ def small_model(reference):
     return model.eval()
 
 
-@needs_reference
 def test_manifest_keys_shapes_and_parameter_count():
     manifest = json.loads(MANIFEST.read_text())
     assert manifest["config"] == ADM_256_UNCOND_FLAGS
@@ -56,7 +53,6 @@ def test_manifest_keys_shapes_and_parameter_count():
     assert model.tap_size_multiple("input_blocks.11") == 8 and model.tap_size_multiple("output_blocks.10") == 32
 
 
-@needs_reference
 def test_schedule_and_q_sample(reference):
     tensors = reference["tensors"]
     assert torch.allclose(alphas_cumprod(), tensors["alphas_cumprod"], rtol=0, atol=1e-15)
@@ -65,7 +61,6 @@ def test_schedule_and_q_sample(reference):
         assert relative_error(q_sample(x0, t, tensors["noise"]), tensors[f"x_t_{t}"]) < 1e-6
 
 
-@needs_reference
 @pytest.mark.parametrize("name,tap,t", TAPS)
 def test_reference_tensors(reference, small_model, name, tap, t):
     tensors = reference["tensors"]
@@ -75,7 +70,6 @@ def test_reference_tensors(reference, small_model, name, tap, t):
     assert relative_error(out, tensors[name]) < 2e-5
 
 
-@needs_reference
 def test_encoder_tap_never_runs_the_decoder(reference, small_model):
     ran = []
     hooks = [small_model.middle_block.register_forward_hook(lambda *a: ran.append("middle")),
@@ -89,7 +83,6 @@ def test_encoder_tap_never_runs_the_decoder(reference, small_model):
     assert ran == []
 
 
-@needs_reference
 def test_extractor_matches_the_network_with_its_noise(reference, small_model):
     extractor = AdmExtractor.from_state_dict(reference["config"], reference["state_dict"], noise_seed=3)
     images = reference["tensors"]["images"]
@@ -203,3 +196,14 @@ def test_bad_specs_are_clear_errors():
         load_extractor({"backbone": "adm-small-random", "colour": "red"})
     with pytest.raises(RegistrationError, match="tap"):
         load_extractor({"backbone": "adm-small-random", "tap": "input_blocks.99"})
+
+
+def test_reference_files_are_the_recorded_ones():
+    """The vectors are the ones whose SHA-256 the provenance note records (a changed file is no reference)."""
+    import hashlib
+    import re
+
+    recorded = dict(re.findall(r"^- (\S+) ([0-9a-f]{64})$", (REFERENCE / "README.md").read_text(), re.M))
+    assert set(recorded) == {MANIFEST.name, SMALL.name}
+    for name, digest in recorded.items():
+        assert hashlib.sha256((REFERENCE / name).read_bytes()).hexdigest() == digest

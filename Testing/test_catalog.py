@@ -107,7 +107,10 @@ def test_cache_folder_honours_env_then_settings_then_home(tmp_path, monkeypatch)
     assert weights.cache_dir() == tmp_path / "from-settings"
     monkeypatch.setenv("DIFFREG_SETTINGS", str(tmp_path / "absent.json"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     assert weights.cache_dir() == tmp_path / "home" / ".cache" / "diffusionregistration" / "models"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert weights.cache_dir() == tmp_path / "xdg" / "diffusionregistration" / "models"
 
 
 def test_download_from_file_url_with_progress(tiny, tmp_path):

@@ -125,8 +125,9 @@ def test_bad_masks_exit_2(tmp_path, pair, capsys, problem, message, write_image_
 
 
 @pytest.mark.parametrize("args, message", [(["--set", "nonsense=1"], "unknown option"),
-                                           (["--preset", "nope"], "unknown preset"),
-                                           (["--similarity", "nope"], "unknown similarity")])
+                                           (["--preset", "nope"], "setting preset=nope: is not a known choice"),
+                                           (["--similarity", "nope"], "setting similarity=nope: is not a known choice"),
+                                           (["--steps", "-1"], "setting steps=-1: is out of range")])
 def test_bad_settings_exit_2(tmp_path, pair, capsys, args, message):
     code = main(["register", "--fixed", pair["fixed"], "--moving", pair["moving"], "--output-dir",
                  str(tmp_path / "out"), *args])

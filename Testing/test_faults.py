@@ -82,7 +82,7 @@ SETTING_CASES = [
     ("affine_lr=2", "setting affine_lr=2"), ("levels=abc", "setting levels=abc"), ("levels=[]", "setting levels=[]"),
     ("levels=[0.5]", "setting levels=[0.5]"), ("levels=[4,2]", "levels (4.0, 2.0) and iterations"),
     ("iterations=[-1]", "setting iterations=[-1]"), ("iterations=[1.5]", "whole number"),
-    ("affine_iterations=[0]", "setting affine_iterations=[0]"), ("affine_levels=[100]", "setting affine_levels"),
+    ("affine_iterations=[-1]", "setting affine_iterations=[-1]"), ("affine_levels=[100]", "setting affine_levels"),
     ("control_spacing=0", "setting control_spacing=0"), ("field_smoothing=-1", "setting field_smoothing=-1"),
     ("regularization=-0.1", "setting regularization=-0.1"), ("regularization=1e9", "setting regularization"),
     ("integration_steps=-1", "setting integration_steps=-1"), ("integration_steps=2.5", "whole number"),
@@ -93,7 +93,7 @@ SETTING_CASES = [
     ("percentiles=[90,10]", "low percentile"), ("percentiles=[-1,50]", "setting percentiles"),
     ("device=tpu", "setting device=tpu"), ("device=cuda:7", "setting device=cuda:7"), ("seed=-1", "setting seed=-1"),
     ("seed=1.5", "setting seed=1.5"), ("threads=-1", "setting threads=-1"), ("threads=0", "setting threads=0"),
-    ("similarity=foo", "'foo'"), ("similarity=3", "setting similarity=3"),
+    ("similarity=foo", "setting similarity=foo"), ("similarity=3", "setting similarity=3"),
     ("similarity_params=[1]", "setting similarity_params"), ("affine_similarity_params=3", "affine_similarity_params"),
     ("init=sideways", "setting init=sideways"), ("transform=bspline", "setting transform=bspline"),
     ("regularizer=l1", "setting regularizer=l1"), ("no_such_setting=1", "no_such_setting"), ("lr", "key=value"),
@@ -108,10 +108,10 @@ def test_a_bad_setting_is_refused_before_any_work(data, tmp_path, capsys, settin
     assert _contents(out) is None
 
 
-FLAG_CASES = [(["--steps", "-1"], "setting iterations"), (["--steps", "0"], "setting iterations"),
+FLAG_CASES = [(["--steps", "-1"], "setting steps=-1"), (["--steps", "100001"], "setting steps=100001"),
               (["--regularization", "-1"], "setting regularization=-1"), (["--seed", "-1"], "setting seed=-1"),
-              (["--device", "tpu"], "setting device=tpu"), (["--similarity", "nope"], "'nope'"),
-              (["--preset", "nope"], "'nope'")]
+              (["--device", "tpu"], "setting device=tpu"), (["--similarity", "nope"], "setting similarity=nope"),
+              (["--preset", "nope"], "setting preset=nope")]
 
 
 @pytest.mark.parametrize("flags, fragment", FLAG_CASES, ids=[" ".join(c[0]) for c in FLAG_CASES])

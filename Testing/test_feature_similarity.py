@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from DiffusionRegistrationLib.features.adm_extractor import AdmExtractor
-from DiffusionRegistrationLib.similarity.diffusion import (DiffusionFeatureSimilarity, feature_weights,
-                                                          lncc_loss)
+from DiffusionRegistrationLib.similarity.diffusion import DiffusionFeatureSimilarity
+from DiffusionRegistrationLib.similarity.feature_grids import feature_weights
+from DiffusionRegistrationLib.similarity.feature_measures import lncc_loss
 from DiffusionRegistrationLib.core.image import Grid
 from DiffusionRegistrationLib.similarity import build_similarity
 

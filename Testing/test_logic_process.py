@@ -183,7 +183,7 @@ def test_backend_error_becomes_a_registration_error_and_leaves_nothing(monkeypat
     fixed_node, moving_node = nodes_for(scene, pair)
     count = scene.GetNumberOfNodes()
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
-    with pytest.raises(RegistrationError, match="unknown preset 'sharpest'"):
+    with pytest.raises(RegistrationError, match="setting preset=sharpest: is not a known choice"):
         module.DiffusionRegistrationLogic().process(fixed_node, moving_node, preset="sharpest", device="cpu")
     assert scene.GetNumberOfNodes() == count and list(tmp_path.iterdir()) == []
 

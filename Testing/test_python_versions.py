@@ -20,8 +20,8 @@ VENVS = Path(os.environ.get("DIFFREG_VENVS", Path(os.environ.get("XDG_CACHE_HOME
                             / "diffusionregistration" / "venvs"))
 # the unit tests that need neither torch nor MRML: settings, catalog and weights, images and data,
 # landmarks, atomic files, the process runner and the Slicer job's options
-TORCH_FREE_TESTS = ("test_settings.py", "test_catalog.py", "test_data.py", "test_landmarks.py", "test_atomic.py",
-                    "test_process_runner.py")
+TORCH_FREE_TESTS = ("test_settings.py", "test_declarations.py", "test_catalog.py", "test_data.py", "test_landmarks.py",
+                    "test_atomic.py", "test_process_runner.py")
 COMPILE = """
 import pathlib, sys
 bad = []
@@ -60,7 +60,7 @@ def test_torch_free_modules_import_and_their_tests_pass(version):
     environment.pop("PYTHONHOME", None)
     imports = ("import DiffusionRegistrationLib.cli.main, DiffusionRegistrationLib.engine.config, "
                "DiffusionRegistrationLib.features.weights, DiffusionRegistrationLib.io.images, "
-               "DiffusionRegistrationLib.io.landmarks, DiffusionRegistrationLib.slicer.options, "
+               "DiffusionRegistrationLib.io.landmarks, DiffusionRegistrationLib.engine.options, "
                "DiffusionRegistrationLib.slicer.process_runner, DiffusionRegistrationLib.similarity.registry; "
                "import sys; assert 'torch' not in sys.modules")
     done = subprocess.run([str(python), "-c", imports], capture_output=True, text=True, env=environment, timeout=300)

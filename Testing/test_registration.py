@@ -150,6 +150,21 @@ def test_levels_too_small_for_the_image_are_dropped_but_one_is_kept():
     assert level_plan(grid, (4.0, 2.0, 1.0), (30, 20, 10), 2.0) == [(2.0, 20), (1.0, 10)]  # 2D: own spacing
 
 
+def test_zero_iterations_skip_a_level_as_in_ants():
+    grid = Grid((200, 200), (1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0))
+    assert level_plan(grid, (4.0, 2.0, 1.0), (100, 70, 0), None) == [(4.0, 100), (2.0, 70)]
+    assert level_plan(grid, (4.0, 2.0, 1.0), (0, 70, 10), None) == [(2.0, 70), (1.0, 10)]
+    assert level_plan(grid, (4.0, 2.0), (0, 0), None) == []
+
+
+def test_a_deformable_stage_of_zero_iterations_is_the_affine_alone(t1_slice):
+    moved = t1_slice.with_array(np.roll(t1_slice.array, 2, axis=1))
+    skipped = register(t1_slice, moved, make_config("fast", {"iterations": [0, 0]}))
+    affine_only = register(t1_slice, moved, make_config("fast", {"transform": "none"}))
+    assert skipped.history and {h["stage"] for h in skipped.history} == {"affine"}
+    np.testing.assert_array_equal(skipped.displacement, affine_only.displacement)
+
+
 @pytest.mark.parametrize("shape, size", [((1, 3, 6, 7, 5), (21, 25, 9)), ((2, 2, 9, 4), (33, 4)), ((1, 2, 5, 8), (3, 17))])
 def test_field_resizing_matches_torch_linear_interpolation(shape, size):
     field = torch.randn(*shape, dtype=torch.float64)

@@ -3,7 +3,8 @@ show exactly the registry's names (compared with the registry itself, not with a
 import pytest
 
 from DiffusionRegistrationLib.cli.main import build_parser, main
-from DiffusionRegistrationLib.engine.config import PRESETS, make_config, resolve_config
+from DiffusionRegistrationLib.engine.config import PRESETS, make_config
+from DiffusionRegistrationLib.engine.options import RegistrationOptions
 from DiffusionRegistrationLib.errors import RegistrationError
 from DiffusionRegistrationLib.similarity.registry import SIMILARITIES
 
@@ -18,14 +19,14 @@ def _help(*command: str) -> str:
 @pytest.mark.parametrize("command", ["register", "batch"])
 def test_help_lists_every_preset_and_similarity(command):
     text = _help(command)
-    assert f"named settings: {', '.join(PRESETS)}" in text
-    assert f"similarity: {', '.join(SIMILARITIES)}" in text
+    assert f"--preset {{{','.join(PRESETS)}}}" in text
+    assert f"--similarity {{{','.join(SIMILARITIES)}}}" in text
 
 
 def test_presets_command_lists_the_registry_in_order(capsys):
     assert main(["presets"]) == 0
-    names = [line.split(":")[0] for line in capsys.readouterr().out.splitlines()
-             if line and not line.startswith((" ", "defaults"))]
+    out = capsys.readouterr().out.split("\nsettings")[0]
+    names = [line.split(":")[0] for line in out.splitlines() if line and not line.startswith(" ")]
     assert names == list(PRESETS)
 
 
@@ -36,7 +37,7 @@ def test_validation_accepts_exactly_the_registry():
         assert make_config("default", {"similarity": name}).similarity == name
     with pytest.raises(RegistrationError, match=f"Choose one of: {', '.join(PRESETS)}"):
         make_config("nope")
-    with pytest.raises(RegistrationError, match=f"Choose one of: {', '.join(SIMILARITIES)}"):
+    with pytest.raises(RegistrationError, match=f"allowed: one of {', '.join(SIMILARITIES)}"):
         make_config("default", {"similarity": "nope"})
 
 
@@ -44,6 +45,7 @@ def test_settings_resolve_in_one_order(tmp_path):
     """preset < settings file < overrides (--set) < dedicated flags."""
     settings = tmp_path / "s.json"
     settings.write_text('{"lr": 0.1, "regularization": 0.9, "seed": 4}')
-    config = resolve_config("fast", settings, {"regularization": 0.7, "seed": 5}, seed=6, steps=11)
+    config = RegistrationOptions("fast", config_file=settings, overrides={"regularization": 0.7, "seed": 5}, seed=6,
+                                 steps=11).config()
     assert (config.lr, config.regularization, config.seed) == (0.1, 0.7, 6)
     assert config.levels == PRESETS["fast"].settings["levels"] and config.iterations == (11, 11)

@@ -21,7 +21,7 @@ from DiffusionRegistrationLib.core.image import Image  # noqa: E402
 from DiffusionRegistrationLib.slicer import image_from_volume_node, volume_node_from_image  # noqa: E402
 from DiffusionRegistrationLib.slicer import job as job_module  # noqa: E402
 from DiffusionRegistrationLib.slicer.job import JOB_FILE, RegistrationJob  # noqa: E402
-from DiffusionRegistrationLib.slicer.options import RegistrationOptions  # noqa: E402
+from DiffusionRegistrationLib.engine.options import RegistrationOptions  # noqa: E402
 
 QUICK = {"threads": 1, "affine_iterations": (10, 5)}
 

@@ -193,7 +193,7 @@ def adm_estimate(params: dict, costs: list[dict]) -> float:
     """Estimated seconds of the preset's schedule with the full-size ADM for one accuracy row's settings, from
     the measured per-slice costs: one-off extraction of both images' cached slices, per-step work on the
     slices used, and each refresh (re-extracting the moving image's cached slices)."""
-    from DiffusionRegistrationLib.similarity.diffusion import _slice_positions
+    from DiffusionRegistrationLib.similarity.feature_grids import slice_positions
 
     total = 0.0
     for level in costs:
@@ -201,7 +201,7 @@ def adm_estimate(params: dict, costs: list[dict]) -> float:
             total += level["iterations"] * level["exact_step"]
             continue
         stride = params.get("slice_stride", 4)
-        per_volume = sum(len(_slice_positions(n, stride)) for n in level["shape"])
+        per_volume = sum(len(slice_positions(n, stride)) for n in level["shape"])
         used = min(params.get("step_slices") or per_volume, per_volume)
         refreshes = level["iterations"] // params["refresh_every"] if params.get("refresh_every") else 0
         total += (2 + refreshes) * per_volume * level["slice"] + level["iterations"] * used * level["step_slice"]

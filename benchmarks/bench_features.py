@@ -82,7 +82,7 @@ def run_case(args: argparse.Namespace, case: tuple) -> dict:
     device = torch.device(args.device)
     dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     flags = ADM_256_UNCOND_FLAGS
-    manifest = ROOT.parent / "shared" / "reference" / "adm_256_uncond_manifest.json"
+    manifest = ROOT / "Testing" / "reference" / "adm_256_uncond_manifest.json"
     if manifest.is_file():
         flags = json.loads(manifest.read_text())["config"]
     started = time.perf_counter()
@@ -152,7 +152,8 @@ def run_similarity(args: argparse.Namespace) -> dict:
     from DiffusionRegistrationLib.features.adm import ADM_256_UNCOND_FLAGS, build_adm, random_init_
     from DiffusionRegistrationLib.features.adm_extractor import AdmExtractor
     from DiffusionRegistrationLib.features.base import FeatureExtractor
-    from DiffusionRegistrationLib.similarity.diffusion import DiffusionFeatureSimilarity, _slice_positions
+    from DiffusionRegistrationLib.similarity.diffusion import DiffusionFeatureSimilarity
+    from DiffusionRegistrationLib.similarity.feature_grids import slice_positions
 
     torch.set_num_threads(args.threads)
 
@@ -187,7 +188,7 @@ def run_similarity(args: argparse.Namespace) -> dict:
                 started = time.perf_counter()
                 similarity.mapped_loss(fixed, moving, grid).backward()
                 times.append(time.perf_counter() - started)
-            slices = sum(len(_slice_positions(n, stride)) for n in VOLUME_2MM)
+            slices = sum(len(slice_positions(n, stride)) for n in VOLUME_2MM)
             results["fast"].append({"slice_stride": stride, "step_slices": step_slices, "slices_per_image": slices,
                                     "step_s": statistics.median(times)})
             print(f"fast mode, slice stride {stride}, step_slices {step_slices}: {slices} slices per image, "

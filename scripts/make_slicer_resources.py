@@ -74,7 +74,8 @@ def register_like_slicer(fixed: sitk.Image, moving: sitk.Image, square_mm: float
     """Volume nodes -> the module's background job -> (checkerboard array, seconds)."""
     import slicer
     from DiffusionRegistrationLib.slicer import image_from_volume_node, volume_node_from_image
-    from DiffusionRegistrationLib.slicer.job import RegistrationJob, RegistrationOptions
+    from DiffusionRegistrationLib.engine.options import RegistrationOptions
+    from DiffusionRegistrationLib.slicer.job import RegistrationJob
 
     scene = slicer.vtkMRMLScene()
     fixed_node = volume_node_from_image(Image.from_sitk(fixed), scene=scene, name="T1")

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
-from .engine.config import resolve_config
+from .engine.options import RegistrationOptions
 from .engine.outputs import OutputRequest, write_outputs
 from .engine.result import Result
 from .errors import RegistrationError
@@ -103,7 +103,7 @@ def register(fixed: ImageLike, moving: ImageLike, preset: str = "default", fixed
 
     if not isinstance(preset, str):
         raise TypeError(f"preset must be a preset name (str), not {type(preset).__name__}")
-    config = resolve_config(preset, overrides=overrides)
+    config = RegistrationOptions(preset=preset, overrides=overrides).config()
     fixed_image, moving_image = _image(fixed, "fixed"), _image(moving, "moving")
     result = run(fixed_image, moving_image, config, _mask(fixed_mask, fixed_image, "fixed_mask"),
                  _mask(moving_mask, moving_image, "moving_mask"), progress=progress or silent, inverse=inverse)

@@ -15,15 +15,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
+from ..engine.options import RegistrationOptions
 from ..errors import Cancelled, Interrupted, RegistrationError
 from ..io.atomic import json_text, write_text
 from ..io.paths import existing_path
 from ..progress import progress_kind
 from .models import add_models_parser
 from .network import add_network_parsers
-from .settings import (add_progress_argument, add_settings_arguments, config_from_args, finetune_settings,
-                       progress_from_args, settings_given)
+from .settings import (add_progress_argument, add_settings_arguments, finetune_settings, network_refusals,
+                       options_from_args, progress_from_args)
 
+AGREEMENT_FILE = "agreement.nii.gz"
 EPILOG = """examples:
   diffreg register --fixed fixed.nii.gz --moving moving.nii.gz --output-dir out
   diffreg register --fixed f.nii.gz --moving m.nii.gz --output-dir out --preset multimodal --set lr=0.3
@@ -42,18 +44,13 @@ def _register_parser(subparsers) -> None:
     parser.add_argument("--output-dir", required=True, help="folder for the outputs (created)")
     parser.add_argument("--fixed-mask", help="binary mask on the fixed grid: measure similarity only there")
     parser.add_argument("--moving-mask", help="binary mask on the moving grid")
-    add_settings_arguments(parser)
-    parser.add_argument("--network", help="registration network checkpoint (diffreg train); skips optimisation")
-    parser.add_argument("--finetune-steps", type=int, default=0, help="fine-tune the network on this pair")
+    add_settings_arguments(parser, "register")
     parser.add_argument("--transform", default="transform.h5", help="transform file name (.h5, .nii.gz, .mha)")
     parser.add_argument("--warped", default="warped.nii.gz", help="warped moving image file name")
     parser.add_argument("--vector-field", help="also write the field as a vector image, the ANTs warp format "
                                                "(e.g. transform.nii.gz)")
     parser.add_argument("--affine", help="also write the affine part alone (e.g. affine.tfm)")
     parser.add_argument("--inverse", help="also write the inverse (moving->fixed) field (e.g. inverse.h5)")
-    parser.add_argument("--agreement", action="store_const", const="agreement.nii.gz",
-                        help="also write agreement.nii.gz: the local similarity of the fixed and the registered "
-                             "moving image on the fixed grid (higher: better aligned)")
     add_progress_argument(parser)
     parser.set_defaults(handler=_cmd_register)
 
@@ -63,9 +60,10 @@ def _cmd_register(args: argparse.Namespace) -> int:
                        ("moving mask", args.moving_mask)):
         if path:
             existing_path(path, role)
-    config = config_from_args(args)  # bad paths and settings are answered before torch and SimpleITK load
+    options = options_from_args(args, "register")
+    config = options.config()  # bad paths and settings are answered before torch and SimpleITK load
     if args.network:
-        _check_network_settings(args)
+        _check_network_settings(args, options)
     from ..engine.outputs import OutputRequest, check_outputs, write_outputs
     from ..io.images import read_image, read_mask
     from ..progress import Progress
@@ -76,7 +74,8 @@ def _cmd_register(args: argparse.Namespace) -> int:
     fixed_mask = read_mask(args.fixed_mask, fixed, "fixed mask") if args.fixed_mask else None
     moving_mask = read_mask(args.moving_mask, moving, "moving mask") if args.moving_mask else None
     request = OutputRequest(transform=args.transform, vector_field=args.vector_field, warped=args.warped,
-                            affine=args.affine, inverse=args.inverse, agreement=args.agreement)
+                            affine=args.affine, inverse=args.inverse,
+                            agreement=AGREEMENT_FILE if options.agreement else None)
     check_outputs(args.output_dir, request, (args.fixed, args.moving, args.fixed_mask, args.moving_mask),
                   fixed.grid, moving.grid)
     if args.network:
@@ -84,7 +83,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
 
         result = register_with_network(fixed, moving, args.network, finetune_steps=args.finetune_steps,
                                        device=config.device, progress=progress, inverse=bool(args.inverse),
-                                       **finetune_settings(args, config))
+                                       **finetune_settings(options, config))
     else:
         from ..engine.registration import register
 
@@ -99,12 +98,11 @@ def _cmd_register(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_network_settings(args: argparse.Namespace) -> None:
+def _check_network_settings(args: argparse.Namespace, options: RegistrationOptions) -> None:
     """`--network` predicts the transform; only fine-tuning uses the similarity settings, and no step uses masks."""
     refused = [flag for flag, value in (("--fixed-mask", args.fixed_mask), ("--moving-mask", args.moving_mask))
                if value]
-    if not args.finetune_steps:
-        refused += [flag for flag in settings_given(args) if flag not in ("--seed",)]
+    refused += network_refusals(options)
     if refused:
         raise RegistrationError(f"--network cannot honour {', '.join(refused)}: the network predicts the transform "
                                 "without masks, and similarity settings only apply with --finetune-steps N. Drop "
@@ -192,16 +190,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _presets_parser(subparsers) -> None:
-    parser = subparsers.add_parser("presets", help="list the named settings and what they change")
+    parser = subparsers.add_parser("presets", help="list the named settings, what they change, and every setting")
+    parser.add_argument("--markdown", action="store_true", help="the settings as the README's Markdown table")
     parser.set_defaults(handler=_cmd_presets)
 
 
 def _cmd_presets(args: argparse.Namespace) -> int:
-    from ..engine.config import PRESETS, RegistrationConfig
+    from ..engine.config import PRESETS
+    from .settings import settings_table
 
-    print("defaults:", json.dumps(RegistrationConfig().to_dict()))
+    if args.markdown:
+        print(settings_table(markdown=True))
+        return 0
     for name, preset in PRESETS.items():
         print(f"{name}: {preset.summary}\n    {json.dumps(preset.settings) if preset.settings else '(the defaults)'}")
+    print("\nsettings (--set KEY=VALUE, or a --config file; the flags of `diffreg register --help` are shortcuts):")
+    print(settings_table(markdown=False))
     return 0
 
 
@@ -247,11 +251,11 @@ def openmp_waiting() -> None:
     """How OpenMP threads wait between torch's operations, unless the user chose otherwise; it must be set
     before torch starts its thread pool, so here, not in register().
 
-    Spinning until the next operation is fast on idle cores and ruinous on busy ones: with two threads on
-    two cores that two other processes kept busy, libgomp's default spin made a 2 mm registration 12x
-    slower (77 s against 6 s). Sleeping at once (PASSIVE) is safe but cost 1.2 s of 4.4 s on idle cores.
-    libgomp (torch's Linux wheels) spinning 2000 times, then sleeping, was as fast as spinning on idle
-    cores (3.3 s) and no slower than PASSIVE on busy ones (6-8 s); other OpenMP runtimes sleep at once.
+    Spinning until the next operation is fast on idle cores and ruinous on busy ones (a registration many
+    times slower when other processes keep the cores busy); sleeping at once (PASSIVE) is safe but slow on
+    idle cores. libgomp (torch's Linux wheels) spinning 2000 times, then sleeping, was as fast as spinning
+    on idle cores and no slower than PASSIVE on busy ones (README, measured results); other OpenMP runtimes
+    sleep at once.
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("GOMP_SPINCOUNT", "2000")
@@ -285,10 +289,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def run() -> None:
-    """The `diffreg` command: `main()`, then the process ends at once with its exit code. Python's own
-    teardown with torch and SimpleITK loaded takes 0.25-0.3 s (measured: `import torch, SimpleITK` 1.15 s
-    as a process, 0.89 s ending with os._exit), 7 % of a 2 mm registration; every file is closed and every
-    output committed by then. An unexpected exception still ends the usual way, with its traceback."""
+    """The `diffreg` command: `main()`, then the process ends at once with its exit code: Python's own
+    teardown with torch and SimpleITK loaded is a noticeable part of a short registration (README, measured
+    results), and every file is closed and every output committed by then. An unexpected exception still
+    ends the usual way, with its traceback."""
     code = main()
     sys.stdout.flush()
     sys.stderr.flush()

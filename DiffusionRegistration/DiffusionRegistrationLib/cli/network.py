@@ -12,8 +12,8 @@ from pathlib import Path
 
 from ..errors import RegistrationError
 from ..progress import json_lines, progress_bar, silent
-from .settings import (add_progress_argument, add_settings_arguments, config_from_args, finetune_settings,
-                       progress_from_args, settings_given)
+from .settings import (add_progress_argument, add_settings_arguments, finetune_settings, network_refusals,
+                       options_from_args, progress_from_args)
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -83,9 +83,7 @@ def add_network_parsers(subparsers: argparse._SubParsersAction) -> None:
                                               "already done; under torchrun the list is split across ranks.")
     batch.add_argument("pairs_csv")
     batch.add_argument("--output-dir", required=True)
-    batch.add_argument("--network", help="trained network checkpoint (default: instance optimisation)")
-    batch.add_argument("--finetune-steps", type=int, default=0)
-    add_settings_arguments(batch)
+    add_settings_arguments(batch, "batch")
     add_progress_argument(batch)
     batch.set_defaults(handler=run_batch_command)
 
@@ -134,13 +132,15 @@ def run_batch_command(args: argparse.Namespace) -> int:
     from ..engine.outputs import check_folder
     from ..network.batch import run_batch
 
-    config = config_from_args(args)
-    if args.network and not args.finetune_steps and settings_given(args):
-        raise RegistrationError(f"batch --network cannot honour {', '.join(settings_given(args))}: similarity "
+    options = options_from_args(args, "batch")
+    config = options.config()
+    refused = network_refusals(options)
+    if refused:
+        raise RegistrationError(f"batch --network cannot honour {', '.join(refused)}: similarity "
                                 "settings only apply with --finetune-steps N.")
     check_folder(Path(args.output_dir))
     statuses = run_batch(args.pairs_csv, args.output_dir, None if args.network else config, args.network,
-                         args.finetune_steps, config.device, progress_from_args(args)[1], finetune_settings(args, config))
+                         args.finetune_steps, config.device, progress_from_args(args)[1], finetune_settings(options, config))
     failed = [s for s in statuses if s["status"] == "failed"]
     for status in failed:
         print(f"failed: {status['name']}: {status['error']}", file=sys.stderr)

@@ -1,59 +1,97 @@
-"""Arguments shared by the commands: the registration settings, the same in every command that registers
-(`register`, `batch`: a preset, a settings file, `--set key=value` (repeatable) and the dedicated flags,
-resolved by `engine.config.resolve_config` in that order; the choices shown come from the registries
-themselves), and `--progress`."""
+"""Arguments shared by the commands that register (`register`, `batch`): derived from the declared options
+(engine.options.RegistrationOptions: a preset, then `--config`, then `--set key=value` (repeatable), then
+one flag per shortcut option, with the declaration's help, type and choices), and `--progress`."""
 from __future__ import annotations
 
 import argparse
+import json
+from typing import Any, Callable
 
-from ..engine.config import PRESETS, RegistrationConfig, parse_overrides, resolve_config
+from ..engine.config import RegistrationConfig, parse_overrides
+from ..engine.options import OPTION_SETTINGS, RegistrationOptions
+from ..engine.settings import Choice, Flag, Number, Setting
 from ..progress import ProgressCallback, progress_kind, progress_reporter
-from ..similarity.registry import SIMILARITIES
 
 
-def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
-    """Adds --preset, --config, --set, --similarity, --backbone, --mode, --steps, --regularization, --device,
-    --seed."""
-    parser.add_argument("--preset", default="default", metavar="NAME",
-                        help=f"named settings: {', '.join(PRESETS)} (see `diffreg presets`)")
+def _help(setting: Setting) -> str:
+    unit = f" ({setting.unit})" if setting.unit else ""
+    default = "" if setting.default is None else f"; default {setting.default}"
+    return f"{setting.label.lower()}{unit}: {setting.help}{default}".replace("%", "%%")
+
+
+def _parse(setting: Setting) -> Callable[[str], Any]:
+    """The text of the flag as the declaration's type; range and choices are checked by the options themselves
+    (one message for every front end)."""
+    if isinstance(setting.kind, Number):
+        return setting.kind.kind
+    return str
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    """Adds --config, --set and a flag for every option declared for `command` (engine.options)."""
     parser.add_argument("--config", help="JSON or TOML file of settings applied over the preset (a saved "
                                          "RegistrationConfig, e.g. a Slicer job.json, or a few keys)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="one setting over preset and config, repeatable: --set lr=0.3 --set levels=[4,2]")
-    parser.add_argument("--similarity", metavar="NAME",
-                        help=f"similarity: {', '.join(SIMILARITIES)}")
-    parser.add_argument("--backbone", help="diffusion backbone id from the model catalog (diffreg models list)")
-    parser.add_argument("--mode", choices=("exact", "fast"), help="diffusion similarity mode (exact: the paper's)")
-    parser.add_argument("--steps", type=int, help="iterations at every deformable level")
-    parser.add_argument("--regularization", type=float, help="weight of the smoothness regulariser")
-    parser.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
-    parser.add_argument("--seed", type=int, help="random seed (default 0)")
+    for name, setting in OPTION_SETTINGS.items():
+        if command not in setting.commands:
+            continue
+        if isinstance(setting.kind, Flag):
+            parser.add_argument(setting.flag, dest=name, action="store_const", const=True, default=setting.default,
+                                help=_help(setting))
+            continue
+        metavar = "{" + ",".join(setting.choices) + "}" if isinstance(setting.kind, Choice) else name.upper()
+        parser.add_argument(setting.flag, dest=name, type=_parse(setting), default=setting.default, metavar=metavar,
+                            help=_help(setting))
 
 
-def config_from_args(args: argparse.Namespace) -> RegistrationConfig:
+def options_from_args(args: argparse.Namespace, command: str) -> RegistrationOptions:
+    """The RegistrationOptions the parsed arguments describe (checked by the declaration)."""
+    given = {name: getattr(args, name) for name, setting in OPTION_SETTINGS.items() if command in setting.commands}
+    return RegistrationOptions(config_file=args.config, overrides=parse_overrides(args.set), **given)
+
+
+def config_from_args(args: argparse.Namespace, command: str) -> RegistrationConfig:
     """The RegistrationConfig that the parsed settings arguments describe."""
-    return resolve_config(args.preset, args.config, parse_overrides(args.set), similarity=args.similarity,
-                          backbone=args.backbone, mode=args.mode, steps=args.steps,
-                          regularization=args.regularization, device=args.device, seed=args.seed)
+    return options_from_args(args, command).config()
 
 
-def settings_given(args: argparse.Namespace) -> list[str]:
-    """The settings arguments the user gave (not left at their defaults), as flag names."""
-    given = [f"--{name}" for name in ("config", "similarity", "backbone", "mode", "steps", "regularization", "seed")
-             if getattr(args, name) is not None]
-    if args.preset != "default":
-        given.insert(0, "--preset")
-    if args.set:
-        given.append("--set")
-    return given
+def _similarity_flags(options: RegistrationOptions) -> list[str]:
+    return [flag for flag in options.given() if flag not in ("--seed", "--device", "--network", "--finetune-steps")]
 
 
-def finetune_settings(args: argparse.Namespace, config: RegistrationConfig) -> dict:
+def network_refusals(options: RegistrationOptions) -> list[str]:
+    """The settings a `--network` run cannot honour: similarity settings apply only with --finetune-steps."""
+    return [] if not options.network or options.finetune_steps else _similarity_flags(options)
+
+
+def finetune_settings(options: RegistrationOptions, config: RegistrationConfig) -> dict:
     """Similarity settings for fine-tuning a network when the user gave any; else {} (the network's own)."""
-    if not [flag for flag in settings_given(args) if flag != "--seed"]:
+    if not _similarity_flags(options):
         return {}
     return {"similarity": config.similarity, "similarity_params": config.similarity_params,
             "regularization": config.regularization}
+
+
+def _allowed(setting: Setting) -> str:
+    return setting.kind.describe().replace("|", "/")
+
+
+def settings_table(markdown: bool) -> str:
+    """Every RegistrationConfig setting with its default, what is allowed, unit and help: a Markdown table (the
+    README's) or plain lines (`diffreg presets`)."""
+    from ..engine.config import CONFIG_SETTINGS
+
+    def shown(value: Any) -> str:
+        return json.dumps(list(value) if isinstance(value, tuple) else value)
+
+    if not markdown:
+        return "\n".join(f"  {name} = {shown(s.default)}{' ' + s.unit if s.unit else ''}: {s.help} (allowed: "
+                         f"{_allowed(s)})" for name, s in CONFIG_SETTINGS.items())
+    rows = ["| setting | default | allowed | unit | what it does |", "|---|---|---|---|---|"]
+    rows += [f"| `{name}` | `{shown(s.default)}` | {_allowed(s)} | {s.unit} | {s.help.replace('|', '/')} |"
+             for name, s in CONFIG_SETTINGS.items()]
+    return "\n".join(rows)
 
 
 def add_progress_argument(parser: argparse.ArgumentParser, piped: str = "json") -> None:

@@ -1,18 +1,18 @@
-"""Registration settings: one dataclass, the named presets, and `resolve_config`, the one function that turns
-a preset, a settings file, `key=value` overrides and dedicated flags into a RegistrationConfig. The command
-line, the Python API and the Slicer job all go through it; a RegistrationConfig saved with `save` is a
-settings file that gives back the same config. Importing this module imports no torch."""
+"""Registration settings: RegistrationConfig (every field declared once, engine.settings.declare), the named
+presets, settings files and `key=value` overrides. engine.options.RegistrationOptions resolves what a person
+chose into one RegistrationConfig; a config saved with `save_config` is a settings file that gives back the
+same config. Importing this module imports no torch."""
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, NamedTuple, Optional, Union
 
 from ..errors import RegistrationError
-from ..similarity.registry import check_similarity_name
-from .settings import SETTINGS
+from ..similarity.registry import SIMILARITIES
+from .settings import Choice, Device, Flag, Mapping, Number, Numbers, Setting, check_declared, declare, declared
 
 try:
     import tomllib
@@ -23,54 +23,81 @@ except ModuleNotFoundError:  # Python < 3.11 (Slicer 5.8 ships 3.9): the same pa
         tomllib = None
 
 
+_ITERATIONS = Number(int, 0, 100_000)  # 0 skips the level, as in ANTs
+_LEVELS = Numbers(Number(float, 1, 64))
+_SIMILARITY = Choice(tuple(SIMILARITIES))
+
+
 @dataclass
 class RegistrationConfig:
-    """Everything `register()` needs besides the images. Lengths of `levels` and `iterations` match."""
+    """Everything `register()` needs besides the images, each field declared once (engine.settings.declare).
+    Lengths of `levels` and `iterations` match."""
 
-    similarity: str = "lncc"
-    similarity_params: dict[str, Any] = field(default_factory=dict)
-    # affine stage
-    affine: bool = True
-    affine_similarity: Optional[str] = None  # None: the deformable similarity (if it is an intensity one)
-    affine_similarity_params: dict[str, Any] = field(default_factory=dict)
-    init: str = "moments"  # moments | centers | none
-    affine_levels: tuple[float, ...] = (4.0, 2.0)
-    affine_iterations: tuple[int, ...] = (40, 20)
-    affine_lr: float = 0.01  # per step, relative units: translation lr is this times 100 mm
-    # 3D volumes: levels and affine_levels are shrink factors of this spacing (mm; never finer than the
-    # image), so the pyramid is physical: a 0.5 mm and a 1 mm volume are optimised on the same levels in
-    # mm and the finer field is upsampled. 2D images, and None: factors of the image's own spacing.
-    # 1 mm: on the 1 mm Colin27 pair TRE 0.07 mm, MNI152->Colin27 grey matter Dice 0.800 (README, measured results).
-    level_spacing_mm: Optional[float] = 1.0
-    # deformable stage
-    transform: str = "svf"  # svf (diffeomorphic) | displacement | none
-    levels: tuple[float, ...] = (4.0, 2.0, 1.0)
-    iterations: tuple[int, ...] = (40, 30, 12)
-    lr: float = 0.25  # Adam step in voxels of the level being optimised
-    control_spacing: float = 4.0  # control grid coarser than the level grid by this factor
-    field_smoothing: float = 1.5  # Gaussian sigma (level voxels) applied to the field parameter
-    regularizer: str = "diffusion"  # diffusion | bending
-    regularization: float = 0.3
-    integration_steps: int = 6
-    # convergence: stop a level when the loss improved by less than `tolerance` (relative) over `patience` steps
-    tolerance: float = 1e-4
-    patience: int = 20
-    # images and run
-    normalize: bool = True
-    # measure the similarity only inside an image's foreground (where it differs from its constant
-    # background); ignored when that image's mask is given. "auto": for an image that is brain only
-    # (skull-stripped or masked) onto one that is not, e.g. a template onto a head scan or the reverse
-    # (engine.foreground); the report's config holds what was decided, its "foreground" why.
-    moving_foreground_mask: Union[bool, str] = "auto"
-    fixed_foreground_mask: Union[bool, str] = "auto"
-    percentiles: tuple[float, float] = (0.5, 99.5)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    seed: int = 0
-    threads: Optional[int] = None
+    similarity: str = declare(_SIMILARITY, "lncc", "Similarity", "what is compared: " + ", ".join(
+        f"{name} ({info.summary})" for name, info in SIMILARITIES.items()), advanced=False)
+    similarity_params: dict[str, Any] = declare(Mapping(), {}, "Similarity parameters",
+                                                "the similarity's own parameters, e.g. {\"sigma\": 2}")
+    affine: bool = declare(Flag(), True, "Affine stage", "optimise an affine transform before the deformable stage")
+    affine_similarity: Optional[str] = declare(_SIMILARITY, None, "Affine similarity",
+                                               "similarity of the affine stage (unset: the similarity's own choice "
+                                               "for it, see `diffreg presets`)")
+    affine_similarity_params: dict[str, Any] = declare(Mapping(), {}, "Affine similarity parameters",
+                                                       "parameters of the affine similarity")
+    init: str = declare(Choice(("moments", "centers", "none")), "moments", "Initial alignment",
+                        "moments: centres of mass; centers: image centres; none: as the headers place them")
+    affine_levels: tuple[float, ...] = declare(_LEVELS, (4.0, 2.0), "Affine levels",
+                                               "shrink factors of the affine stage, coarse to fine")
+    affine_iterations: tuple[int, ...] = declare(Numbers(_ITERATIONS), (40, 20), "Affine iterations",
+                                                 "steps at each affine level (0 skips the level)")
+    affine_lr: float = declare(Number(float, 0, 1, low_open=True), 0.01, "Affine step",
+                               "Adam step of the affine stage, relative (translations: this times 100 mm)")
+    level_spacing_mm: Optional[float] = declare(Number(float, 0, 100, low_open=True, optional=True), 1.0,
+                                                "Level spacing", "3D: the levels are shrink factors of this spacing "
+                                                "(never finer than the image), so the pyramid is physical; null: "
+                                                "factors of the image's own spacing (2D always)", unit="mm")
+    transform: str = declare(Choice(("svf", "displacement", "none")), "svf", "Deformable transform",
+                             "svf: stationary velocity field (diffeomorphic); displacement: dense field; none: "
+                             "affine only")
+    levels: tuple[float, ...] = declare(_LEVELS, (4.0, 2.0, 1.0), "Levels",
+                                        "shrink factors of the deformable stage, coarse to fine")
+    iterations: tuple[int, ...] = declare(Numbers(_ITERATIONS), (40, 30, 12), "Iterations",
+                                          "steps at each deformable level (0 skips the level)")
+    lr: float = declare(Number(float, 0, 10, low_open=True), 0.25, "Step size",
+                        "Adam step of the deformable stage", unit="voxels")
+    control_spacing: float = declare(Number(float, 1, 64), 4.0, "Control spacing",
+                                     "control grid coarser than the level's grid by this factor")
+    field_smoothing: float = declare(Number(float, 0, 100), 1.5, "Field smoothing",
+                                     "Gaussian sigma applied to the field parameter", unit="voxels")
+    regularizer: str = declare(Choice(("diffusion", "bending")), "diffusion", "Regulariser",
+                               "smoothness penalty: diffusion (first derivatives) or bending energy")
+    regularization: float = declare(Number(float, 0, 1e6), 0.3, "Regularization",
+                                    "weight of the smoothness regulariser", advanced=False)
+    integration_steps: int = declare(Number(int, 0, 30), 6, "Integration steps",
+                                     "scaling and squaring steps of the velocity field")
+    tolerance: float = declare(Number(float, 0, 1), 1e-4, "Tolerance",
+                               "a level stops when the loss improved by less than this (relative) over `patience` "
+                               "steps")
+    patience: int = declare(Number(int, 1, 100_000), 20, "Patience", "steps over which convergence is judged")
+    normalize: bool = declare(Flag(), True, "Normalise", "scale intensities to [0, 1] between the percentiles")
+    moving_foreground_mask: Union[bool, str] = declare(
+        Flag(auto=True), "auto", "Moving foreground mask",
+        "measure similarity only inside the moving image's foreground (where it differs from its constant "
+        "background); auto: when the moving image is brain only (skull-stripped or masked) and the fixed one is "
+        "not (engine.foreground), recorded in the report; ignored with a moving mask")
+    fixed_foreground_mask: Union[bool, str] = declare(
+        Flag(auto=True), "auto", "Fixed foreground mask",
+        "measure similarity only inside the fixed image's foreground; auto: when the fixed image is brain only and "
+        "the moving one is not (a head scan onto a skull-stripped template), recorded in the report; ignored with "
+        "a fixed mask")
+    percentiles: tuple[float, float] = declare(Numbers(Number(float, 0, 100), length=2), (0.5, 99.5),
+                                               "Percentiles", "intensity percentiles mapped to 0 and 1")
+    device: str = declare(Device(), "auto", "Device", "auto: a CUDA GPU when present, else the CPU", advanced=False)
+    seed: int = declare(Number(int, 0, 2**32 - 1), 0, "Seed", "seed of every random draw")
+    threads: Optional[int] = declare(Number(int, 1, 4096, optional=True), None, "Threads",
+                                     "CPU threads (unset: torch's default)")
 
     def __post_init__(self) -> None:
-        for item in fields(self):
-            setattr(self, item.name, SETTINGS[item.name].check(item.name, getattr(self, item.name)))
+        check_declared(self)
         if len(self.levels) != len(self.iterations):
             raise RegistrationError(f"config: levels {self.levels} and iterations {self.iterations} must have "
                                     "the same length (one iteration count per level).")
@@ -80,9 +107,6 @@ class RegistrationConfig:
         if self.percentiles[0] >= self.percentiles[1]:
             raise RegistrationError(f"setting percentiles={json.dumps(list(self.percentiles))}: the low percentile "
                                     "must be below the high one, e.g. --set percentiles=[0.5,99.5].")
-        for name in (self.similarity, self.affine_similarity):
-            if name is not None:
-                check_similarity_name(name)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -94,6 +118,9 @@ class RegistrationConfig:
             raise RegistrationError(f"config: unknown option(s) {', '.join(unknown)}. Known options: "
                                     f"{', '.join(sorted(known))}.")
         return dataclasses.replace(self, **overrides)
+
+
+CONFIG_SETTINGS: dict[str, Setting] = declared(RegistrationConfig)
 
 
 class Preset(NamedTuple):
@@ -115,8 +142,8 @@ PRESETS: dict[str, Preset] = {
     "multimodal": Preset("different contrasts: MIND descriptors, mutual information for the affine stage",
                          {"similarity": "mind", "affine_similarity": "mi"}),
     # The regulariser weight is the paper's 3D lambda; it needs the weights (`diffreg models download`).
-    # slice_stride 8 with 8 cached slices per step: the best accuracy per second measured, 7.9x faster than
-    # exact mode (benchmarks/bench_diffusion_approximations.py; README, "What the approximations cost").
+    # slice_stride 8 with 8 cached slices per step: chosen from benchmarks/bench_diffusion_approximations.py
+    # (README, "What the approximations cost").
     "diffusion": Preset("the paper's similarity on diffusion-model features (ADM, fast mode; needs the weights)",
                         {"similarity": "diffusion",
                          "similarity_params": {"extractor": "adm-256-uncond", "mode": "fast", "slice_stride": 8,
@@ -177,37 +204,6 @@ def make_config(preset: str = "default", overrides: Optional[dict[str, Any]] = N
     return RegistrationConfig().with_overrides({**PRESETS[preset].settings, **(overrides or {})})
 
 
-def resolve_config(preset: str = "default", config_file: Union[str, Path, None] = None,
-                   overrides: Optional[dict[str, Any]] = None, *, similarity: Optional[str] = None,
-                   backbone: Optional[str] = None, mode: Optional[str] = None, steps: Optional[int] = None,
-                   regularization: Optional[float] = None, device: Optional[str] = None,
-                   seed: Optional[int] = None) -> RegistrationConfig:
-    """Preset, then the settings file, then `overrides` (`--set`), then the dedicated flags: the one order.
-
-    `steps` sets the iterations of every deformable level; `backbone` and `mode` are the diffusion
-    similarity's `extractor` and `mode` parameters.
-    """
-    settings: dict[str, Any] = {}
-    if config_file:
-        settings.update(load_config_file(config_file))
-    settings.update(overrides or {})
-    flags = {"similarity": similarity, "regularization": regularization, "device": device, "seed": seed}
-    settings.update({key: value for key, value in flags.items() if value is not None})
-    preset_settings = PRESETS[preset].settings if preset in PRESETS else {}
-    if settings.get("similarity", preset_settings.get("similarity")) != preset_settings.get("similarity") \
-            and "similarity_params" not in settings:
-        settings["similarity_params"] = {}  # the preset's parameters belong to the similarity it chose
-    config = make_config(preset, settings)
-    changes: dict[str, Any] = {}
-    if steps is not None:
-        changes["iterations"] = (steps,) * len(config.levels)
-    if backbone is not None or mode is not None:
-        params = dict(config.similarity_params)
-        params.update({key: value for key, value in (("extractor", backbone), ("mode", mode)) if value is not None})
-        changes["similarity_params"] = params
-    return config.with_overrides(changes) if changes else config
-
-
 def save_config(config: RegistrationConfig, path: Union[str, Path]) -> None:
-    """Writes `config` as a JSON settings file that `resolve_config(config_file=path)` reads back unchanged."""
+    """Writes `config` as a JSON settings file that reads back unchanged (RegistrationOptions(config_file=path))."""
     Path(path).write_text(json.dumps(config.to_dict(), indent=2), encoding="utf-8")

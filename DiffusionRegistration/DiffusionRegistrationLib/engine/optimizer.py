@@ -2,7 +2,7 @@
 
 The update is torch.optim.Adam's with its defaults (betas 0.9/0.999, eps 1e-8, no weight decay) under
 CosineAnnealingLR(T_max=iterations, eta_min=0); it is written out because the first use of torch.optim
-imports torch._dynamo, which cost 1.2 s of a 9.9 s `diffreg register` at 2 mm (cProfile, this machine).
+imports torch._dynamo, a large part of a short `diffreg register`'s time (README, measured results).
 Testing/test_optimizer.py checks it step by step against torch.optim.
 """
 from __future__ import annotations

@@ -21,6 +21,7 @@ import torch
 
 from ..geometry.spatial import physical_points, strided_grid
 from ..core.image import Grid, Image
+from ..similarity.registry import same_contrast
 from .foreground import HEAD, STRIPPED, Foreground
 from .result import Result
 
@@ -29,7 +30,6 @@ MI_DROP = 0.01  # NMI is in [1, 2]; smaller drops are interpolation noise
 SCALE_RANGE = (0.5, 2.0)
 MAX_ANISOTROPY = 1.5  # largest / smallest singular value of the affine's linear part
 LOSS_RISE = 0.2  # a level whose loss ends this much (relative) above its start diverged; less is step noise
-INTENSITY_SIMILARITIES = ("mse", "ncc", "lncc")
 MIN_CORRELATION = 0.3
 GUARD_VOXELS = 1 << 18
 SCALP_MM = 6.0  # a brain lies deeper than this below the skin (scalp and skull are thicker)
@@ -95,7 +95,7 @@ def _cause(fixed: np.ndarray, moving: np.ndarray, similarity: str) -> str:
     if both.sum() < 100:
         both = np.ones_like(fixed, dtype=bool)
     correlation = float(np.nan_to_num(np.corrcoef(fixed[both], moving[both])[0, 1]))
-    if similarity in INTENSITY_SIMILARITIES and correlation < MIN_CORRELATION:
+    if same_contrast(similarity) and correlation < MIN_CORRELATION:
         return (f"the images probably have different contrasts (intensity correlation {correlation:.2f}) and "
                 f"{similarity} compares intensities: try `--preset multimodal`")
     return "the start may be too far off or the images may not show the same anatomy: try `--set init=centers` " \

@@ -30,21 +30,13 @@ from ..io.images import check_grid, check_image, check_mask, normalize
 from ..progress import Progress, ProgressCallback, silent
 from ..similarity import build_similarity
 from ..similarity.base import Similarity
+from ..similarity.registry import affine_similarity_name
 from .config import RegistrationConfig
+from .device import resolve_device
 from .foreground import MaskDecision, decide_masks
 from .optimizer import CosineAdam, ParameterGroup
 from .quality import quality_warnings
 from .result import Result
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' picks CUDA when present; asking for CUDA without one is an error, not a silent fallback."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RegistrationError(f"device '{name}' was requested but no CUDA GPU is available; use --device cpu.")
-    return device
 
 
 @contextlib.contextmanager
@@ -191,29 +183,28 @@ def level_plan(grid: Grid, levels: tuple[float, ...], iterations: tuple[int, ...
     """(shrink factor of the image grid, iterations) of each level, coarse to fine.
 
     A level's spacing is its factor times `level_spacing_mm` for a 3D volume (2D, or None: the image's
-    own spacing), never finer than the image. Levels that fall onto the same factor keep the first;
-    levels with fewer than MIN_LEVEL_VOXELS along an axis are dropped (they mislead the optimiser),
-    except that one level is always kept.
+    own spacing), never finer than the image. A level with 0 iterations is skipped, as in ANTs
+    (`--convergence [100x70x0]`); none left: the stage is skipped. Levels that fall onto the same factor
+    keep the first; levels with fewer than MIN_LEVEL_VOXELS along an axis are dropped (they mislead the
+    optimiser), except that the finest level that runs is always kept.
     """
     voxel_mm = float(min(grid.spacing))
     base = 1.0 if level_spacing_mm is None or grid.dim == 2 else max(level_spacing_mm / voxel_mm, 1.0)
+    running = [(float(level * base), count) for level, count in zip(levels, iterations) if count > 0]
     plan: list[tuple[float, int]] = []
-    for level, count in zip(levels, iterations):
-        factor = float(level * base)
+    for factor, count in running:
         if min(grid.size) / factor >= MIN_LEVEL_VOXELS and all(factor != f for f, _ in plan):
             plan.append((factor, count))
-    if not plan:
-        finest = levels.index(min(levels))
-        plan = [(float(min(levels) * base), iterations[finest])]
+    if running and not plan:
+        plan = [min(running)]
     return plan
 
 
 def _affine_similarity(config: RegistrationConfig) -> Similarity:
     if config.affine_similarity is not None:
         return build_similarity(config.affine_similarity, **config.affine_similarity_params)
-    if config.similarity == "diffusion":
-        return build_similarity("mi")
-    return build_similarity(config.similarity, **config.similarity_params)
+    name = affine_similarity_name(config.similarity)
+    return build_similarity(name, **(config.similarity_params if name == config.similarity else {}))
 
 
 @dataclass
@@ -307,9 +298,8 @@ class DeformableLevel:
 
     def _pulled_mask(self) -> Optional[torch.Tensor]:
         """Where the similarity is measured at this level: the moving mask pulled through the transform the
-        level starts from, kept for the level. Pulled anew at every step, the measured region moved under
-        the optimiser: on the three 2 mm Colin27 pairs with skull, `stripped` reached TRE 0.61 mm that way
-        against 0.37 mm with the mask kept per level (0.16 against 0.16 mm with skull-stripped pairs)."""
+        level starts from, kept for the level: pulled anew at every step, the measured region moved under
+        the optimiser and the pairs with skull registered worse (README, measured results)."""
         with torch.no_grad():
             start = self.sampling(self.dense.fields(self.to_normalised)[1])
         return mask_at(self.fixed_mask, self.moving_mask, start)
@@ -339,7 +329,7 @@ def deformable_stage(run: Run, affine: AffineTransform) -> Optional[DenseTransfo
 
     _run_levels(run, "deformable", level_plan(run.fixed.grid, config.levels, config.iterations,
                                               config.level_spacing_mm), build, "lr")
-    return current[0].dense
+    return current[0].dense if current else None
 
 
 def _result(run: Run, fixed: Image, moving: Image, affine: AffineTransform, dense: Optional[DenseTransform],
@@ -409,7 +399,7 @@ def _checked_arguments(fixed: Image, moving: Image, config: Optional[Registratio
             raise TypeError(f"register(): {name} must be an Image (core.image.Image or io.images.read_image(path)), "
                             f"not {type(value).__name__}.")
     if config is not None and not isinstance(config, RegistrationConfig):
-        raise TypeError(f"register(): config must be a RegistrationConfig (make_config(...)), not "
+        raise TypeError(f"register(): config must be a RegistrationConfig (RegistrationOptions(...).config()), not "
                         f"{type(config).__name__}.")
     for name, image in (("fixed image", fixed), ("moving image", moving)):
         check_grid(image.grid, f"{name} {image.name}")

@@ -1,17 +1,21 @@
-"""Types and allowed ranges of every registration setting, checked once when a RegistrationConfig is made.
+"""How a setting is declared: its kind (type and range or choices, checked with the setting's name, the value
+given and what is allowed), default, label, unit, one-line help and whether it is advanced.
 
-Presets, config files, `--set` and the dedicated flags all end in a RegistrationConfig, so one table
-catches a wrong type or range from any of them before any work, with the setting's name, the value
-given and what is allowed.
+Each setting is declared once, as a dataclass field made with `declare` (RegistrationConfig in engine.config,
+RegistrationOptions in engine.options); validation, the command line's arguments, the Slicer parameter node
+and panel, the review page's form, `diffreg presets` and the README's settings table are derived from the
+declarations with `declared`.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from ..errors import RegistrationError
+from .device import DEVICE_NAMES, DEVICE_PATTERN, device_problem
 
 
 def _refuse(name: str, value: Any, problem: str, allowed: str) -> RegistrationError:
@@ -99,6 +103,25 @@ class Choice:
 
 
 @dataclass(frozen=True)
+class CatalogId:
+    """An id of the model catalog in use, read when asked (so DIFFREG_CATALOG applies)."""
+
+    @property
+    def values(self) -> tuple[str, ...]:
+        from ..features.catalog import load_catalog
+
+        return tuple(load_catalog())
+
+    def describe(self) -> str:
+        return "one of " + ", ".join(self.values) + " (diffreg models list)"
+
+    def check(self, name: str, value: Any) -> str:
+        if value not in self.values:
+            raise _refuse(name, value, "is not in the model catalog", self.describe())
+        return value
+
+
+@dataclass(frozen=True)
 class Flag:
     """true or false; with `auto`, also the word "auto" (decided from the images)."""
 
@@ -147,57 +170,86 @@ class Mapping:
 class Device:
     """auto, cpu, mps, cuda or cuda:N, and present on this machine."""
 
+    values: tuple[str, ...] = DEVICE_NAMES
+
     def describe(self) -> str:
-        return "auto, cpu, cuda or cuda:N (a GPU of this machine)"
+        return "auto, cpu, mps, cuda or cuda:N (a GPU of this machine)"
 
     def check(self, name: str, value: Any) -> str:
-        if not isinstance(value, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+        if not isinstance(value, str) or not re.fullmatch(DEVICE_PATTERN, value):
             raise _refuse(name, value, "is not a device name", self.describe())
-        if value in ("auto", "cpu"):
-            return value
-        import torch
-
-        if value == "mps":
-            present = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-            if not present:
-                raise _refuse(name, value, "this machine has no Apple GPU", "auto or cpu")
-            return value
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        index = int(value.partition(":")[2] or 0)
-        if index >= count:
-            have = f"{count} CUDA GPU(s): cuda:0..cuda:{count - 1}" if count else "no CUDA GPU"
-            raise _refuse(name, value, f"this machine has {have}", "auto or cpu" + (", cuda:N" if count else ""))
+        problem = device_problem(value)
+        if problem:
+            raise _refuse(name, value, problem, "auto, cpu or a device this machine has")
         return value
 
 
-_ITERATIONS = Number(int, 1, 100_000)
-SETTINGS: dict[str, Any] = {
-    "similarity": Text(),
-    "similarity_params": Mapping(),
-    "affine": Flag(),
-    "affine_similarity": Text(optional=True),
-    "affine_similarity_params": Mapping(),
-    "init": Choice(("moments", "centers", "none")),
-    "affine_levels": Numbers(Number(float, 1, 64)),
-    "affine_iterations": Numbers(_ITERATIONS),
-    "affine_lr": Number(float, 0, 1, low_open=True),
-    "level_spacing_mm": Number(float, 0, 100, low_open=True, optional=True),
-    "transform": Choice(("svf", "displacement", "none")),
-    "levels": Numbers(Number(float, 1, 64)),
-    "iterations": Numbers(_ITERATIONS),
-    "lr": Number(float, 0, 10, low_open=True),
-    "control_spacing": Number(float, 1, 64),
-    "field_smoothing": Number(float, 0, 100),
-    "regularizer": Choice(("diffusion", "bending")),
-    "regularization": Number(float, 0, 1e6),
-    "integration_steps": Number(int, 0, 30),
-    "tolerance": Number(float, 0, 1),
-    "patience": Number(int, 1, 100_000),
-    "normalize": Flag(),
-    "moving_foreground_mask": Flag(auto=True),
-    "fixed_foreground_mask": Flag(auto=True),
-    "percentiles": Numbers(Number(float, 0, 100), length=2),
-    "device": Device(),
-    "seed": Number(int, 0, 2**32 - 1),
-    "threads": Number(int, 1, 4096, optional=True),
-}
+Kind = Union[Number, Numbers, Choice, CatalogId, Flag, Text, Mapping, Device]
+COMMANDS = ("register", "batch")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One declared setting. `commands`: the `diffreg` commands that take it as a flag of its own
+    (`--name-with-dashes`); RegistrationConfig fields are reached through `--set` and settings files."""
+
+    name: str
+    kind: Kind
+    default: Any
+    label: str
+    help: str
+    unit: str = ""
+    advanced: bool = True
+    commands: tuple[str, ...] = ()
+
+    def check(self, value: Any) -> Any:
+        return self.kind.check(self.name, value)
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        """The allowed words of a choice (a device: the names; cuda:N is also accepted), else ()."""
+        return getattr(self.kind, "values", ())
+
+    @property
+    def bounds(self) -> Optional[tuple[float, float]]:
+        """(lowest, highest) of a number or of each number of a list, else None."""
+        number = self.kind.item if isinstance(self.kind, Numbers) else self.kind
+        return (number.low, number.high) if isinstance(number, Number) else None
+
+    @property
+    def decimals(self) -> int:
+        """Decimals a spin box needs to show every allowed value the declaration's default and range use."""
+        number = self.kind.item if isinstance(self.kind, Numbers) else self.kind
+        if not isinstance(number, Number) or number.kind is int:
+            return 0
+        return max(2, *(len(f"{v:g}".partition(".")[2]) for v in (number.low, number.high)
+                        if math.isfinite(v) and "e" not in f"{v:g}"))
+
+
+def declare(kind: Kind, default: Any, label: str, help: str, unit: str = "", advanced: bool = True,
+            commands: tuple[str, ...] = ()) -> Any:
+    """A dataclass field carrying its Setting (the name is the field's own, filled in by `declared`)."""
+    info = {"kind": kind, "default": default, "label": label, "help": help, "unit": unit, "advanced": advanced,
+            "commands": commands}
+    if isinstance(default, (dict, list)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"setting": info})
+    return dataclasses.field(default=default, metadata={"setting": info})
+
+
+def declared(cls: type) -> dict[str, Setting]:
+    """The Settings of a dataclass whose fields were made with `declare`, in declaration order."""
+    return {item.name: Setting(item.name, **item.metadata["setting"]) for item in dataclasses.fields(cls)
+            if "setting" in item.metadata}
+
+
+def check_declared(instance: Any) -> None:
+    """Checks (and normalises: lists to tuples, numbers to their type) every declared field in place. None is
+    the one "unset" marker: a field declared with the default None may stay None."""
+    for name, setting in declared(type(instance)).items():
+        value = getattr(instance, name)
+        if value is not None or setting.default is not None:
+            setattr(instance, name, setting.check(value))

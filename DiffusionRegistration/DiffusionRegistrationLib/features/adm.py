@@ -49,7 +49,7 @@ ADM_256_UNCOND_FLAGS = {
     "noise_schedule": "linear", "timestep_respacing": "", "use_kl": False, "predict_xstart": False,
     "rescale_timesteps": False, "rescale_learned_sigmas": False,
 }
-#: the small model of the same family that ../shared/reference/adm_small_reference.pt was computed with
+#: the small model of the same family that Testing/reference/adm_small_reference.pt was computed with
 ADM_SMALL_FLAGS = {**ADM_256_UNCOND_FLAGS, "num_channels": 32, "num_head_channels": 16}
 
 

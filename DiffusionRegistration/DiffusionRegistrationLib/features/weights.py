@@ -25,6 +25,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from ..core.paths import cache_root
 from ..errors import RegistrationError
 from ..io.atomic import atomic_path
 from ..progress import Progress, ProgressCallback, silent
@@ -43,7 +44,7 @@ def settings_file() -> Path:
 
 def cache_dir(configured: Optional[str | os.PathLike] = None) -> Path:
     """The model cache folder: $DIFFREG_CACHE, else `configured`, else the settings file's model_cache,
-    else ~/.cache/diffusionregistration/models."""
+    else "models" in the user cache folder (core.paths.cache_root)."""
     if os.environ.get("DIFFREG_CACHE"):
         return Path(os.environ["DIFFREG_CACHE"]).expanduser()
     if configured:
@@ -57,7 +58,7 @@ def cache_dir(configured: Optional[str | os.PathLike] = None) -> Path:
                                     "it.") from None
         if value:
             return Path(value).expanduser()
-    return Path.home() / ".cache" / "diffusionregistration" / "models"
+    return cache_root() / "models"
 
 
 def model_dir(model: str | ModelEntry) -> Path:

@@ -6,7 +6,6 @@ The images come from Debian packages (`mricron-data`, `insighttoolkit5-examples`
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ import SimpleITK as sitk
 
 from ..errors import RegistrationError
 from ..core.image import Grid, Image
+from ..core.paths import cache_folder
 
 _TEMPLATES = "usr/share/mricron/templates"
 _ITK_DATA = "usr/share/doc/insighttoolkit5-examples/examples/Data"
@@ -30,9 +30,9 @@ SETUP_HINT = "Run `bash scripts/setup.sh` from the repository root to fetch it"
 
 
 def data_root() -> Path:
-    """The unpacked Debian packages: $DIFFREG_DATA/root (default ~/.cache/diffusionregistration/data/root)."""
-    base = os.environ.get("DIFFREG_DATA") or Path.home() / ".cache" / "diffusionregistration" / "data"
-    return Path(base).expanduser() / "root"
+    """The unpacked Debian packages: $DIFFREG_DATA/root, default "data/root" in the user cache folder (as
+    scripts/setup.sh writes it)."""
+    return cache_folder("data", "DIFFREG_DATA") / "root"
 
 
 def data_file(relative: str) -> Path:

@@ -15,7 +15,8 @@ from typing import Any, Optional
 import torch
 
 from ..engine.config import RegistrationConfig
-from ..engine.registration import register, resolve_device
+from ..engine.device import resolve_device
+from ..engine.registration import register
 from ..errors import RegistrationError
 from ..io.atomic import OutputSet, remove_partial_files, write_json
 from ..io.images import read_image, write_image

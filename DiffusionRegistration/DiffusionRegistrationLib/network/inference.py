@@ -17,7 +17,7 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 
-from ..engine.registration import resolve_device
+from ..engine.device import resolve_device
 from ..engine.result import Result
 from ..errors import RegistrationError
 from ..geometry.metrics import dice_per_label, field_tre, landmark_tre, mean_dice

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..engine.registration import resolve_device
+from ..engine.device import resolve_device
 from ..errors import RegistrationError
 from ..io.atomic import atomic_path
 from ..progress import Progress, ProgressCallback, silent

@@ -1,4 +1,4 @@
-"""The similarity interface every measure implements, and the registry that builds them by name.
+"""The similarity interface every measure implements (similarity.registry builds them by name).
 
 Images are tensors [B, 1, *spatial] scaled to [0, 1]; masks are [B, 1, *spatial] weights (0 or 1) in
 fixed space. A similarity returns a scalar loss: lower means better aligned.

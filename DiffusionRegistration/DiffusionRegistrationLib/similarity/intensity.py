@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import RegistrationError
-from ..geometry.spatial import gaussian_kernel1d, sample, separable_filter
+from ..geometry.spatial import sample, separable_filter
 from .base import Similarity
+from .local_ncc import box_window, filtered_ones, fixed_moments, gaussian_window, local_ncc
 
 Tensor = torch.Tensor
 
@@ -50,19 +51,6 @@ def _masked_mean(values: Tensor, mask: Optional[Tensor]) -> Tensor:
     total = (values * mask).sum(dims)
     count = mask.sum(dims).clamp_min(1.0) * values.shape[1]
     return (total / count).mean()
-
-
-def _filtered_ones(shape: Sequence[int], kernels: Sequence[Tensor]) -> Tensor:
-    """`separable_filter` applied to an image of ones, [1, 1, *shape], built as an outer product of 1D passes."""
-    out = None
-    for axis, (length, kernel) in enumerate(zip(shape, kernels)):
-        ones = torch.ones(1, 1, length, device=kernel.device, dtype=kernel.dtype)
-        line = F.conv1d(ones, kernel.reshape(1, 1, -1), padding=kernel.numel() // 2).reshape(-1)
-        view = [1] * len(shape)
-        view[axis] = length
-        line = line.reshape(view)
-        out = line if out is None else out * line
-    return out.reshape(1, 1, *shape)
 
 
 def _positive(name: str, parameter: str, value: float) -> float:
@@ -163,40 +151,18 @@ class LocalNormalizedCrossCorrelation(Similarity):
     def _kernels(self, image: Tensor) -> list[Tensor]:
         dim = image.dim() - 2
         if self.window == "box":
-            size = 2 * self.radius + 1
-            return [torch.full((size,), 1.0 / size, device=image.device, dtype=image.dtype)] * dim
+            return box_window(self.radius, dim, image)
         if len(self.sigma) not in (1, dim):
             raise RegistrationError(f"similarity 'lncc': sigma needs 1 or {dim} values for {dim}D images, "
                                     f"got {len(self.sigma)}.")
-        sigmas = self.sigma * dim if len(self.sigma) == 1 else self.sigma
-        return [gaussian_kernel1d(s, image.device, image.dtype) for s in sigmas]
-
-    def _fixed_moments(self, fixed: Tensor, mask: Optional[Tensor], kernels: list[Tensor]):
-        """1 / window weight, local mean and local variance of the fixed image."""
-        c = fixed.shape[1]
-        if mask is None:
-            inverse = _filtered_ones(fixed.shape[2:], kernels).reciprocal()
-            moments = separable_filter(torch.cat([fixed, fixed * fixed], 1), kernels) * inverse
-        else:
-            filtered = separable_filter(torch.cat([mask, mask * fixed, mask * fixed * fixed], 1), kernels)
-            inverse = filtered[:, :1].clamp_min(1e-6).reciprocal()
-            moments = filtered[:, 1:] * inverse
-        mean, square = moments[:, :c], moments[:, c:]
-        return inverse, mean, (square - mean * mean).clamp_min(0.0)
+        return gaussian_window(self.sigma[0] if len(self.sigma) == 1 else self.sigma, dim, image)
 
     def forward(self, fixed: Tensor, warped: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         given, mask = mask, _mask_weights("lncc", fixed, warped, mask)
-        c = fixed.shape[1]
         kernels = self._kernels(fixed)
         # keyed on the mask as given (the weights are a new tensor at every call)
-        inverse, mean_f, var_f = self._fixed.get(lambda: self._fixed_moments(fixed, mask, kernels), fixed, given)
-        weighted = warped if mask is None else warped * mask
-        moments = separable_filter(torch.cat([weighted, weighted * warped, weighted * fixed], 1), kernels) * inverse
-        mean_w, square_w, cross = moments.split(c, 1)  # one backward for the three (slices: three zero-filled copies)
-        var_w = (square_w - mean_w * mean_w).clamp_min(0.0)
-        cov = cross - mean_f * mean_w
-        local = cov * torch.rsqrt((var_f + self.eps) * (var_w + self.eps))
-        return -_masked_mean(local, mask)
+        moments = self._fixed.get(lambda: fixed_moments(fixed, kernels, mask), fixed, given)
+        return -_masked_mean(local_ncc(fixed, warped, kernels, self.eps, mask, moments), mask)
 
 
 def _cubic_bspline(u: Tensor) -> Tensor:
@@ -414,9 +380,8 @@ class MINDSSC(Similarity):
         base = _crop(padded, [d] * dim, grown)
         squared = torch.cat([(_crop(padded, [d + v * d for v in vector], grown) - base) ** 2
                              for vector in vectors], 1)
-        size = 2 * self.radius + 1
-        kernels = [torch.full((size,), 1.0 / size, device=image.device, dtype=image.dtype)] * dim
-        filtered = separable_filter(squared, kernels) * _filtered_ones(grown, kernels).reciprocal()
+        kernels = box_window(self.radius, dim, image)
+        filtered = separable_filter(squared, kernels) * filtered_ones(grown, kernels).reciprocal()
         shifted = {q: _crop(filtered, [d + o * d for o in q], spatial) for q in sorted({q for _, q in pairs})}
         distance = torch.stack([shifted[q][:, vectors.index(_minus(p, q))] for p, q in pairs], 1)
         distance = distance - distance.min(1, keepdim=True).values

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..engine.config import save_config
+from ..engine.options import RegistrationOptions
 from ..errors import Cancelled, RegistrationError
 from ..core.image import Image
 from ..io.images import check_mask, read_image, write_image
 from ..progress import Progress
 from .checkerboard import checkerboard_volume
-from .options import RegistrationOptions
 from .process_runner import Event, Finished, ProcessRunner, backend_environment, python_executable
 from .transforms import MOVING_ROLE, end_in_frame, load_transform, matrix_from_world, set_registration_references
 from .volumes import image_from_volume_node, volume_node_from_image
