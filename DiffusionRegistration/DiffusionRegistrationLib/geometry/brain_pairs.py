@@ -1,16 +1,18 @@
 """Pairs of a skull-stripped brain and a head scan, built from the fetched data, with their known brain masks.
 
 The template onto a patient's head scan is the common clinical case (issue 22): MNI152 (nilearn, skull-stripped)
-onto Colin27 with skull (ch2), whose brain is known exactly (ch2bet > 0 on the same grid). The head scan's air
-is set to exactly zero (de-identified or background-suppressed scans), to noise (as acquired), or zero in a
-field of view enlarged by PAD_MM on every side. Pairs (`PAIRS`, fixed <- moving):
+onto Colin27 with skull (ch2), whose brain is known exactly (ch2bet > 0 on the same grid). Colin27 lies in
+MNI space already; a patient's head does not, so the head scan is turned and shifted (its header: HEAD_POSE)
+and the images do not overlap as they lie. The head scan's air is set to exactly zero (de-identified or
+background-suppressed scans), to noise (as acquired), or zero in a field of view enlarged by PAD_MM on every
+side. Pairs (`PAIRS`, fixed <- moving):
 - zero, noisy, fov: MNI152 onto ch2 with that air;
 - reverse: ch2 with zero air onto MNI152;
 - heads: ch2 with zero air onto ch2 with noisy air warped by a known smooth field (seed), head onto head.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import SimpleITK as sitk
@@ -26,6 +28,7 @@ HEAD_THRESHOLD = 0.03  # of the 99th intensity percentile: ch2's tissue is above
 NOISE = 0.03  # Rayleigh noise of the air: sigma as a share of the 99th intensity percentile
 PAD_MM = 20.0  # the large field of view: ch2's 18 x 22 x 18 cm become 22 x 26 x 22 cm (zeros 0.42 -> 0.67)
 MAX_MM = 8.0  # the known field of the head-onto-head pair
+HEAD_POSE = ((8.0, -6.0, 10.0), (12.0, -15.0, 10.0))  # rotations about x, y, z (degrees), then a shift (mm)
 
 
 @dataclass
@@ -65,6 +68,22 @@ def padded(image: Image, mm: float) -> Image:
     return Image.from_sitk(sitk.ConstantPad(image.to_sitk(), voxels, voxels, 0.0), image.path)
 
 
+def posed(image: Image, rotations_deg: tuple[float, float, float], shift_mm: tuple[float, float, float]) -> Image:
+    """`image` turned about its grid's centre and shifted, by changing its header only (no resampling)."""
+    rotation = np.eye(3)
+    for axis, angle in enumerate(np.deg2rad(rotations_deg)):
+        turn = np.eye(3)
+        a, b = [i for i in range(3) if i != axis]
+        turn[[a, a, b, b], [a, b, a, b]] = np.cos(angle), -np.sin(angle), np.sin(angle), np.cos(angle)
+        rotation = turn @ rotation
+    grid = image.grid
+    centre = grid.center()
+    origin = rotation @ (np.asarray(grid.origin) - centre) + centre + np.asarray(shift_mm)
+    direction = rotation @ grid.direction_matrix
+    return Image(image.array, replace(grid, origin=tuple(float(v) for v in origin),
+                                      direction=tuple(float(v) for v in direction.ravel())), image.path)
+
+
 def _brain(stripped: Image) -> Image:
     return stripped.with_array((stripped.array > 0).astype(np.float32))
 
@@ -73,8 +92,8 @@ def brain_pair(name: str, spacing_mm: float, seed: int = 0) -> BrainPair:
     """The pair `name` (one of PAIRS) at `spacing_mm`; `seed` draws the noise and the known field."""
     if name not in PAIRS:
         raise RegistrationError(f"unknown brain pair '{name}': use one of {', '.join(PAIRS)}.")
-    colin = resample_isotropic(read_image(data_file(COLIN_T1)), spacing_mm)
-    colin_bet = resample_isotropic(read_image(data_file(COLIN_BET)), spacing_mm)
+    colin = posed(resample_isotropic(read_image(data_file(COLIN_T1)), spacing_mm), *HEAD_POSE)
+    colin_bet = posed(resample_isotropic(read_image(data_file(COLIN_BET)), spacing_mm), *HEAD_POSE)
     template = resample_isotropic(read_image(data_file(MNI152)), spacing_mm)
     head = head_mask(colin)
     zero_air = with_air(colin, head, noisy=False)
