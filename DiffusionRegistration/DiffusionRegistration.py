@@ -564,7 +564,7 @@ class DiffusionRegistrationLogic(ScriptedLoadableModuleLogic):
     def downloadWeights(self, backbone: str) -> bool:
         """Runs the download in a background process behind a modal progress dialog; True when it succeeded."""
         from DiffusionRegistrationLib.features import weights
-        from DiffusionRegistrationLib.io.atomic import remove_partial_files
+        from DiffusionRegistrationLib.io.atomic import recover
         from DiffusionRegistrationLib.slicer.job import LIBRARY_PARENT
         from DiffusionRegistrationLib.slicer.process_runner import Finished, ProcessRunner, backend_environment
         from DiffusionRegistrationLib.progress import Progress
@@ -587,7 +587,7 @@ class DiffusionRegistrationLogic(ScriptedLoadableModuleLogic):
 
         def cancel() -> None:
             runner.cancel()
-            remove_partial_files(weights.model_dir(backbone))
+            recover(weights.model_dir(backbone), recursive=True)
             outcome["cancelled"] = True
             loop.quit()
 

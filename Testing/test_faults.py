@@ -4,7 +4,10 @@ Every case asserts the exit code (2; 128 + signal number for SIGTERM/SIGHUP), th
 (naming the file or setting) and the exact contents of the output folder afterwards. Images are tiny
 (2D 32x32 for registrations, 16^3 for header faults) and registrations run a few steps, so the suite is
 fast. Short writes use a file-size limit (RLIMIT_FSIZE) in a child process, signals are sent to child
-processes; everything else runs in-process.
+processes, and a SIGKILL after each step of a commit hits a forked child that runs only that commit;
+everything else runs in-process. The classes of issue 17 (file safety) each have cases here: failures
+and kills at every commit step, detached formats, what may be deleted, label maps, a busy or empty output
+folder, batch names and rows.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import gzip
 import json
 import os
 import resource
+import shutil
 import signal
 import struct
 import subprocess
@@ -267,6 +271,7 @@ def _output_cases(tmp_path: Path, data: dict) -> dict:
     (tmp_path / "a_file").write_text("keep")
     (tmp_path / "out_dir").mkdir()
     (tmp_path / "out_dir" / "warped_dir").mkdir()
+    (tmp_path / "loop").symlink_to("loop")
     return {
         "dir-is-file": ([str(tmp_path / "a_file")], "is a file", tmp_path / "a_file"),
         "dir-under-file": ([str(tmp_path / "a_file" / "sub")], "a_file", tmp_path / "a_file" / "sub"),
@@ -279,12 +284,14 @@ def _output_cases(tmp_path: Path, data: dict) -> dict:
         "overwrites-input": ([str(Path(data["moving"]).parent), "--warped", Path(data["moving"]).name],
                              "destroy the input", None),
         "duplicate-names": ([str(tmp_path / "o"), "--inverse", "transform.h5"], "both", tmp_path / "o"),
+        "dir-in-symlink-loop": ([str(tmp_path / "loop" / "out")], "symbolic links form a loop", tmp_path / "loop"),
+        "dir-is-symlink-loop": ([str(tmp_path / "loop")], "symbolic links form a loop", tmp_path / "loop"),
     }
 
 
 @pytest.mark.parametrize("case", ["dir-is-file", "dir-under-file", "dir-under-proc", "warped-suffix",
                                   "transform-suffix", "affine-suffix", "inverse-suffix", "overwrites-input",
-                                  "duplicate-names"])
+                                  "duplicate-names", "dir-in-symlink-loop", "dir-is-symlink-loop"])
 def test_an_impossible_output_is_refused_before_registering(data, tmp_path, capsys, no_registration, case):
     arguments, fragment, folder = _output_cases(tmp_path, data)[case]
     before = _contents(Path(data["moving"]).parent)
@@ -321,41 +328,197 @@ def test_too_little_free_space_is_refused_before_registering(data, tmp_path, cap
 # --- commit: roll-back, stale files, leftovers -------------------------------------------------------------
 
 def _bytes_of(folder: Path) -> dict:
-    return {p.name: p.read_bytes() for p in folder.iterdir()}
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
 
 
-@pytest.mark.parametrize("failing_call", [9, 15])
-def test_a_failing_rename_rolls_the_whole_set_back(data, tmp_path, capsys, monkeypatch, failing_call):
-    import DiffusionRegistrationLib.io.atomic as atomic
+DETACHED_SET = {"transform.h5", "warped.mhd", "warped.zraw", "jacobian.nii.gz", "checkerboard.png", "report.json"}
+
+
+def _loads(folder: Path) -> set:
+    """Loads every visible file of `folder` by its format (asserting it is whole); returns the hidden names."""
+    for path in folder.iterdir():
+        if path.name.startswith("."):
+            continue
+        name = path.name.lower()
+        if name.endswith(".json"):
+            json.loads(path.read_text())
+        elif name.endswith(".h5"):
+            sitk.ReadTransform(str(path))
+        elif name.endswith((".nii.gz", ".mhd", ".nhdr", ".png", ".mha")):
+            assert sitk.ReadImage(str(path)).GetNumberOfPixels() > 0
+        else:
+            assert name.endswith((".zraw", ".raw.gz")), path
+    return {p.name for p in folder.iterdir() if p.name.startswith(".")}
+
+
+@pytest.fixture(params=["warped.nii.gz", "warped.mhd"])
+def two_sets(data, tmp_path, monkeypatch, request):
+    """An output folder holding an earlier set (with an inverse, and the warped image named `request.param`),
+    the names of the second set, and the registration a second run gets (computed once: the tests below are
+    about the commit, not the registration). Returns (folder, bytes of the first set, second set's names)."""
+    import DiffusionRegistrationLib.engine.registration as registration
 
     out = tmp_path / "out"
-    assert main(_register(data, out)) == 0
-    previous = _bytes_of(out)
-    real_replace, calls = os.replace, []
+    names = DETACHED_SET if request.param == "warped.mhd" else DEFAULT_SET
+    assert main(_register(data, out, "--inverse", "inverse.h5", "--warped", request.param, "--set", "seed=1")) == 0
+    assert _contents(out) == names | {"inverse.h5"}
+    from DiffusionRegistrationLib.engine.options import RegistrationOptions
+    from DiffusionRegistrationLib.io.images import read_image
 
-    def failing_replace(source, target):
-        calls.append(target)
-        # calls 1-6 rename the written temporaries, 7-12 move the previous files aside, 13-18 rename the new set
-        if len(calls) == failing_call:
-            raise OSError(28, "No space left on device", str(target))
-        return real_replace(source, target)
-
-    monkeypatch.setattr(atomic.os, "replace", failing_replace)
-    assert main(_register(data, out, "--set", "seed=3", "--set", "init=centers")) == 2
-    _one_error(capsys.readouterr().err, "No space left on device")
-    assert _bytes_of(out) == previous
+    config = RegistrationOptions(overrides={"similarity": "mse", "levels": [1], "iterations": [2]}).config()
+    second = registration.register(read_image(data["fixed"]), read_image(data["moving"]), config)
+    monkeypatch.setattr(registration, "register", lambda *args, **kwargs: second)
+    return out, _bytes_of(out), names
 
 
-def test_files_of_an_earlier_set_are_removed_and_leftovers_cleaned(data, tmp_path, capsys):
+def test_a_failure_at_any_step_of_the_commit_rolls_the_whole_set_back(data, two_sets, capsys, monkeypatch):
+    out, previous, names = two_sets
+    warped = "warped.mhd" if "warped.mhd" in names else "warped.nii.gz"
+    real_replace, failing = os.replace, 1
+    while True:
+        calls = []
+
+        def replace(source, target):
+            calls.append(target)
+            if len(calls) == failing:
+                raise OSError(28, "No space left on device", str(target))
+            real_replace(source, target)
+
+        monkeypatch.setattr(os, "replace", replace)
+        code = main(_register(data, out, "--warped", warped))
+        monkeypatch.setattr(os, "replace", real_replace)
+        if len(calls) < failing:
+            break
+        assert code == 2, failing
+        _one_error(capsys.readouterr().err, "No space left on device")
+        assert _bytes_of(out) == previous and _loads(out) == set(), failing
+        failing += 1
+    assert code == 0 and failing > len(names) * 2
+    assert _contents(out) == names and _loads(out) == set()
+
+
+def test_a_kill_at_any_step_of_the_commit_leaves_whole_files_and_the_next_run_recovers(data, two_sets, monkeypatch):
+    """The process committing the second set is SIGKILLed after step k of its commit (a rename or a deletion),
+    for every k: every file left in the folder loads, and the next run's recovery leaves exactly the old set or
+    the new one."""
+    import DiffusionRegistrationLib.engine.registration as registration
+    import DiffusionRegistrationLib.io.atomic as atomic
+    from DiffusionRegistrationLib.errors import RegistrationError
+
+    out, previous, names = two_sets
+    warped = "warped.mhd" if "warped.mhd" in names else "warped.nii.gz"
+    second = registration.register
+    snapshot = out.parent / "snapshot"
+    snapshot.mkdir()
+    for name, content in previous.items():
+        (snapshot / name).write_bytes(content)
+    real_commit, outcomes, step = atomic.OutputSet.commit, [], 1
+
+    def commit_in_a_child_killed_after_step(self):
+        child = os.fork()
+        if child == 0:
+            try:
+                count = [0]
+
+                def counted(real):
+                    def step_then_maybe_die(*args):
+                        real(*args)
+                        count[0] += 1
+                        if count[0] == step:
+                            os.kill(os.getpid(), signal.SIGKILL)
+                    return step_then_maybe_die
+
+                os.replace, os.unlink, os.rmdir = counted(os.replace), counted(os.unlink), counted(os.rmdir)
+                real_commit(self)
+            finally:
+                os._exit(0)
+        _, status = os.waitpid(child, 0)
+        outcomes.append(os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL)
+        return []
+
+    def stopped(*args, **kwargs):
+        raise RegistrationError("stopped after the checks")
+
+    while True:
+        for path in out.iterdir():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        for path in snapshot.iterdir():
+            (out / path.name).write_bytes(path.read_bytes())
+        monkeypatch.setattr(atomic.OutputSet, "commit", commit_in_a_child_killed_after_step)
+        assert main(_register(data, out, "--warped", warped)) == 0
+        monkeypatch.setattr(atomic.OutputSet, "commit", real_commit)
+        if not outcomes[-1]:
+            break
+        _loads(out)  # whole files only, at every step
+        monkeypatch.setattr(registration, "register", stopped)  # the next run: its checks (and recovery) only
+        assert main(_register(data, out, "--warped", warped)) == 2
+        monkeypatch.setattr(registration, "register", second)
+        after = _contents(out)
+        assert after in (set(previous), names), (step, after)
+        assert _loads(out) == set(), step
+        if after == set(previous):
+            assert _bytes_of(out) == previous, step
+        step += 1
+    assert step > 2 * len(names)
+    assert main(_register(data, out, "--warped", warped)) == 0
+    assert _contents(out) == names and _loads(out) == set()
+
+
+def test_only_provable_temporaries_and_the_earlier_sets_outputs_are_removed(data, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(_register(data, out, "--inverse", "inverse.h5", "--affine", "affine.tfm")) == 0
     assert _contents(out) == DEFAULT_SET | {"inverse.h5", "affine.tfm"}
-    (out / ".warped.nii.gz.abc123.partial.nii.gz").write_bytes(b"half")
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stage = out / ".diffreg-0123456789abcdef.stage"  # a staging folder of a process that was killed
+    stage.mkdir()
+    (stage / ".diffreg-temporary").write_text(json.dumps({"diffreg": "temporary", "token": "0123456789abcdef",
+                                                          "pid": int(ended.stdout), "journal": str(out / "none")}))
+    (stage / "warped.nii.gz").write_bytes(b"half")
+    (out / ".warped.nii.gz.abc123.partial.nii.gz").write_bytes(b"looks like a temporary, but has no marker")
+    (out / ".diffreg-fedcba9876543210.stage").mkdir()  # no marker: not provably ours
+    (out / ".diffreg-fedcba9876543210.stage" / "mine.txt").write_text("mine")
     (out / "notes.txt").write_text("mine")
     assert main(_register(data, out)) == 0
-    assert _contents(out) == DEFAULT_SET | {"notes.txt"}
+    assert _contents(out) == DEFAULT_SET | {"notes.txt", ".warped.nii.gz.abc123.partial.nii.gz",
+                                            ".diffreg-fedcba9876543210.stage"}
     report = json.loads((out / "report.json").read_text(), parse_constant=_no_constant)
     assert set(report["outputs"]) == {"transform", "warped", "jacobian", "checkerboard", "report"}
+
+
+def test_detached_outputs_keep_their_data_files_through_later_commands(data, tmp_path, capsys):
+    out = tmp_path / "out"
+    names = ["--transform", "transform.nhdr", "--warped", "warped.mhd", "--vector-field", "field.mhd"]
+    detached = {"transform.nhdr", "transform.raw.gz", "warped.mhd", "warped.zraw", "field.mhd", "field.zraw",
+                "jacobian.nii.gz", "checkerboard.png", "report.json"}
+    assert main(_register(data, out, *names)) == 0
+    assert _contents(out) == detached and _loads(out) == set()
+    assert main(["apply", "--transform", str(out / "transform.nhdr"), "--input", data["moving"], "--reference",
+                 data["fixed"], "--output", str(out / "applied.mhd")]) == 0
+    assert main(["apply", "--transform", str(out / "field.mhd"), "--input", data["moving"], "--reference",
+                 data["fixed"], "--output", str(out / "again.nhdr")]) == 0
+    assert _contents(out) == detached | {"applied.mhd", "applied.zraw", "again.nhdr", "again.raw.gz"}
+    assert _loads(out) == set()
+    assert main(_register(data, out, *names)) == 0
+    assert _contents(out) == detached | {"applied.mhd", "applied.zraw", "again.nhdr", "again.raw.gz"}
+    assert _loads(out) == set()
+    report = json.loads((out / "report.json").read_text())
+    assert report["files"]["warped"] == [str(out / "warped.mhd"), str(out / "warped.zraw")]
+
+
+@pytest.mark.parametrize("mask", ["mask.nii.gz", "mask.mhd"])
+def test_a_mask_an_earlier_run_wrote_is_kept_when_this_run_reads_it(data, tmp_path, capsys, mask):
+    import DiffusionRegistrationLib as dr
+
+    out = tmp_path / "out"
+    first = dr.register(data["fixed"], data["moving"], similarity="mse", levels=[1], iterations=[2])
+    first.save(out, jacobian=mask)  # the Jacobian is > 0 everywhere: a valid mask on the fixed grid
+    mask_files = {mask} | ({"mask.zraw"} if mask.endswith(".mhd") else set())
+    assert _contents(out) == DEFAULT_SET - {"jacobian.nii.gz"} | mask_files
+    kept = {name: (out / name).read_bytes() for name in mask_files}
+    assert main(_register(data, out, "--fixed-mask", str(out / mask))) == 0
+    assert _contents(out) == DEFAULT_SET | mask_files
+    assert {name: (out / name).read_bytes() for name in mask_files} == kept
+    assert _loads(out) == set()
 
 
 def _no_constant(name: str):
@@ -378,9 +541,9 @@ CHILD_PATCHES = {
     "kill-while-registering": "import DiffusionRegistrationLib.engine.registration as m\n"
                               "def register(*a, **k):\n    os.kill(os.getpid(), signal.SIGKILL)\n"
                               "m.register = register\n",
-    "term-while-committing": "import DiffusionRegistrationLib.io.atomic as m\n_r, _n = os.replace, []\n"
-                             "def replace(a, b):\n    _n.append(b)\n    if len(_n) == 8:\n"
-                             "        os.kill(os.getpid(), signal.SIGTERM)\n    return _r(a, b)\nm.os.replace = replace\n",
+    "term-while-committing": "import DiffusionRegistrationLib.io.atomic as m\n_r, _n = m._move, []\n"
+                             "def move(a, b):\n    _n.append(b)\n    if len(_n) == 3:\n"
+                             "        os.kill(os.getpid(), signal.SIGTERM)\n    return _r(a, b)\nm._move = move\n",
 }
 
 
@@ -456,7 +619,8 @@ def test_sigkill_keeps_the_previous_set_and_a_rerun_cleans_up(data, tmp_path, ca
     process = _run_child(_register(data, out, "--set", "seed=4"), patch)
     assert process.returncode == -signal.SIGKILL
     leftovers = _contents(out) - DEFAULT_SET
-    assert bool(leftovers) == leaves_temporaries and all(".partial" in name for name in leftovers)
+    assert bool(leftovers) == leaves_temporaries and all(name.startswith(".diffreg-") and name.endswith(".stage")
+                                                         for name in leftovers)
     assert {name: data for name, data in _bytes_of(out).items() if name in DEFAULT_SET} == previous
     assert main(_register(data, out)) == 0
     assert _contents(out) == DEFAULT_SET
@@ -660,6 +824,163 @@ def test_evaluate_refuses_multi_component_labels(data, transforms, tmp_path, cap
     assert main(["evaluate", "--transform", transforms["2d"], "--reference", data["fixed"], "--fixed-labels", labels,
                  "--moving-labels", data["moving"]]) == 2
     _one_error(capsys.readouterr().err, "fixed labels", "components")
+
+
+# --- label maps: exact through apply, the API and evaluate ------------------------------------------------
+
+def _label_map(folder: Path) -> tuple[str, str, np.ndarray]:
+    """32^3 voxels, each its own label: 32,768 labels up to 2^31 - 1 (float32 holds neither exactly), on a grid
+    with spacing, origin and a rotation; and the identity transform on it, written by SimpleITK."""
+    values = (2**31 - 1 - np.random.default_rng(0).permutation(32768)).astype(np.int32).reshape(32, 32, 32)
+    image = sitk.GetImageFromArray(values)
+    image.SetSpacing((0.7, 1.3, 2.0))
+    image.SetOrigin((3.1, -20.0, 5.5))
+    image.SetDirection((0, 1, 0, -1, 0, 0, 0, 0, 1))
+    sitk.WriteImage(image, str(folder / "labels.nii.gz"))
+    field = sitk.Image(image.GetSize(), sitk.sitkVectorFloat64, 3)
+    field.CopyInformation(image)
+    sitk.WriteTransform(sitk.DisplacementFieldTransform(field), str(folder / "identity.h5"))
+    return str(folder / "labels.nii.gz"), str(folder / "identity.h5"), values
+
+
+def test_apply_labels_keeps_every_label_value_and_type(tmp_path, capsys):
+    labels, identity, values = _label_map(tmp_path)
+    out = tmp_path / "out"
+    assert main(["apply", "--transform", identity, "--input", labels, "--reference", labels, "--output",
+                 str(out / "moved.nii.gz"), "--labels"]) == 0
+    assert capsys.readouterr().err == ""
+    back = sitk.ReadImage(str(out / "moved.nii.gz"))
+    assert back.GetPixelID() == sitk.sitkInt32
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), values)
+    assert _contents(out) == {"moved.nii.gz"}
+
+
+def test_the_api_applies_labels_exactly(tmp_path):
+    import DiffusionRegistrationLib as dr
+
+    labels, identity, values = _label_map(tmp_path)
+    moved = dr.apply(identity, sitk.ReadImage(labels), reference=labels, labels=True)
+    assert moved.array.dtype == np.int32
+    np.testing.assert_array_equal(moved.array, values)
+
+
+def test_evaluate_scores_each_label_as_given(tmp_path, capsys):
+    labels, identity, values = _label_map(tmp_path)
+    assert main(["evaluate", "--transform", identity, "--fixed-labels", labels, "--moving-labels", labels]) == 0
+    dice = json.loads(capsys.readouterr().out)["dice"]
+    assert len(dice["per_label"]) == 32768 and set(dice["per_label"].values()) == {1.0}
+    assert str(2**31 - 1) in dice["per_label"] and dice["mean_before"] == dice["mean_after"] == 1.0
+
+
+# --- two runs into one folder, folder names, outputs that cannot be written -------------------------------
+
+def test_a_second_run_into_a_busy_folder_is_refused_and_a_killed_run_leaves_no_lock(data, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = _register(data, out, "--set", "iterations=[100000]", "--set", "tolerance=0", progress="json")
+    code = "import sys\nfrom DiffusionRegistrationLib.cli.main import main\n" f"sys.exit(main({argv!r}))"
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    for line in process.stdout:
+        if json.loads(line)["stage"] == "deformable":
+            break
+    try:
+        assert main(_register(data, out)) == 2
+        _one_error(capsys.readouterr().err, f"output folder {out}", "another diffreg run is writing into it")
+    finally:
+        process.kill()
+        process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    assert _contents(out) == set()
+    assert main(_register(data, out)) == 0
+    assert _contents(out) == DEFAULT_SET
+
+
+def test_an_empty_output_folder_name_is_refused(data, tmp_path, capsys, monkeypatch, no_registration):
+    monkeypatch.chdir(tmp_path)
+    argv = ["register", "--fixed", data["fixed"], "--moving", data["moving"], "--output-dir", "", "--progress", "none"]
+    assert main(argv) == 2
+    _one_error(capsys.readouterr().err, "output folder", "empty", "--output-dir")
+    assert _contents(tmp_path) == set()
+
+
+def test_saving_an_inverse_that_was_not_computed_is_an_error(data, tmp_path, monkeypatch):
+    import DiffusionRegistrationLib as dr
+    from DiffusionRegistrationLib.errors import RegistrationError
+
+    registration = dr.register(data["fixed"], data["moving"], similarity="mse", levels=[1], iterations=[2])
+    with pytest.raises(RegistrationError, match=r"inverse inverse.h5: this registration computed no inverse.*"
+                                                r"inverse=True"):
+        registration.save(tmp_path / "out", inverse="inverse.h5")
+    assert _contents(tmp_path / "out") is None
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RegistrationError, match="output folder: the name is empty"):
+        registration.save("")
+    assert _contents(tmp_path) == set()
+
+
+def test_the_api_writes_through_the_command_lines_path(data, tmp_path, monkeypatch):
+    import DiffusionRegistrationLib as dr
+    import DiffusionRegistrationLib.engine.registration as registration
+    from DiffusionRegistrationLib.errors import RegistrationError
+
+    quick = {"similarity": "mse", "levels": [1], "iterations": [2]}
+    real = registration.register
+    monkeypatch.setattr(registration, "register", lambda *a, **k: pytest.fail("registered before the outputs' check"))
+    with pytest.raises(RegistrationError, match="warped output .*w.xyz: unknown file type"):
+        dr.register(data["fixed"], data["moving"], output_dir=tmp_path / "bad", outputs={"warped": "w.xyz"}, **quick)
+    assert _contents(tmp_path / "bad") is None
+    monkeypatch.setattr(registration, "register", real)
+    done = dr.register(data["fixed"], data["moving"], output_dir=tmp_path / "out", outputs={"warped": None}, **quick)
+    assert _contents(tmp_path / "out") == DEFAULT_SET - {"warped.nii.gz"}
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["max_displacement_mm"] == pytest.approx(float(np.linalg.norm(done.displacement, axis=-1).max()))
+
+
+# --- batch: pair names, bad rows, changed rows ---------------------------------------------------------------
+
+BATCH_QUICK = ["--similarity", "mse", "--set", "levels=[1]", "--set", "iterations=[2]", "--progress", "none"]
+
+
+def test_batch_checks_pair_names_and_a_bad_row_fails_only_its_pair(data, tmp_path, capsys):
+    fixed, moving = data["fixed"], data["moving"]
+    (tmp_path / "pairs.csv").write_text(
+        f"fixed,moving,name\n{fixed},{moving},..\n{fixed},{moving},a/x\n{fixed},{moving},b/x\n{fixed},{moving},good\n"
+        f"{fixed},{moving},Good\n{fixed},,empty\n{fixed}\n{fixed},{moving},.hidden\n{fixed},{moving},other\n")
+    out = tmp_path / "batch" / "out"
+    assert main(["batch", str(tmp_path / "pairs.csv"), "--output-dir", str(out), *BATCH_QUICK]) == 1
+    failed = [line for line in capsys.readouterr().err.splitlines() if line.startswith("failed: ")]
+    expected = {1: "the name '..' is not a plain folder name", 2: "the name 'a/x' is not a plain folder name",
+                3: "the name 'b/x' is not a plain folder name", 5: "the name 'Good' is also the name of row 4",
+                6: "no moving image", 7: "no moving image", 8: "the name '.hidden' is not a plain folder name"}
+    assert len(failed) == len(expected), failed
+    for row, fragment in expected.items():
+        assert any(f"pairs.csv, row {row} after the header: {fragment}" in line for line in failed), (row, failed)
+    assert _contents(out) == {"good", "other", "batch_rank0.json"}
+    assert _contents(tmp_path / "batch") == {"out"}
+    assert _contents(out / "good") == {"transform.h5", "warped.nii.gz", "result.json"}
+
+
+def test_batch_registers_a_changed_row_again_and_skips_unchanged_ones(data, tmp_path, capsys):
+    shutil.copy(data["moving"], tmp_path / "m.nii.gz")
+    pairs, out = tmp_path / "pairs.csv", tmp_path / "out"
+    command = ["batch", str(pairs), "--output-dir", str(out), *BATCH_QUICK]
+
+    def statuses(rows: str) -> list:
+        pairs.write_text(f"fixed,moving,name\n{rows}")
+        assert main(command) == 0
+        return [(s["name"], s["status"]) for s in json.loads((out / "batch_rank0.json").read_text())]
+
+    same = f"{data['fixed']},{data['moving']},same\n"
+    assert statuses(f"{data['fixed']},{tmp_path / 'm.nii.gz'},changing\n{same}") == [("changing", "done"),
+                                                                                    ("same", "done")]
+    assert statuses(f"{data['fixed']},{tmp_path / 'm.nii.gz'},changing\n{same}") == [("changing", "skipped"),
+                                                                                    ("same", "skipped")]
+    assert statuses(f"{data['fixed']},{data['fixed']},changing\n{same}") == [("changing", "done"), ("same", "skipped")]
+    assert json.loads((out / "changing" / "result.json").read_text())["moving"] == data["fixed"]
+    _save(_blobs((32, 32), shift=3.0), tmp_path / "m.nii.gz")  # the same row, another file content
+    assert statuses(f"{data['fixed']},{tmp_path / 'm.nii.gz'},changing\n{same}") == [("changing", "done"),
+                                                                                    ("same", "skipped")]
+    assert _contents(out) == {"changing", "same", "batch_rank0.json"}
 
 
 def test_an_unwritable_model_cache_is_an_error_line(hand_placed_hub_model, tmp_path, capsys):

@@ -127,3 +127,17 @@ def test_jacobian_determinant_matches_numpy_det_on_an_oblique_anisotropic_grid(d
     single = jacobian_determinant(field.astype(np.float32), grid)
     assert single.dtype == np.float32
     np.testing.assert_allclose(single, expected, atol=1e-5)
+
+
+def test_dice_per_label_matches_its_definition_for_large_and_many_labels():
+    """Against 2|A∩B|/(|A|+|B|) counted label by label, on maps whose labels float32 cannot tell apart."""
+    rng = np.random.default_rng(7)
+    a = (2**40 + rng.integers(0, 300, (20, 20, 20))).astype(np.int64)
+    b = np.where(rng.random(a.shape) < 0.8, a, 2**40 + rng.integers(0, 300, a.shape))
+    b[:2] = 0
+    expected = {}
+    for label in (set(np.unique(a).tolist()) | set(np.unique(b).tolist())) - {0}:
+        expected[label] = 2 * np.sum((a == label) & (b == label)) / (np.sum(a == label) + np.sum(b == label))
+    got = dice_per_label(a, b)
+    assert got.keys() == expected.keys() and np.allclose([got[k] for k in expected], list(expected.values()))
+    assert dice_per_label(a, b, labels=[2**40 + 5, 17]) == {2**40 + 5: expected[2**40 + 5]}

@@ -1,6 +1,6 @@
 """The Slicer job's settings and agreement map, on real MRML nodes (slicer-core) and a real image pair.
 
-- The job writes job.json (a RegistrationConfig from resolve_config) and runs `diffreg register --config`;
+- The job writes job.json (a RegistrationConfig from RegistrationOptions.config()) and runs `diffreg register --config`;
   the same settings given as command-line flags give a bit-identical transform.
 - The agreement map of a registered pair (Colin27 at 6 mm under a known smooth deformation) is higher
   inside the brain after registration than before, and loads as a volume on the fixed volume's grid.
@@ -45,7 +45,7 @@ def test_job_json_gives_the_same_transform_as_the_flags(deformed_pair, tmp_path,
                                   overrides=QUICK)
     commands = []
     monkeypatch.setattr(job_module.ProcessRunner, "start", lambda runner: commands.append(runner.command) or runner)
-    job = RegistrationJob(scene, fixed, moving, options, work_folder=str(tmp_path)).start()
+    job = RegistrationJob(scene, fixed, moving, options, work_folder=str(tmp_path), warm=False).start()
     try:
         command = commands[0]
         assert command[command.index("--config") + 1] == str(job.folder / JOB_FILE)

@@ -407,7 +407,7 @@ def test_cancelled_download_removes_the_partial_file_and_starts_nothing(monkeypa
     partial_seen = []
 
     def cancel_once_partial():
-        partial = list(model_folder.glob(".*.partial*"))
+        partial = list(model_folder.glob(".diffreg-*.stage/*.pt"))
         if "progress" in dialogs and partial:
             partial_seen.extend(partial)
             watcher.stop()

@@ -39,7 +39,7 @@ def test_written_field_maps_points_like_the_known_mapping(tmp_path, name):
     points = (GRID.index_to_physical() @ np.c_[index, np.ones(50)].T).T[:, :3]
     mapped = np.array([transform.TransformPoint(tuple(p)) for p in points])
     assert np.abs(mapped - known_mapping(points)).max() < 1e-3
-    assert not list(tmp_path.glob("*.partial*"))
+    assert not list(tmp_path.glob(".diffreg-*"))
 
 
 def test_read_back_on_another_grid_samples_the_same_mapping(tmp_path):

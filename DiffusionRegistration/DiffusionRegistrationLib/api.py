@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from .engine.options import RegistrationOptions
-from .engine.outputs import OutputRequest, write_outputs
+from .engine.outputs import OutputRequest, register_and_write, write_outputs
 from .engine.result import Result
 from .errors import RegistrationError
 from .core.image import Image
@@ -67,6 +68,7 @@ class Registration:
     result: Result
     fixed: Image
     moving: Image
+    inputs: tuple[str, ...] = ()  # the mask files it read: never removed as an earlier run's outputs by save()
 
     @property
     def displacement(self):
@@ -81,9 +83,10 @@ class Registration:
     def save(self, folder: Union[str, os.PathLike], **names: Optional[str]) -> dict[str, str]:
         """Writes the command line's output set into `folder` (all or nothing); returns role -> path.
 
-        Keyword arguments rename or drop (None) outputs, e.g. `warped=None`, `inverse="inverse.h5"`.
+        Keyword arguments rename or drop (None) outputs, e.g. `warped=None`, `inverse="inverse.h5"` (which needs
+        `register(..., inverse=True)`). RegistrationError while another process writes into `folder`.
         """
-        return write_outputs(self.result, self.fixed, self.moving, folder, OutputRequest(**names))
+        return write_outputs(self.result, self.fixed, self.moving, folder, OutputRequest(**names), inputs=self.inputs)
 
     def transform(self) -> "sitk.DisplacementFieldTransform":
         """The fixed->moving mapping as a SimpleITK transform (resample the moving image with it)."""
@@ -94,10 +97,14 @@ class Registration:
 
 def register(fixed: ImageLike, moving: ImageLike, preset: str = "default", fixed_mask: Optional[ImageLike] = None,
              moving_mask: Optional[ImageLike] = None, progress: Optional[ProgressCallback] = None,
-             inverse: bool = False, **overrides: Any) -> Registration:
+             inverse: bool = False, output_dir: Optional[Union[str, os.PathLike]] = None,
+             outputs: Optional[dict[str, Optional[str]]] = None, **overrides: Any) -> Registration:
     """Registers `moving` onto `fixed` with a preset and RegistrationConfig overrides (e.g. `lr=0.5`).
 
-    `progress` receives Progress events; `inverse=True` also computes the moving->fixed field.
+    `progress` receives Progress events; `inverse=True` also computes the moving->fixed field. With
+    `output_dir`, the command line's output set is written there as by `save(output_dir, **outputs)`, through
+    the command line's own path: the names and the folder are checked (and the folder held against a second
+    run) before the registration starts.
     """
     from .engine.registration import register as run
 
@@ -105,9 +112,15 @@ def register(fixed: ImageLike, moving: ImageLike, preset: str = "default", fixed
         raise TypeError(f"preset must be a preset name (str), not {type(preset).__name__}")
     config = RegistrationOptions(preset=preset, overrides=overrides).config()
     fixed_image, moving_image = _image(fixed, "fixed"), _image(moving, "moving")
-    result = run(fixed_image, moving_image, config, _mask(fixed_mask, fixed_image, "fixed_mask"),
-                 _mask(moving_mask, moving_image, "moving_mask"), progress=progress or silent, inverse=inverse)
-    return Registration(result, fixed_image, moving_image)
+    masks = (_mask(fixed_mask, fixed_image, "fixed_mask"), _mask(moving_mask, moving_image, "moving_mask"))
+    mask_files = tuple(str(m) for m in (fixed_mask, moving_mask) if isinstance(m, (str, os.PathLike)))
+    registering = partial(run, fixed_image, moving_image, config, *masks, progress=progress or silent, inverse=inverse)
+    if output_dir is None:
+        result = registering()
+    else:
+        result, _ = register_and_write(output_dir, OutputRequest(**(outputs or {})), fixed_image, moving_image,
+                                       registering, mask_files)
+    return Registration(result, fixed_image, moving_image, mask_files)
 
 
 def apply(transform: Union[Registration, str, os.PathLike], image: ImageLike,

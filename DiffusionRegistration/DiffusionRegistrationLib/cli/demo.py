@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 
 from ..engine.config import make_config
-from ..engine.outputs import OutputRequest, check_outputs, write_outputs
+from ..engine.outputs import OutputRequest, register_and_write
 from ..engine.registration import register
 from ..engine.result import Result
 from ..errors import RegistrationError
@@ -81,15 +81,22 @@ def run_demo(output_dir: str | Path, seed: int = 0, preset: Optional[str] = None
             print(f"NOTE: the diffusion-feature similarity is NOT used in this run: {problem}\n"
                   f"      Running the best intensity preset ('{preset}') instead.", file=log)
     config = make_config(preset)
-    check_outputs(output_dir, OutputRequest(), (), pair["fixed"].grid, pair["moving"].grid)
-    result = register(pair["fixed"], pair["moving"], config, progress=progress)
-    identity = Result.identity(result.fixed_grid, result.moving_grid)
-    extra = {"demo": {"pair": "moving Colin27 skull-stripped (ch2bet) -> fixed Colin27 with skull (ch2) "
-                              f"warped by a known smooth field, max {MAX_DISPLACEMENT_MM} mm, seed {seed}, "
-                              f"{SPACING_MM} mm voxels", "preset": preset, "similarity": config.similarity,
-                      "before": accuracy(pair, identity.displacement, identity.warp(pair["moving_labels"], "nearest")),
-                      "after": accuracy(pair, result.displacement, result.warp(pair["moving_labels"], "nearest"))}}
-    written = write_outputs(result, pair["fixed"], pair["moving"], output_dir, extra=extra)
+
+    extra: dict = {}
+
+    def scores(result: Result) -> dict:
+        identity = Result.identity(result.fixed_grid, result.moving_grid)
+        extra["demo"] = {"pair": "moving Colin27 skull-stripped (ch2bet) -> fixed Colin27 with skull (ch2) "
+                                 f"warped by a known smooth field, max {MAX_DISPLACEMENT_MM} mm, seed {seed}, "
+                                 f"{SPACING_MM} mm voxels", "preset": preset, "similarity": config.similarity,
+                         "before": accuracy(pair, identity.displacement,
+                                            identity.warp(pair["moving_labels"], "nearest")),
+                         "after": accuracy(pair, result.displacement, result.warp(pair["moving_labels"], "nearest"))}
+        return extra
+
+    result, written = register_and_write(output_dir, OutputRequest(), pair["fixed"], pair["moving"],
+                                         lambda: register(pair["fixed"], pair["moving"], config, progress=progress),
+                                         extra=scores)
     for role in ("fixed", "moving"):
         written[f"{role}_input"] = str(write_image(pair[role], output_dir / f"{role}.nii.gz").resolve())
     after, before = extra["demo"]["after"], extra["demo"]["before"]

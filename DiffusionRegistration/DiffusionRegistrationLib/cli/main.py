@@ -10,11 +10,11 @@ import json
 import os
 import signal
 import sys
-import threading
-from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
+from ..core.signals import handlers_swapped
 from ..engine.options import RegistrationOptions
 from ..errors import Cancelled, Interrupted, RegistrationError
 from ..io.atomic import json_text, write_text
@@ -24,6 +24,7 @@ from .models import add_models_parser
 from .network import add_network_parsers
 from .settings import (add_progress_argument, add_settings_arguments, finetune_settings, network_refusals,
                        options_from_args, progress_from_args)
+from .worker import add_worker_parser
 
 AGREEMENT_FILE = "agreement.nii.gz"
 EPILOG = """examples:
@@ -64,7 +65,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
     config = options.config()  # bad paths and settings are answered before torch and SimpleITK load
     if args.network:
         _check_network_settings(args, options)
-    from ..engine.outputs import OutputRequest, check_outputs, write_outputs
+    from ..engine.outputs import OutputRequest, register_and_write
     from ..io.images import read_image, read_mask
     from ..progress import Progress
 
@@ -76,20 +77,19 @@ def _cmd_register(args: argparse.Namespace) -> int:
     request = OutputRequest(transform=args.transform, vector_field=args.vector_field, warped=args.warped,
                             affine=args.affine, inverse=args.inverse,
                             agreement=AGREEMENT_FILE if options.agreement else None)
-    check_outputs(args.output_dir, request, (args.fixed, args.moving, args.fixed_mask, args.moving_mask),
-                  fixed.grid, moving.grid)
     if args.network:
         from ..network.inference import register_with_network
 
-        result = register_with_network(fixed, moving, args.network, finetune_steps=args.finetune_steps,
-                                       device=config.device, progress=progress, inverse=bool(args.inverse),
-                                       **finetune_settings(options, config))
+        run = partial(register_with_network, fixed, moving, args.network, finetune_steps=args.finetune_steps,
+                      device=config.device, progress=progress, inverse=bool(args.inverse),
+                      **finetune_settings(options, config))
     else:
         from ..engine.registration import register
 
-        result = register(fixed, moving, config, fixed_mask, moving_mask, progress=progress,
-                          inverse=bool(args.inverse))
-    written = write_outputs(result, fixed, moving, args.output_dir, request)
+        run = partial(register, fixed, moving, config, fixed_mask, moving_mask, progress=progress,
+                      inverse=bool(args.inverse))
+    result, written = register_and_write(args.output_dir, request, fixed, moving, run,
+                                         (args.fixed_mask, args.moving_mask, args.network, args.config))
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     progress(Progress("done", 1.0, written["report"]))
@@ -218,25 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
         add(subparsers)
     add_models_parser(subparsers)
     add_network_parsers(subparsers)
+    add_worker_parser(subparsers)
     return parser
 
 
-@contextmanager
-def _termination_as_interrupt() -> Iterator[None]:
+def _interrupt(signum: int, frame: Any) -> None:
     """SIGTERM and SIGHUP raise Interrupted, like Ctrl-C raises KeyboardInterrupt, so every cleanup runs."""
-    def interrupt(signum, frame):
-        raise Interrupted(signum)
-
-    names = [n for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {n: signal.signal(getattr(signal, n), interrupt) for n in names}
-    try:
-        yield
-    finally:
-        for name, handler in previous.items():
-            signal.signal(getattr(signal, name), handler)
+    raise Interrupted(signum)
 
 
 def _fail(code: int, stage: str, message: str, json_events: bool) -> int:
@@ -268,7 +256,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     piped = getattr(args, "progress_when_piped", "none")
     json_events = progress_kind(getattr(args, "progress", "none"), piped) == "json"
     try:
-        with _termination_as_interrupt():
+        with handlers_swapped(_interrupt, ("SIGTERM", "SIGHUP")):
             return args.handler(args)
     except RegistrationError as error:
         return _fail(2, "error", str(error), json_events)

@@ -79,8 +79,11 @@ def add_network_parsers(subparsers: argparse._SubParsersAction) -> None:
     train.set_defaults(handler=run_train)
 
     batch = subparsers.add_parser("batch", help="register a cohort listed in a CSV",
-                                  description="Register every pair of a CSV (fixed,moving[,name]); skips pairs "
-                                              "already done; under torchrun the list is split across ranks.")
+                                  description="Register every pair of a CSV (fixed,moving[,name]) into a folder "
+                                              "per pair (named by the plain, unique name, or by the row); skips "
+                                              "pairs done from the same files and settings, registers changed ones "
+                                              "again; a bad row fails that pair only; under torchrun the list is "
+                                              "split across ranks.")
     batch.add_argument("pairs_csv")
     batch.add_argument("--output-dir", required=True)
     add_settings_arguments(batch, "batch")

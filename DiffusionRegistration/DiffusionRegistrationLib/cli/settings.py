@@ -51,11 +51,6 @@ def options_from_args(args: argparse.Namespace, command: str) -> RegistrationOpt
     return RegistrationOptions(config_file=args.config, overrides=parse_overrides(args.set), **given)
 
 
-def config_from_args(args: argparse.Namespace, command: str) -> RegistrationConfig:
-    """The RegistrationConfig that the parsed settings arguments describe."""
-    return options_from_args(args, command).config()
-
-
 def _similarity_flags(options: RegistrationOptions) -> list[str]:
     return [flag for flag in options.given() if flag not in ("--seed", "--device", "--network", "--finetune-steps")]
 

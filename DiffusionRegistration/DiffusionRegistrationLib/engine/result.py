@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..geometry.metrics import field_mapping
-from ..geometry.spatial import physical_points, sample, to_sampling_grid
+from ..geometry.spatial import physical_points, sample, to_index, to_sampling_grid
 from ..core.image import Grid, Image
 
 
@@ -48,11 +48,22 @@ class Result:
         return field_mapping(self.displacement, self.fixed_grid)(points)
 
     def warp(self, image: Image, interpolation: str = "linear") -> Image:
-        """Resamples `image` (on the moving grid or any grid in moving space) onto the fixed grid."""
-        mode = {"linear": "bilinear", "nearest": "nearest"}[interpolation]
+        """Resamples `image` (on the moving grid or any grid in moving space) onto the fixed grid.
+
+        "nearest" (label maps) copies each voxel's value in the image's own type: no value is rounded through
+        float32, which holds integers exactly only up to 2^24. Points outside the image get 0."""
+        if interpolation == "nearest":
+            return Image(self._nearest(image), self.fixed_grid, None)
+        if interpolation != "linear":
+            raise ValueError(f"interpolation must be 'linear' or 'nearest', not {interpolation!r}")
         tensor = torch.as_tensor(np.ascontiguousarray(image.array), dtype=torch.float32)[None, None]
         grid = to_sampling_grid(self.points(), image.grid)
-        out = sample(tensor, grid, mode=mode, padding_mode="zeros")[0, 0].numpy()
-        if interpolation == "nearest":
-            out = out.astype(image.array.dtype)
-        return Image(out, self.fixed_grid, None)
+        return Image(sample(tensor, grid, mode="bilinear", padding_mode="zeros")[0, 0].numpy(), self.fixed_grid, None)
+
+    def _nearest(self, image: Image) -> np.ndarray:
+        """The value of the voxel nearest each mapped point (ties to even, as grid_sample's nearest mode)."""
+        index = np.rint(to_index(self.points(), image.grid)[0].numpy()).astype(np.int64)[..., ::-1]  # (z, y, x)
+        inside = np.all((index >= 0) & (index < np.array(image.array.shape)), axis=-1)
+        out = np.zeros(self.fixed_grid.shape, dtype=image.array.dtype)
+        out[inside] = image.array[tuple(index[inside].T)]
+        return out

@@ -16,21 +16,27 @@ from ..core.image import Grid
 def dice_per_label(a: np.ndarray, b: np.ndarray, labels: Optional[Iterable[int]] = None) -> dict[int, float]:
     """Dice 2|A∩B|/(|A|+|B|) of each label (default: every non-zero label in either map).
 
-    A label absent from both maps is left out (its Dice is undefined).
+    A label absent from both maps is left out (its Dice is undefined). Labels are compared as stored, in any
+    integer type, and counted in one pass over the voxels however many there are.
     """
     a, b = np.asarray(a), np.asarray(b)
     if a.shape != b.shape:
         raise RegistrationError(f"dice: label maps have different shapes {a.shape} and {b.shape}; "
                                 "resample one onto the other's grid first.")
-    if labels is None:
-        labels = np.union1d(np.unique(a), np.unique(b))
-        labels = labels[labels != 0]
+    a, b = a.ravel(), b.ravel()
+    if a.size == 0:
+        return {}
+    found, inverse = np.unique(np.concatenate([a, b]), return_inverse=True)  # each voxel's label, numbered
+    in_a = np.bincount(inverse[:a.size], minlength=found.size)
+    in_b = np.bincount(inverse[a.size:], minlength=found.size)
+    both = np.bincount(inverse[:a.size][a == b], minlength=found.size)
+    wanted = found[found != 0] if labels is None else np.asarray(list(labels))
+    where = np.searchsorted(found, wanted).clip(max=found.size - 1)
     out = {}
-    for label in labels:
-        in_a, in_b = a == label, b == label
-        total = int(in_a.sum()) + int(in_b.sum())
+    for label, position in zip(wanted.tolist(), where.tolist()):
+        total = int(in_a[position] + in_b[position]) if found[position] == label else 0
         if total:
-            out[int(label)] = 2.0 * float(np.logical_and(in_a, in_b).sum()) / total
+            out[int(label)] = 2.0 * int(both[position]) / total
     return out
 
 

@@ -47,11 +47,16 @@ def physical_points(grid: Grid, device=None, dtype=torch.float32) -> torch.Tenso
     return index_points(grid, device, dtype) @ matrix[:d, :d].T + matrix[:d, d]
 
 
-def to_sampling_grid(points: torch.Tensor, grid: Grid) -> torch.Tensor:
-    """Physical points [B, *spatial, D] -> normalised coordinates of `grid` for grid_sample."""
+def to_index(points: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """Physical points [B, *spatial, D] -> continuous voxel indices of `grid`, (x, y, z) order."""
     d = grid.dim
     matrix = _matrix(grid, True, points.device, points.dtype)
-    index = points @ matrix[:d, :d].T + matrix[:d, d]
+    return points @ matrix[:d, :d].T + matrix[:d, d]
+
+
+def to_sampling_grid(points: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """Physical points [B, *spatial, D] -> normalised coordinates of `grid` for grid_sample."""
+    index = to_index(points, grid)
     size = torch.as_tensor(grid.size, device=points.device, dtype=points.dtype)
     return 2.0 * index / (size - 1).clamp(min=1) - 1.0
 

@@ -161,7 +161,8 @@ def read_mask(path: str | os.PathLike, reference: Image, role: str = "mask") -> 
 
 
 def write_image(image: Image | sitk.Image, path: str | os.PathLike) -> Path:
-    """Writes an image atomically; the format follows the file name (.nii.gz, .nrrd, .mha, .png ...)."""
+    """Writes an image atomically; the format follows the file name (.nii.gz, .nrrd, .mha, .png ...). A
+    detached header (.mhd, .nhdr) gets its data file beside it, named by `data_file` and put in place with it."""
     sitk_image = image.to_sitk() if isinstance(image, Image) else image
     with atomic_path(path) as temporary:
         try:
@@ -176,6 +177,17 @@ def write_image(image: Image | sitk.Image, path: str | os.PathLike) -> Path:
 IMAGE_WRITE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 _IMAGE_IOS = {".nii.gz": "NiftiImageIO", ".nii": "NiftiImageIO", ".nrrd": "NrrdImageIO", ".nhdr": "NrrdImageIO",
               ".mha": "MetaImageIO", ".mhd": "MetaImageIO", ".png": "PNGImageIO"}
+
+
+_DATA_FILES = {".mhd": ".zraw", ".nhdr": ".raw.gz"}  # what ITK names the compressed data of a detached header
+
+
+def data_file(path: str | os.PathLike) -> Optional[Path]:
+    """The data file that `write_image` writes beside a detached header (.mhd, .nhdr), or None."""
+    path = Path(path)
+    name = path.name.lower()
+    header = next((suffix for suffix in _DATA_FILES if name.endswith(suffix)), None)
+    return path.with_name(path.name[:-len(header)] + _DATA_FILES[header]) if header else None
 
 
 def image_io(path: str | os.PathLike) -> str:

@@ -74,7 +74,9 @@ def _resolve(value: str, base: Path) -> str:
     return str(path if path.is_absolute() else base / path)
 
 
-def read_csv_rows(path: str | Path, required: tuple[str, ...]) -> list[dict[str, str]]:
+def read_csv_rows(path: str | Path, required: tuple[str, ...], text: tuple[str, ...] = ()) -> list[dict[str, str]]:
+    """The rows of a CSV with a header naming `required` columns: empty and missing cells left out, paths made
+    relative to the CSV's folder, except in the `text` columns (kept as written, without surrounding blanks)."""
     path = Path(path)
     if not path.is_file():
         raise RegistrationError(f"CSV {path}: no such file. Check the path.")
@@ -92,7 +94,8 @@ def read_csv_rows(path: str | Path, required: tuple[str, ...]) -> list[dict[str,
         raise RegistrationError(f"CSV {path}: needs a header with column(s) {', '.join(required)} and at least "
                                 f"one row (found columns: {', '.join(sorted(columns)) or 'none'}).")
     base = path.parent
-    return [{k: _resolve(v, base) for k, v in row.items() if k and v and v.strip()} for row in rows]
+    return [{k: v.strip() if k in text else _resolve(v, base) for k, v in row.items() if k and v and v.strip()}
+            for row in rows]
 
 
 def pairs_from_csv(path: str | Path) -> list[PairRecord]:

@@ -1,8 +1,10 @@
 """One registration run for the Slicer logic: MRML nodes in, backend in a background process, nodes out.
 
 `RegistrationJob` writes the input volumes (with their world geometry) and job.json (the resolved settings,
-a saved RegistrationConfig) to a temporary folder, runs `python -m DiffusionRegistrationLib.cli.main register
-... --config job.json --progress json` through ProcessRunner, and on success imports the results: a
+a saved RegistrationConfig) to a temporary folder, runs `diffreg register ... --config job.json --progress
+json` on the warm backend (a worker process shared by the jobs: no start-up and torch import per run; see
+warm_backend.py) or, with `warm=False` or while that worker is busy with another job, as a process of its
+own through ProcessRunner, and on success imports the results: a
 transform node (read through its storage node, Fixed/Moving references, set as the moving volume's parent
 transform), an optional warped volume, a checkerboard volume and, on request, the agreement map.
 Nodes are created only when the run succeeded, so a cancelled or failed run leaves no nodes, no files
@@ -10,13 +12,14 @@ and no process behind. No Qt and no Slicer application are needed.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 from ..engine.config import save_config
 from ..engine.options import RegistrationOptions
@@ -28,6 +31,7 @@ from .checkerboard import checkerboard_volume
 from .process_runner import Event, Finished, ProcessRunner, backend_environment, python_executable
 from .transforms import MOVING_ROLE, end_in_frame, load_transform, matrix_from_world, set_registration_references
 from .volumes import image_from_volume_node, volume_node_from_image
+from .warm_backend import WarmBackend, WarmRun, shared_backend
 
 LIBRARY_PARENT = Path(__file__).resolve().parents[2]  # the folder holding DiffusionRegistrationLib
 CHECKERBOARD_ROLE = "Checkerboard"
@@ -60,6 +64,26 @@ def colour_overlay(volume_node, colour_table: str = AGREEMENT_COLOURS) -> None:
     display.SetWindowLevelMinMax(-1.0, 1.0)
 
 
+def idle_backend(python: Optional[str] = None) -> Optional[WarmBackend]:
+    """The shared warm backend for `python`, set up to run this Lib; None while it runs another job."""
+    backend = shared_backend(python)
+    if backend.busy:
+        return None
+    backend.configure(backend_environment(LIBRARY_PARENT), str(LIBRARY_PARENT))
+    return backend
+
+
+def warm_up(python: Optional[str] = None) -> None:
+    """Starts the shared worker in the background (when the panel or page opens), so that the first run is
+    warm too; returns at once. Nothing happens while torch is not installed (it is installed on the first
+    Apply) or while the worker runs a job."""
+    if importlib.util.find_spec("torch") is None:
+        return
+    backend = idle_backend(python)
+    if backend is not None:
+        backend.start()
+
+
 def _check_mask(mask_node, image: Image, role: str) -> Image:
     return check_mask(image_from_volume_node(mask_node, role), image, role, f"'{mask_node.GetName()}'")
 
@@ -69,7 +93,7 @@ class RegistrationJob:
 
     def __init__(self, scene, fixed, moving, options: Optional[RegistrationOptions] = None, fixed_mask=None,
                  moving_mask=None, output_transform=None, output_volume=None, python: Optional[str] = None,
-                 work_folder: Optional[str] = None):
+                 work_folder: Optional[str] = None, warm: bool = True):
         if fixed is None or moving is None:
             raise RegistrationError("Select both a fixed and a moving volume.")
         if fixed is moving or fixed.GetID() == moving.GetID():
@@ -81,30 +105,30 @@ class RegistrationJob:
         self.output_transform, self.output_volume = output_transform, output_volume
         self.python = python_executable(python)
         self.work_folder = work_folder
+        self.warm = warm
         self.folder: Optional[Path] = None
-        self.runner: Optional[ProcessRunner] = None
+        self.runner: Optional[Union[ProcessRunner, WarmRun]] = None
         self.log: list[str] = []
         self.last_progress: Optional[Progress] = None
         self._world_to_moving = None
 
     # -- running -------------------------------------------------------------------------------------
-    def command(self, folder: Path) -> list[str]:
+    def arguments(self, folder: Path) -> list[str]:
         """`diffreg register` on the files in `folder`; the settings are job.json (a saved RegistrationConfig),
         except for a network without fine-tuning, which takes no similarity settings."""
-        command = [self.python, "-m", "DiffusionRegistrationLib.cli.main", "register",
-                   "--fixed", str(folder / "fixed.nrrd"), "--moving", str(folder / "moving.nrrd"),
-                   "--output-dir", str(folder / "output"), "--progress", "json"]
+        argv = ["register", "--fixed", str(folder / "fixed.nrrd"), "--moving", str(folder / "moving.nrrd"),
+                "--output-dir", str(folder / "output"), "--progress", "json"]
         if self.fixed_mask is not None:
-            command += ["--fixed-mask", str(folder / "fixed_mask.nrrd")]
+            argv += ["--fixed-mask", str(folder / "fixed_mask.nrrd")]
         if self.moving_mask is not None:
-            command += ["--moving-mask", str(folder / "moving_mask.nrrd")]
+            argv += ["--moving-mask", str(folder / "moving_mask.nrrd")]
         if self.options.agreement:
-            command += ["--agreement"]
+            argv += ["--agreement"]
         if self.options.network:
-            command += ["--network", str(self.options.network), "--finetune-steps", str(int(self.options.finetune_steps))]
+            argv += ["--network", str(self.options.network), "--finetune-steps", str(int(self.options.finetune_steps))]
             if not self.options.finetune_steps:
-                return command + ["--device", self.options.device or "auto"]
-        return command + ["--config", str(folder / JOB_FILE)]
+                return argv + ["--device", self.options.device or "auto"]
+        return argv + ["--config", str(folder / JOB_FILE)]
 
     def start(self) -> "RegistrationJob":
         """Resolves the settings, writes the inputs and job.json, and starts the backend; returns at once."""
@@ -124,12 +148,20 @@ class RegistrationJob:
                 if mask is not None:
                     write_image(mask, self.folder / f"{name}.nrrd")
             save_config(config, self.folder / JOB_FILE)
-            self.runner = ProcessRunner(self.command(self.folder), env=backend_environment(LIBRARY_PARENT),
-                                        cwd=str(LIBRARY_PARENT), temporary_folder=self.folder).start()
+            self.runner = self._launch(self.folder)
         except BaseException:
             self._remove_folder()
             raise
         return self
+
+    def _launch(self, folder: Path) -> Union[ProcessRunner, WarmRun]:
+        """The job on the idle warm backend, else as a process of its own."""
+        backend = idle_backend(self.python) if self.warm else None
+        if backend is not None:
+            return backend.submit(self.arguments(folder), temporary_folder=folder)
+        return ProcessRunner([self.python, "-m", "DiffusionRegistrationLib.cli.main", *self.arguments(folder)],
+                             env=backend_environment(LIBRARY_PARENT), cwd=str(LIBRARY_PARENT),
+                             temporary_folder=folder).start()
 
     def _under_previous_result(self) -> bool:
         """Whether the moving volume sits under an earlier registration of itself (re-running Apply):

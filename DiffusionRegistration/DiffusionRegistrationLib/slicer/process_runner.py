@@ -17,7 +17,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Optional, Sequence, Union
+from typing import IO, Callable, Optional, Sequence, Union
 
 from ..progress import Progress
 
@@ -43,21 +43,41 @@ class Finished:
 Event = Union[Progress, LogLine, Finished]
 
 
+def json_event(text: str) -> Optional[dict]:
+    """The object of a JSON event line (one with a string "stage"), else None."""
+    if not text.startswith("{"):
+        return None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("stage"), str) else None
+
+
+def progress_from_event(data: dict) -> Progress:
+    """The {"stage", "fraction", "message"} of an event object (other keys ignored)."""
+    try:
+        fraction = float(data.get("fraction", 0.0))
+    except (TypeError, ValueError):
+        fraction = 0.0
+    return Progress(data["stage"], fraction, str(data.get("message", "")))
+
+
 def parse_line(line: str) -> Union[Progress, LogLine]:
     """A JSON progress line ({"stage", "fraction", "message"}) as Progress; anything else as a log line."""
     text = line.rstrip("\r\n")
-    if text.startswith("{"):
+    data = json_event(text)
+    return progress_from_event(data) if data is not None else LogLine(text, "stdout")
+
+
+def drain(events: queue.Queue) -> list:
+    """Every item in `events` now, without blocking."""
+    drained = []
+    while True:
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError:
-            data = None
-        if isinstance(data, dict) and isinstance(data.get("stage"), str):
-            try:
-                fraction = float(data.get("fraction", 0.0))
-            except (TypeError, ValueError):
-                fraction = 0.0
-            return Progress(data["stage"], fraction, str(data.get("message", "")))
-    return LogLine(text, "stdout")
+            drained.append(events.get_nowait())
+        except queue.Empty:
+            return drained
 
 
 def backend_environment(library_parent: Union[str, os.PathLike], base: Optional[dict] = None) -> dict:
@@ -84,13 +104,35 @@ def kill_tree_windows(pid: int) -> None:
                    creationflags=getattr(subprocess, "CREATE_NO_WINDOW", WINDOWS_CREATE_NO_WINDOW))
 
 
-class ProcessRunner:
-    """One background process: start it, poll its events, wait for it or cancel it."""
+class RunStatus:
+    """The outcome of a background run (a process, or a job on the warm backend) once it ended."""
+
+    _finished: Optional[Finished] = None
+    _cancelled = False
+
+    @property
+    def returncode(self) -> Optional[int]:
+        return self._finished.returncode if self._finished is not None else None
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+
+class ProcessRunner(RunStatus):
+    """One background process: start it, poll its events, wait for it or cancel it.
+
+    With `stdin=True` the child reads lines that `send()` writes (a long-lived worker); with `merge_stderr=True`
+    its stderr joins stdout in one pipe, so their lines keep the order in which the child wrote them; `parse`
+    turns each stdout line into an event (default: parse_line).
+    """
 
     def __init__(self, command: Sequence[str], env: Optional[dict] = None, cwd: Optional[str] = None,
-                 temporary_folder: Optional[Union[str, os.PathLike]] = None, keep_stderr_lines: int = 200):
+                 temporary_folder: Optional[Union[str, os.PathLike]] = None, keep_stderr_lines: int = 200,
+                 stdin: bool = False, merge_stderr: bool = False, parse: Callable[[str], object] = parse_line):
         self.command = [str(part) for part in command]
         self.env, self.cwd = env, cwd
+        self._stdin, self._merge_stderr, self._parse = stdin, merge_stderr, parse
         self.temporary_folder = Path(temporary_folder) if temporary_folder is not None else None
         self.events: "queue.Queue[Event]" = queue.Queue()
         self.stderr_lines: list[str] = []
@@ -116,12 +158,15 @@ class ProcessRunner:
             options["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)
         else:
             options["start_new_session"] = True
-        self._process = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                         stderr=subprocess.PIPE, env=child_environment(self.env), cwd=self.cwd,
-                                         text=True,
+        self._process = subprocess.Popen(self.command, stdin=subprocess.PIPE if self._stdin else subprocess.DEVNULL,
+                                         stdout=subprocess.PIPE,
+                                         stderr=subprocess.STDOUT if self._merge_stderr else subprocess.PIPE,
+                                         env=child_environment(self.env), cwd=self.cwd, text=True,
                                          encoding="utf-8", errors="replace", bufsize=1, **options)
-        self._readers = [threading.Thread(target=self._read, args=(self._process.stdout, "stdout"), daemon=True),
-                         threading.Thread(target=self._read, args=(self._process.stderr, "stderr"), daemon=True)]
+        streams = [(self._process.stdout, "stdout")]
+        if not self._merge_stderr:
+            streams.append((self._process.stderr, "stderr"))
+        self._readers = [threading.Thread(target=self._read, args=stream, daemon=True) for stream in streams]
         for reader in self._readers:
             reader.start()
         threading.Thread(target=self._watch, daemon=True).start()
@@ -135,18 +180,10 @@ class ProcessRunner:
     def running(self) -> bool:
         return self._process is not None and self._finished is None
 
-    @property
-    def returncode(self) -> Optional[int]:
-        return self._finished.returncode if self._finished is not None else None
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled
-
     def _read(self, stream: IO[str], name: str) -> None:
         for line in stream:
             if name == "stdout":
-                self.events.put(parse_line(line))
+                self.events.put(self._parse(line))
             else:
                 text = line.rstrip("\r\n")
                 with self._lock:
@@ -170,19 +207,30 @@ class ProcessRunner:
             self._reaped = True
         for reader in self._readers:
             reader.join()
+        if self._process.stdin is not None:
+            try:
+                self._process.stdin.close()
+            except OSError:  # the child left unread lines in the pipe
+                pass
         self._finished = Finished(returncode, self._cancelled)
         self.events.put(self._finished)
         self._done.set()
 
+    def send(self, line: str) -> bool:
+        """Writes one line to the child's stdin (`stdin=True`); False when the child no longer reads it."""
+        if self._process is None or self._process.stdin is None:
+            raise RuntimeError("the process was not started with stdin=True")
+        try:
+            self._process.stdin.write(line.rstrip("\n") + "\n")
+            self._process.stdin.flush()
+            return True
+        except (BrokenPipeError, ValueError, OSError):  # ValueError: our end was already closed
+            return False
+
     # -- following -----------------------------------------------------------------------------------
     def poll(self) -> list[Event]:
         """Every event queued since the last call, without blocking (for a GUI timer)."""
-        drained: list[Event] = []
-        while True:
-            try:
-                drained.append(self.events.get_nowait())
-            except queue.Empty:
-                return drained
+        return drain(self.events)
 
     def wait(self, timeout: Optional[float] = None) -> int:
         """Blocks until the process and its readers are done; returns the exit code."""
