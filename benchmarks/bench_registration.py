@@ -21,6 +21,7 @@ system time; a peer: its call's). `vs SyN` is a method's time (or CPU time) over
 same pair in the same run.
 
     python benchmarks/bench_registration.py --suites known2,cross2 --seeds 0,1,2 --out results/bench.json
+    python benchmarks/bench_registration.py --suites head2 --seeds 0 --methods none,ants-syn,default,stripped
 
 Not part of the test suite: minutes per pair on two cores (the 1 mm suites: tens of minutes).
 """
