@@ -40,7 +40,7 @@ def brain_dice(pair, result) -> float:
     return mask_dice(result.warp(pair.moving_brain, "nearest").array > 0.5, pair.fixed_brain.array > 0.5)
 
 
-def test_each_image_says_whether_it_is_a_brain_a_head_or_a_scene(pairs):
+def test_each_image_says_whether_it_is_a_brain_a_head_or_a_scene(pairs, t1_slice):
     """In the large field of view the head scan has nearly as many zero voxels (0.67) as the template (0.78):
     the old rule (a moving image with at least 1.5 times the fixed image's share) left the template unmasked;
     the layers under each object's surface tell them apart."""
@@ -53,6 +53,7 @@ def test_each_image_says_whether_it_is_a_brain_a_head_or_a_scene(pairs):
     assert classify(pairs("reverse").fixed).kind == STRIPPED
     assert classify(pairs("reverse").moving).kind == HEAD
     assert classify(pairs("heads").moving_stripped).kind == STRIPPED
+    assert classify(t1_slice).kind == SCENE  # a 2D slice of about 60 x 55 pixels with its noisy background
 
 
 @pytest.mark.parametrize("name, fixed_masked, moving_masked, least_dice", [
@@ -120,3 +121,16 @@ def test_the_guard_finds_colin27s_brain_on_its_own_scalp_when_scaled(pairs, scal
     assert len(found) >= len(expected)
     if not expected:
         assert found == []
+
+
+@pytest.mark.parametrize("scale, warned", [(1.0, False), (0.9, False), (0.7, True), (1.4, True)])
+def test_an_affine_scale_beyond_two_brains_is_named_for_a_brain_and_a_head(pairs, scale, warned):
+    """The affine stage's scale is judged against what two people's brains differ by (0.75-1.33), only for a
+    brain and a head; the mapping itself is the identity here, so nothing else is found."""
+    pair = pairs("heads")
+    head, brain = pair.moving, Image(pair.moving_stripped.array, pair.moving.grid, None)
+    affine = np.diag([scale, scale, scale, 1.0])
+    found = brain_warnings("affine", Result.identity(head.grid, head.grid), classify(head), classify(brain), affine)
+    assert any("two people's brains" in w for w in found) == warned
+    scene = classify(pair.fixed)  # noisy air: no brain-and-head pair, no anatomy check
+    assert brain_warnings("affine", Result.identity(head.grid, head.grid), scene, classify(brain), affine) == []

@@ -29,6 +29,7 @@ MIN_LAYER_MM = 2.0
 MIN_LAYER_VOXELS = 20
 LAYERED = 0.075  # a layer this much (of the object's intensity range) darker than layers on both sides
 WORKING_MM = 3.0  # the layers are measured on a grid about this coarse (every k-th voxel)
+MIN_WORKING_VOXELS = 32
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,9 @@ def _background(values: np.ndarray) -> tuple[float, float, float]:
 
 
 def _coarse(image: Image) -> Image:
-    return strided(image, max(1, round(WORKING_MM / min(image.grid.spacing))))
+    """Every k-th voxel, about WORKING_MM apart, keeping at least MIN_WORKING_VOXELS along each axis."""
+    step = min(round(WORKING_MM / min(image.grid.spacing)), min(image.grid.size) // MIN_WORKING_VOXELS)
+    return strided(image, max(1, step))
 
 
 def object_depth(inside: np.ndarray, like: Image) -> Image:
@@ -98,6 +101,8 @@ def layering(values: np.ndarray, depth: np.ndarray, spacing_mm: float) -> float:
     layers on both sides of it, in units of the object's intensity range; 0 without such a dark layer.
     Each layer's intensity is its median, over layers of width >= MIN_LAYER_MM down to LAYERS_MM."""
     inside = depth > 0
+    if inside.sum() < MIN_LAYER_VOXELS:
+        return 0.0
     low, high = np.percentile(values[inside], [1, 99])
     width = max(MIN_LAYER_MM, spacing_mm)
     outer = inside & (depth <= LAYERS_MM)
