@@ -9,13 +9,13 @@ import logging
 import pathlib
 import shutil
 import sys
-from typing import Annotated, Callable, Optional
+from typing import Annotated, Callable, Optional, Union
 
 import ctk
 import qt
 import slicer
 import vtk
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLTransformNode
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTransformNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import (Choice, GuiConnector, WithinRange, parameterNodeGuiConnector,
@@ -26,22 +26,27 @@ from slicer.util import VTKObservationMixin
 
 from DiffusionRegistrationLib.engine.config import presets as _presets
 from DiffusionRegistrationLib.features.catalog import load_catalog as _load_catalog
-from DiffusionRegistrationLib.similarity.registry import similarity_names as _similarity_names
+from DiffusionRegistrationLib.slicer.panel_settings import PANEL_SETTINGS as _PANEL
 
 README_URL = "https://github.com/DiffusionRegistration/SlicerDiffusionRegistration#readme"
 
-# The choices come from the backend's registries (torch-free modules): presets, similarities ("preset": the
-# preset's own) and the model catalog's backbones.
-PRESETS = tuple(_presets())
-SIMILARITIES = ("preset", *_similarity_names())
-BACKBONES = tuple(_load_catalog())
-MODES = ("exact", "fast")
-DEVICES = ("auto", "cpu", "cuda")
-# The panel's choices that are not node references: kept when the scene is closed.
-SETTINGS = ("preset", "similarity", "backbone", "mode", "device", "steps", "regularization", "networkCheckpoint",
-            "finetuneSteps", "checkerboardSquareMm", "agreementMap")
+# what the slice views can show of a run (DiffusionRegistrationLib.slicer.session.LAYERS, which imports MRML)
+LAYERS = ("fixed", "moving", "warped", "checkerboard", "agreement", "jacobian")
+# The panel's choices that are not node references (kept when the scene is closed): the run's options, each
+# declared once in the backend (DiffusionRegistrationLib.slicer.panel_settings, torch-free), and the panel's own.
+SETTINGS = (*_PANEL, "keepTemporaryFiles")
+
+
+def _declared(name: str):
+    """The parameter node's type for a declared option: its choices or its range."""
+    setting = _PANEL[name]
+    if setting.choices:
+        return Annotated[setting.kind, Choice(setting.choices)]
+    if setting.bounds:
+        return Annotated[setting.kind, WithinRange(*(setting.kind(b) for b in setting.bounds))]
+    return setting.kind
 # Python packages the backend needs besides torch (PyTorch extension) and what Slicer bundles (numpy,
-# scipy, SimpleITK); entries marked `extra == "diffusion"` only for a diffusion backbone.
+# scipy, SimpleITK); entries marked `extra == "hub"` only for a backbone from a model hub.
 REQUIREMENTS_FILE = pathlib.Path(__file__).resolve().parent / "Resources" / "requirements.txt"
 MINIMUM_TORCH = "2.4"
 
@@ -84,26 +89,31 @@ class DiffusionRegistration(ScriptedLoadableModule):
 class DiffusionRegistrationParameterNode:
     """The panel's state, saved with the scene.
 
-    steps and regularization at 0 mean "as the preset says"; an empty network checkpoint means none.
+    The run's options, their choices, ranges and defaults come from the backend's declaration (one below a
+    range, the choice "preset" or an empty path: unset, as the preset says). The initial transform is the
+    user's placement of the moving volume (by default its parent when it is chosen); no output transform means
+    a new one per run.
     """
 
     fixed: vtkMRMLScalarVolumeNode
     moving: vtkMRMLScalarVolumeNode
-    fixedMask: vtkMRMLScalarVolumeNode
-    movingMask: vtkMRMLScalarVolumeNode
-    preset: Annotated[str, Choice(PRESETS)] = "default"
-    similarity: Annotated[str, Choice(SIMILARITIES)] = "preset"
-    backbone: Annotated[str, Choice(BACKBONES)] = "adm-256-uncond"
-    mode: Annotated[str, Choice(MODES)] = "fast"
-    device: Annotated[str, Choice(DEVICES)] = "auto"
-    steps: Annotated[int, WithinRange(0, 5000)] = 0
-    regularization: Annotated[float, WithinRange(0.0, 100.0)] = 0.0
-    networkCheckpoint: str = ""
-    finetuneSteps: Annotated[int, WithinRange(0, 5000)] = 0
+    fixedMask: Union[vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, None]
+    movingMask: Union[vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, None]
+    initialTransform: vtkMRMLTransformNode
+    preset: _declared("preset") = _PANEL["preset"].default
+    similarity: _declared("similarity") = _PANEL["similarity"].default
+    backbone: _declared("backbone") = _PANEL["backbone"].default
+    mode: _declared("mode") = _PANEL["mode"].default
+    device: _declared("device") = _PANEL["device"].default
+    steps: _declared("steps") = _PANEL["steps"].default
+    regularization: _declared("regularization") = _PANEL["regularization"].default
+    networkCheckpoint: _declared("networkCheckpoint") = _PANEL["networkCheckpoint"].default
+    finetuneSteps: _declared("finetuneSteps") = _PANEL["finetuneSteps"].default
     outputTransform: vtkMRMLTransformNode
     outputVolume: vtkMRMLScalarVolumeNode
-    checkerboardSquareMm: Annotated[float, WithinRange(1.0, 200.0)] = 10.0
-    agreementMap: bool = False
+    checkerboardSquareMm: _declared("checkerboardSquareMm") = _PANEL["checkerboardSquareMm"].default
+    agreementMap: _declared("agreementMap") = _PANEL["agreementMap"].default
+    keepTemporaryFiles: bool = False
 
 
 @parameterNodeGuiConnector
@@ -160,6 +170,7 @@ class DiffusionRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         self._job = None
         self._preparing = False  # Apply pressed: dependencies or weights are being checked or fetched
         self._timer = None
+        self._lastMoving = None  # the moving volume whose default initial transform was last offered
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -177,6 +188,12 @@ class DiffusionRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        for layer in LAYERS:
+            self.ui.layerComboBox.addItem(layer)
+        self.ui.layerComboBox.connect("currentIndexChanged(int)", self.onShowLayer)
+        self.ui.beforeAfterButton.connect("toggled(bool)", self.onShowLayer)
+        self.ui.openFolderButton.connect("clicked(bool)", self.onOpenFolder)
+        self.ui.sampleDataButton.connect("clicked(bool)", self.onSampleData)
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
@@ -186,6 +203,7 @@ class DiffusionRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
 
     def enter(self) -> None:
         self.initializeParameterNode()
+        self.logic.warmUp()
 
     def exit(self) -> None:
         self._disconnectGui()
@@ -237,32 +255,50 @@ class DiffusionRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         self._parameterNodeGuiTag = None
 
     def _checkCanApply(self, caller=None, event=None) -> None:
+        node = self._parameterNode
+        if node and node.moving is not self._lastMoving:  # a newly chosen moving volume: offer its placement
+            from DiffusionRegistrationLib.slicer.session import default_initial_transform
+
+            self._lastMoving = node.moving
+            node.initialTransform = default_initial_transform(node.moving)
+        session = self.logic.session() if self.logic else None
+        folder = session.last_folder if session else None
+        self.ui.openFolderButton.enabled = folder is not None and folder.is_dir()
+        self.ui.layerComboBox.enabled = self.ui.beforeAfterButton.enabled = bool(session and session.current)
         if self._job is not None:
             self.ui.applyButton.enabled = True
             return
-        node = self._parameterNode
-        reason = DiffusionRegistrationLogic.inputProblem(node.fixed, node.moving) if node else _("No parameters.")
+        reason = self.logic.parameterProblem(node) if node else _("No parameters.")
         self.ui.applyButton.enabled = reason is None and not self._preparing
         self.ui.applyButton.toolTip = reason or _("Register the moving volume onto the fixed volume.")
         usesDiffusion = bool(node) and self.logic.diffusionBackbone(node) is not None
         self.ui.backboneComboBox.enabled = usesDiffusion
         self.ui.modeComboBox.enabled = usesDiffusion
         self.ui.finetuneStepsSpinBox.enabled = bool(node) and bool(node.networkCheckpoint)
+        if node:
+            self.ui.presetDescriptionLabel.text = self.logic.settingsDescription(node)
 
     # -- running -------------------------------------------------------------------------------------
     def onApplyButton(self) -> None:
         if self._job is not None:
             self.cancelJob()
             return
+        node = self._parameterNode
+        problem = self.logic.parameterProblem(node)
+        if problem:
+            self.ui.statusLabel.text = problem
+            return
         self._preparing = True  # no second click while dependencies or weights are fetched
         self._checkCanApply()
         try:
             with slicer.util.tryWithErrorDisplay(_("Could not start the registration."), waitCursor=True):
-                node = self._parameterNode
                 if not self.logic.ensureDependencies(self.logic.diffusionBackbone(node)):
                     return
+                question = self.logic.overwriteQuestion(node)
+                if question and not slicer.util.confirmOkCancelDisplay(question):
+                    return
                 self.ui.logTextEdit.clear()
-                self._job = self.logic.startJob(node)
+                self._job = self.logic.startJob(node, overwrite=bool(question))
                 self._setRunning(True, _("Registering..."))
                 self._timer.start()
         finally:
@@ -290,15 +326,36 @@ class DiffusionRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
                 self.ui.logTextEdit.appendPlainText(event.text)
 
     def _finishJob(self, job) -> None:
+        from DiffusionRegistrationLib.errors import Cancelled
+
         self._job = None
-        status = _("Registration failed; see the log.")
         try:
             with slicer.util.tryWithErrorDisplay(_("Registration failed."), waitCursor=True):
-                result = self.logic.finishJob(job, self._parameterNode)
-                seconds = result.report.get("seconds")
-                status = _("Done") + (f" in {seconds:.1f} s." if isinstance(seconds, (int, float)) else ".")
-        finally:
-            self._setRunning(False, status)
+                run = self.logic.finishJob(job, self._parameterNode)
+            seconds = run.report.get("seconds")
+            status = _("Done") + (f" in {seconds:.1f} s." if isinstance(seconds, (int, float)) else ".")
+            self.ui.layerComboBox.currentIndex = LAYERS.index("moving")
+            self.ui.beforeAfterButton.checked = False
+        except Cancelled:
+            status = _("Cancelled: the scene was not changed.")
+        except Exception as error:  # shown by tryWithErrorDisplay; a timer slot must not raise
+            status = _("Registration failed: {error}").format(error=error)
+        self._setRunning(False, status)
+
+    def onShowLayer(self, *args) -> None:
+        """Layer combo box or before/after button: what the slice views show of the current run."""
+        self.logic.showLayer(self.ui.layerComboBox.currentText, after=not self.ui.beforeAfterButton.checked)
+
+    def onOpenFolder(self, *args) -> None:
+        folder = self.logic.session().last_folder
+        if folder is not None:
+            qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(folder)))
+
+    def onSampleData(self, *args) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Could not load the sample pair."), waitCursor=True):
+            fixed, moving = self.logic.loadSamplePair()
+            self._parameterNode.fixed, self._parameterNode.moving = fixed, moving
+            self._parameterNode.preset = "stripped"
 
     def cancelJob(self) -> None:
         if self._job is None:
@@ -306,7 +363,7 @@ class DiffusionRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         job, self._job = self._job, None
         if self._timer is not None:
             self._timer.stop()
-        job.cancel()
+        self.logic.cancel(job)
         self._setRunning(False, _("Cancelled: the scene was not changed."))
 
     def _setRunning(self, running: bool, status: str) -> None:
@@ -326,14 +383,20 @@ class DiffusionRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
 #
 
 
-def readRequirements(diffusion: bool) -> list:
-    """The requirement lines of Resources/requirements.txt; those marked `extra == "diffusion"` only if asked."""
+def readRequirements(hub: bool) -> list:
+    """The requirement lines of Resources/requirements.txt; those marked `extra == "hub"` only if asked."""
     requirements = []
     for line in REQUIREMENTS_FILE.read_text(encoding="utf-8").splitlines():
         requirement, _sep, marker = line.split("#", 1)[0].partition(";")
-        if requirement.strip() and (diffusion or "diffusion" not in marker):
+        if requirement.strip() and (hub or "hub" not in marker):
             requirements.append(requirement.strip())
     return requirements
+
+
+def isHubBackbone(backbone: Optional[str]) -> bool:
+    """Whether the catalog fetches this backbone from a model hub (it then needs diffusers and friends)."""
+    entry = _load_catalog().get(backbone) if backbone is not None else None
+    return entry is not None and entry.kind == "hub"
 
 
 def missingRequirements(requirements: list) -> list:
@@ -366,6 +429,7 @@ class DiffusionRegistrationLogic(ScriptedLoadableModuleLogic):
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self._dependenciesChecked = set()
+        self._session = None
 
     def getParameterNode(self):
         return DiffusionRegistrationParameterNode(super().getParameterNode())
@@ -379,29 +443,54 @@ class DiffusionRegistrationLogic(ScriptedLoadableModuleLogic):
             return _("The fixed and the moving volume must be two different volumes.")
         return None
 
+    def parameterProblem(self, parameterNode) -> Optional[str]:
+        """Why Apply cannot run with the panel's inputs and outputs (an input chosen as output, ...), or None."""
+        session = self.session(parameterNode.fixed.GetScene() if parameterNode.fixed else None)
+        p = parameterNode
+        session.set_inputs(fixed=p.fixed, moving=p.moving, fixed_mask=p.fixedMask, moving_mask=p.movingMask,
+                           initial_transform=p.initialTransform)
+        return session.input_problem(p.outputTransform, p.outputVolume)
+
+    def overwriteQuestion(self, parameterNode) -> Optional[str]:
+        """The question to ask before chosen output nodes that hold results are refilled, or None."""
+        return self.session().overwrite_question(parameterNode.outputTransform, parameterNode.outputVolume)
+
+    @staticmethod
+    def settingsDescription(parameterNode) -> str:
+        """The registries' one-line descriptions of the chosen preset and similarity."""
+        from DiffusionRegistrationLib.similarity.registry import SIMILARITIES
+
+        text = f"{parameterNode.preset}: {_presets().get(parameterNode.preset, '')}"
+        similarity = SIMILARITIES.get(parameterNode.similarity)
+        return text + (f"\n{parameterNode.similarity}: {similarity.summary}" if similarity else "")
+
+    def showLayer(self, layer: str, after: bool = True) -> None:
+        """Shows a layer of the current run (before or after registration) in the slice views."""
+        session = self.session()
+        if session.current is not None or layer in ("fixed", "moving"):
+            self.showView(session.show(layer, after))
+
+    def loadSamplePair(self):
+        """The main job's pair (Colin27 skull-stripped onto Colin27 with skull under a known deformation, 2 mm)
+        as two volumes; RegistrationError with the fix when the data are not on this computer."""
+        from DiffusionRegistrationLib.cli.demo import demo_pair
+        from DiffusionRegistrationLib.slicer import volume_node_from_image
+
+        pair = demo_pair()
+        return (volume_node_from_image(pair["fixed"], scene=slicer.mrmlScene, name="Colin27 with skull (deformed)"),
+                volume_node_from_image(pair["moving"], scene=slicer.mrmlScene, name="Colin27 skull-stripped"))
+
     @staticmethod
     def pythonExecutable() -> str:
         """Slicer's Python launcher (it sets up the libraries' environment), else this interpreter."""
         return shutil.which("PythonSlicer") or sys.executable
 
     @staticmethod
-    def options(preset: str = "default", similarity: str = "preset", backbone: str = "adm-256-uncond",
-                mode: str = "fast", device: str = "auto", steps: int = 0, regularization: float = 0.0,
-                networkCheckpoint: str = "", finetuneSteps: int = 0, checkerboardSquareMm: float = 10.0,
-                agreementMap: bool = False, seed: Optional[int] = None):
-        """The backend options for these panel values (the panel's "preset" and 0 mean unset: None)."""
-        from DiffusionRegistrationLib.engine.options import RegistrationOptions
+    def parameterOptions(parameterNode):
+        """The run's options (engine.options.RegistrationOptions) for the panel's parameter node."""
+        from DiffusionRegistrationLib.slicer.panel_settings import options_from_panel
 
-        return RegistrationOptions(
-            preset=preset, similarity=None if similarity == "preset" else similarity, backbone=backbone, mode=mode,
-            device=device, steps=int(steps) or None, regularization=float(regularization) or None,
-            network=str(networkCheckpoint) or None, finetune_steps=int(finetuneSteps), seed=seed,
-            checkerboard_square_mm=float(checkerboardSquareMm), agreement=bool(agreementMap))
-
-    @classmethod
-    def parameterOptions(cls, parameterNode):
-        """The backend options for the panel's parameter node."""
-        return cls.options(**{name: getattr(parameterNode, name) for name in SETTINGS})
+        return options_from_panel({name: getattr(parameterNode, name) for name in _PANEL})
 
     @classmethod
     def diffusionBackbone(cls, parameterNode) -> Optional[str]:
@@ -414,66 +503,94 @@ class DiffusionRegistrationLogic(ScriptedLoadableModuleLogic):
         except RegistrationError:
             return None
 
-    def startJob(self, parameterNode: DiffusionRegistrationParameterNode):
-        """Starts a background job for the panel's parameters; returns it at once."""
+    def session(self, scene=None):
+        """The review session of `scene` (default: Slicer's scene): one per scene, made on first use; its runs'
+        files go to Slicer's temporary folder as the application settings say now."""
+        from DiffusionRegistrationLib.slicer.session import ReviewSession
+
+        scene = scene or slicer.mrmlScene
+        if self._session is None or self._session.scene is not scene:
+            if self._session is not None:
+                self._session.close()
+            self._session = ReviewSession(scene, python=self.pythonExecutable())
+        self._session.work_folder = self.temporaryFolder()
+        return self._session
+
+    def warmUp(self) -> None:
+        """Starts the shared warm backend in the background (it imports torch there), so that the first Apply
+        does not wait for it either; nothing happens before torch is installed."""
+        from DiffusionRegistrationLib.slicer.job import warm_up
+
+        warm_up(self.pythonExecutable())
+
+    @staticmethod
+    def temporaryFolder() -> Optional[str]:
+        """Slicer's temporary folder (Application settings), where the job's files go; None outside Slicer."""
+        app = getattr(slicer, "app", None)
+        return getattr(app, "temporaryPath", None) or None
+
+    def startJob(self, parameterNode: DiffusionRegistrationParameterNode, overwrite: bool = False):
+        """Starts a background run for the panel's parameters; returns its job at once."""
+        from DiffusionRegistrationLib.errors import RegistrationError
+
         p = parameterNode
-        return self.start(p.fixed, p.moving, self.parameterOptions(p), p.fixedMask, p.movingMask, p.outputTransform,
-                          p.outputVolume)
+        problem = self.parameterProblem(p)
+        if problem:
+            raise RegistrationError(problem)
+        session = self._session
+        session.keep_files = bool(p.keepTemporaryFiles)
+        return session.start(self.parameterOptions(p), p.outputTransform, p.outputVolume, overwrite=overwrite)
 
     def start(self, fixed, moving, options=None, fixedMask=None, movingMask=None, outputTransform=None,
-              outputVolume=None, python: Optional[str] = None):
-        """Writes the inputs and job.json to a temporary folder and starts the backend; returns the job."""
+              outputVolume=None, overwrite: bool = False):
+        """Starts a run of the session of the volumes' scene; returns its job at once."""
         from DiffusionRegistrationLib.errors import RegistrationError
-        from DiffusionRegistrationLib.slicer.job import RegistrationJob
 
         problem = self.inputProblem(fixed, moving)
         if problem:
             raise RegistrationError(problem)
-        job = RegistrationJob(fixed.GetScene(), fixed, moving, options or self.options(), fixedMask, movingMask,
-                              outputTransform, outputVolume, python=python or self.pythonExecutable())
-        return job.start()
+        from DiffusionRegistrationLib.engine.options import RegistrationOptions
 
-    def finishJob(self, job, parameterNode: Optional[DiffusionRegistrationParameterNode] = None):
-        """Imports a finished job's outputs, selects the transform it made or filled, and shows the result."""
-        result = job.finish()
-        if parameterNode is not None:
-            parameterNode.outputTransform = result.transform
-        self.showResult(job.fixed, job.moving, result.agreement)
-        return result
+        session = self.session(fixed.GetScene())
+        session.set_inputs(fixed=fixed, moving=moving, fixed_mask=fixedMask, moving_mask=movingMask)
+        return session.start(options or RegistrationOptions(), outputTransform, outputVolume, overwrite=overwrite)
 
-    def process(self, fixed, moving, fixedMask=None, movingMask=None, outputTransform=None, outputVolume=None,
-                preset: str = "default", similarity: str = "preset", backbone: str = "adm-256-uncond",
-                mode: str = "fast", device: str = "auto", steps: int = 0, regularization: float = 0.0,
-                networkCheckpoint: str = "", finetuneSteps: int = 0, checkerboardSquareMm: float = 10.0,
-                agreementMap: bool = False, seed: Optional[int] = None, progress: Optional[Callable] = None,
-                wait: bool = True, python: Optional[str] = None):
-        """Registers `moving` onto `fixed` (scalar volume nodes), for scripts and tests.
+    def finishJob(self, job=None, parameterNode: Optional[DiffusionRegistrationParameterNode] = None):
+        """Records the finished run in the session (new output nodes unless chosen) and shows it."""
+        run = self.session(job.scene if job is not None else None).finish()
+        self.showView(self._session.view)
+        return run
 
-        With wait=True, follows the run (calling `progress(event)` for every Progress/LogLine/Finished
-        event) and returns the JobResult (transform, warped, checkerboard, agreement, report). With
-        wait=False, returns the running job: poll() it, then finishJob(job) or job.cancel().
-        """
-        options = self.options(preset, similarity, backbone, mode, device, steps, regularization,
-                               networkCheckpoint, finetuneSteps, checkerboardSquareMm, agreementMap, seed)
-        job = self.start(fixed, moving, options, fixedMask, movingMask, outputTransform, outputVolume, python)
-        if not wait:
-            return job
-        try:
-            result = job.wait(progress)
-        except BaseException:
+    def cancel(self, job) -> None:
+        """Cancels `job` at once (its process ends in the background); the scene is not changed."""
+        if self._session is not None and self._session.job is job:
+            self._session.cancel()
+        else:
             job.cancel()
+
+    def process(self, fixed, moving, options=None, fixedMask=None, movingMask=None, outputTransform=None,
+                outputVolume=None, progress: Optional[Callable] = None):
+        """Registers `moving` onto `fixed` (scalar volume nodes) with `options` (a RegistrationOptions; default:
+        the default preset) and waits, for scripts and tests: calls `progress(event)` for every
+        Progress/LogLine/Finished event and returns the session's Run (transform, warped, checkerboard,
+        agreement, jacobian, report). start() returns the running job instead."""
+        self.start(fixed, moving, options, fixedMask, movingMask, outputTransform, outputVolume)
+        session = self._session
+        try:
+            run = session.wait(progress)
+        except BaseException:
+            session.cancel()
             raise
-        self.showResult(fixed, moving, result.agreement)
-        return result
+        self.showView(session.view)
+        return run
 
     @staticmethod
-    def showResult(fixed, moving, agreement=None) -> None:
-        """Fixed in the slice views' background; in the foreground the agreement map (a colour overlay)
-        when there is one, else the (transformed) moving volume."""
-        if getattr(slicer, "app", None) is None:  # no views without the application (headless MRML)
+    def showView(view) -> None:
+        """Shows the session's view in Slicer's slice views (nothing without the application)."""
+        if view is None or getattr(slicer, "app", None) is None:
             return
-        slicer.util.setSliceViewerLayers(background=fixed, foreground=agreement or moving, foregroundOpacity=0.5,
-                                         fit=True)
+        slicer.util.setSliceViewerLayers(background=view.background, foreground=view.foreground,
+                                         foregroundOpacity=view.opacity, fit=True)
 
     # -- dependencies --------------------------------------------------------------------------------
     def ensureDependencies(self, backbone: Optional[str] = None) -> bool:
@@ -481,15 +598,16 @@ class DiffusionRegistrationLogic(ScriptedLoadableModuleLogic):
         weights are there, asking the user before anything is installed or downloaded.
 
         torch comes only through the PyTorch extension (PyTorchUtils); other packages are read from
-        Resources/requirements.txt and installed with slicer.packaging.pip_ensure where Slicer has it,
-        else slicer.util.pip_install. Returns False when the user declines.
+        Resources/requirements.txt (the hub packages only for a hub backbone) and installed with
+        slicer.packaging.pip_ensure where Slicer has it, else slicer.util.pip_install. Returns False when the
+        user declines, or when Slicer must restart first.
         """
-        diffusion = backbone is not None
-        if diffusion not in self._dependenciesChecked:
-            if not self._ensureTorch() or not self._ensurePipPackages(readRequirements(diffusion)):
+        hub = isHubBackbone(backbone)
+        if hub not in self._dependenciesChecked:
+            if not self._ensureTorch() or not self._ensurePipPackages(readRequirements(hub)):
                 return False
-            self._dependenciesChecked.add(diffusion)
-        return self.ensureWeights(backbone) if diffusion else True
+            self._dependenciesChecked.add(hub)
+        return self.ensureWeights(backbone) if backbone is not None else True
 
     @staticmethod
     def _ensureTorch() -> bool:
@@ -518,16 +636,27 @@ class DiffusionRegistrationLogic(ScriptedLoadableModuleLogic):
             installed = ""
         if not slicer.util.confirmOkCancelDisplay(question.format(version=MINIMUM_TORCH, installed=installed)):
             return False
-        return torchLogic.installTorch(askConfirmation=False,
-                                       torchVersionRequirement=f">={MINIMUM_TORCH}") is not None
+        if torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=f">={MINIMUM_TORCH}") is None:
+            return False
+        if not installed:
+            return True
+        # torchInstalled() imported the old torch: it stays loaded (and its files in use on Windows) until Slicer
+        # restarts, so the registration must not run now
+        if slicer.util.confirmOkCancelDisplay(_("PyTorch was updated. Slicer must restart before registering, "
+                                                "because the old version stays loaded until then. Restart now?")):
+            slicer.util.restart()
+        return False
 
     @staticmethod
     def _ensurePipPackages(requirements: list) -> bool:
         missing = missingRequirements(requirements)
         if not missing:
             return True
-        packaging = getattr(slicer, "packaging", None)
-        if packaging is not None and hasattr(packaging, "pip_ensure"):
+        try:  # Slicer 5.12 and later (Base/Python/slicer/packaging.py); `import slicer` does not import it
+            import slicer.packaging as packaging
+        except ImportError:
+            packaging = None
+        if packaging is not None:
             try:
                 packaging.pip_ensure(missing, requester="DiffusionRegistration")
             except RuntimeError:  # the user declined
@@ -599,6 +728,9 @@ class DiffusionRegistrationLogic(ScriptedLoadableModuleLogic):
             loop.exec_()  # PythonQt names QEventLoop::exec exec_ (Slicer 5.8 and 5.10 alike)
         finally:
             timer.stop()
+            # QProgressDialog::closeEvent emits canceled(): disconnect first, or a finished download counts as
+            # cancelled (Qt's qprogressdialog.cpp, closeEvent)
+            dialog.disconnect("canceled()", cancel)
             dialog.close()
         if outcome.get("cancelled"):
             return False
@@ -633,7 +765,7 @@ class DiffusionRegistrationTest(ScriptedLoadableModuleTest):
         """Why the registration cannot run in this Slicer, or None."""
         if importlib.util.find_spec("torch") is None:
             return _("PyTorch is not installed (install it with the PyTorch extension)")
-        missing = missingRequirements(readRequirements(diffusion=False))
+        missing = missingRequirements(readRequirements(hub=False))
         if missing:
             return _("missing Python packages: {packages}").format(packages=", ".join(missing))
         return None
@@ -663,7 +795,10 @@ class DiffusionRegistrationTest(ScriptedLoadableModuleTest):
 
         self.delayDisplay("Registering with MSE")
         logic = DiffusionRegistrationLogic()
-        result = logic.process(fixed, moving, outputVolume=warped, preset="fast", similarity="mse", device="cpu")
+        from DiffusionRegistrationLib.engine.options import RegistrationOptions
+
+        options = RegistrationOptions(preset="fast", similarity="mse", device="cpu")
+        result = logic.process(fixed, moving, options, outputVolume=warped)
         fixedArray = image_from_volume_node(fixed).array
         before = float(np.mean((image_from_volume_node(moving, include_parent_transform=False).array
                                 - fixedArray) ** 2))

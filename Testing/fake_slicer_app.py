@@ -1,10 +1,11 @@
-"""A hand-made stand-in for the parts of the Slicer *application* that slicer-core lacks: Qt widgets loaded
-from the .ui, the ScriptedLoadableModule base classes, slicer.i18n and slicer.parameterNodeWrapper.
+"""Stand-ins for the parts of the Slicer *application* that no package provides: the CTK and qMRML widgets of
+the .ui, the ScriptedLoadableModule base classes, slicer.app, slicer.i18n and slicer.parameterNodeWrapper.
 
-It exists only so DiffusionRegistration.py can be imported and its Widget and Logic run by pytest.
-Everything MRML stays real: parameters are stored in a real vtkMRMLScriptedModuleNode of a real
-vtkMRMLScene (a singleton node, as ScriptedLoadableModuleLogic makes it), and VTKObservationMixin and
-NodeModify are slicer-core's own. It is never used for MRML geometry or transforms.
+Qt is real: `qt` is pythonqt_shim (PySide6 classes with PythonQt's attribute access), the .ui is loaded by
+slicer-core's own slicer.util.loadUI through QUiLoader, and dialogs, timers and event loops are Qt's. MRML is
+real: parameters live in a vtkMRMLScriptedModuleNode of a vtkMRMLScene (slicer-core), and VTKObservationMixin,
+NodeModify, childWidgetVariables and createProgressDialog are slicer-core's own. What stands in for the user
+is `dialogs` (answers to confirmation boxes). It exists only so DiffusionRegistration.py runs under pytest.
 
 The wrapper reproduces Slicer's Base/Python/slicer/parameterNodeWrapper/wrapper.py and guiConnectors.py
 (read at tags v5.8.0 and v5.10.0) where the panel depends on them:
@@ -24,15 +25,14 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import inspect
 import sys
-import time
+import tempfile
 import types
 import typing
 import unittest
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Optional
 
 import slicer
 import slicer.util
@@ -43,363 +43,189 @@ SLICER_VERSIONS = ("5.8", "5.10")
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Qt stand-ins
-class Signal:
-    """A Qt signal: slots get as many of the emitted arguments as they accept, as PythonQt does."""
+# CTK and qMRML widget stand-ins (no package provides them): real QWidget subclasses with the properties and
+# signals the panel and its .ui use, each behaviour copied from the C++ source named in its docstring.
+from PySide6 import QtCore, QtWidgets  # noqa: E402
 
-    def __init__(self) -> None:
-        self.slots: list[Callable] = []
+import pythonqt_shim  # noqa: E402
 
-    def connect(self, slot: Callable) -> None:
-        self.slots.append(slot)
-
-    def disconnect(self, slot: Callable) -> None:
-        self.slots.remove(slot)
-
-    def emit(self, *args) -> None:
-        for slot in list(self.slots):
-            try:
-                parameters = inspect.signature(slot).parameters.values()
-                count = sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in parameters)
-                if any(p.kind == p.VAR_POSITIONAL for p in parameters):
-                    count = len(args)
-            except (TypeError, ValueError):
-                count = len(args)
-            slot(*args[:count])
+QT = pythonqt_shim.QT
 
 
-class QWidget:
-    SIGNALS: tuple[str, ...] = ()
-
-    def __init__(self, name: str = "") -> None:
-        self.name = name
-        self.children: list[QWidget] = []
-        self.dynamicProperties: dict[str, Any] = {}
-        self.enabled, self.visible, self.toolTip, self.text = True, True, "", ""
-        for signal in self.SIGNALS:
-            setattr(self, signal, Signal())
-
-    def isWidgetType(self) -> bool:
-        return True
-
-    def property(self, name: str):
-        return self.dynamicProperties.get(name)
-
-    def setProperty(self, name: str, value) -> None:
-        self.dynamicProperties[name] = value
-
-    def findChildren(self, kind=None) -> list:
-        found = []
-        for child in self.children:
-            found.append(child)
-            found += child.findChildren(kind)
-        return [w for w in found if kind is None or isinstance(w, kind)]
-
-    def connect(self, signature: str, slot: Callable) -> None:
-        getattr(self, signature.split("(")[0]).connect(slot)
-
-    def show(self) -> None:
-        self.visible = True
-
-    def hide(self) -> None:
-        self.visible = False
+def _string_list_property(attribute: str):
+    return QtCore.Property("QStringList", lambda self: list(getattr(self, attribute)),
+                           lambda self, value: setattr(self, attribute, list(value)))
 
 
-class QComboBox(QWidget):
-    SIGNALS = ("currentIndexChanged",)
-
-    def __init__(self, name: str = "") -> None:
-        super().__init__(name)
-        self.items: list[str] = []
-        self._index = -1
-
-    @property
-    def currentIndex(self) -> int:
-        return self._index
-
-    @currentIndex.setter
-    def currentIndex(self, index: int) -> None:
-        index = index if 0 <= index < len(self.items) else -1
-        if index != self._index:
-            self._index = index
-            self.currentIndexChanged.emit(index)
-
-    @property
-    def currentText(self) -> str:
-        return self.items[self._index] if self._index >= 0 else ""
-
-    @property
-    def count(self) -> int:
-        return len(self.items)
-
-    def clear(self) -> None:
-        self.items = []
-        self.currentIndex = -1
-
-    def addItem(self, text: str) -> None:
-        self.items.append(text)
-        if self._index == -1:
-            self.currentIndex = 0
+def _bool_property(attribute: str):
+    return QtCore.Property(bool, lambda self: getattr(self, attribute),
+                           lambda self, value: setattr(self, attribute, bool(value)))
 
 
-class _ValueWidget(QWidget):
-    SIGNALS = ("valueChanged",)
-    kind: type = int
+class _qMRMLWidget(QtWidgets.QWidget):
+    """Libs/MRML/Widgets/qMRMLWidget.cxx: setMRMLScene(scene) stores the scene and emits mrmlSceneChanged(scene),
+    which the .ui connects to every node selector's setMRMLScene."""
 
-    def __init__(self, name: str = "") -> None:
-        super().__init__(name)
-        self.minimum, self.maximum, self._value = 0, 99, self.kind(0)
+    mrmlSceneChanged = QtCore.Signal(object)
 
-    @property
-    def value(self):
-        return self._value
-
-    @value.setter
-    def value(self, value) -> None:
-        value = self.kind(min(max(value, self.minimum), self.maximum))
-        if value != self._value:
-            self._value = value
-            self.valueChanged.emit(value)
-
-
-class QSpinBox(_ValueWidget):
-    kind = int
-
-
-class QDoubleSpinBox(_ValueWidget):
-    kind = float
-
-
-class ctkPathLineEdit(QWidget):
-    SIGNALS = ("currentPathChanged",)
-
-    def __init__(self, name: str = "") -> None:
-        super().__init__(name)
-        self._path = ""
-
-    @property
-    def currentPath(self) -> str:
-        return self._path
-
-    @currentPath.setter
-    def currentPath(self, path: str) -> None:
-        if path != self._path:
-            self._path = path
-            self.currentPathChanged.emit(path)
-
-
-class qMRMLNodeComboBox(QWidget):
-    """Lists the scene's nodes of `nodeTypes` (subclasses too when showChildNodeTypes, Qt's default)."""
-
-    SIGNALS = ("currentNodeChanged",)
-
-    def __init__(self, name: str = "") -> None:
-        super().__init__(name)
-        self.nodeTypes: list[str] = []
-        self.showChildNodeTypes, self.hideChildNodeTypes, self.noneEnabled = True, [], False
-        self.mrmlScene, self._current = None, None
-
-    def lists(self, node) -> bool:
-        if node is None or self.mrmlScene is None or node.GetScene() is not self.mrmlScene:
-            return False
-        if any(node.IsA(hidden) for hidden in self.hideChildNodeTypes):
-            return False
-        if self.showChildNodeTypes:
-            return any(node.IsA(kind) for kind in self.nodeTypes)
-        return node.GetClassName() in self.nodeTypes
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self._scene = None
 
     def setMRMLScene(self, scene) -> None:
-        self.mrmlScene = scene
-        self.setCurrentNode(self._current)
+        self._scene = scene
+        self.mrmlSceneChanged.emit(scene)
+
+    def mrmlScene(self):
+        return self._scene
+
+
+class _qMRMLNodeComboBox(QtWidgets.QComboBox):
+    """Libs/MRML/Widgets/qMRMLNodeComboBox.cxx (with qMRMLSceneModel/qMRMLNodeFactory): lists the scene's nodes of
+    `nodeTypes`, their subclasses too when showChildNodeTypes (the default, true), none of `hideChildNodeTypes`
+    and no node hidden from editors; a "None" entry first when noneEnabled; a node it does not list cannot be
+    current (setCurrentNode leaves None); when the current node leaves the scene, the current node becomes None;
+    currentNodeChanged(vtkMRMLNode*) is emitted on every change of the current node."""
+
+    currentNodeChanged = QtCore.Signal(object)
+
+    def _set_node_types(self, value) -> None:
+        self._nodeTypes = list(value)
+        self._refresh()
+
+    nodeTypes = QtCore.Property("QStringList", lambda self: list(self._nodeTypes), _set_node_types)
+    hideChildNodeTypes = _string_list_property("_hideChildNodeTypes")
+    showChildNodeTypes = _bool_property("_showChildNodeTypes")
+    noneEnabled = _bool_property("_noneEnabled")
+    addEnabled = _bool_property("_addEnabled")
+    removeEnabled = _bool_property("_removeEnabled")
+    renameEnabled = _bool_property("_renameEnabled")
+    selectNodeUponCreation = _bool_property("_selectNodeUponCreation")
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self._nodeTypes, self._hideChildNodeTypes = [], []
+        self._showChildNodeTypes, self._noneEnabled = True, False
+        self._addEnabled = self._removeEnabled = self._renameEnabled = self._selectNodeUponCreation = False
+        self._scene, self._current = None, None
+
+    def lists(self, node) -> bool:
+        if node is None or self._scene is None or node.GetScene() is not self._scene or node.GetHideFromEditors():
+            return False
+        if any(node.IsA(hidden) for hidden in self._hideChildNodeTypes):
+            return False
+        if self._showChildNodeTypes:
+            return any(node.IsA(kind) for kind in self._nodeTypes)
+        return node.GetClassName() in self._nodeTypes
+
+    def setMRMLScene(self, scene) -> None:
+        self._scene = scene
+        self._refresh()
+
+    def mrmlScene(self):
+        return self._scene
+
+    def nodes(self) -> list:
+        if self._scene is None:
+            return []
+        all_nodes = self._scene.GetNodes()
+        return [n for n in (all_nodes.GetItemAsObject(i) for i in range(all_nodes.GetNumberOfItems())) if self.lists(n)]
+
+    def _refresh(self) -> None:
+        self._set(self._current if self.lists(self._current) else None)
 
     def currentNode(self):
-        return self._current
+        return self._current if self.lists(self._current) else None
+
+    def currentNodeID(self) -> str:
+        return self._current.GetID() if self._current is not None else ""
 
     def setCurrentNode(self, node) -> None:
-        node = node if self.lists(node) else None
+        self._set(node if self.lists(node) else None)
+
+    def setCurrentNodeID(self, node_id: str) -> None:
+        self.setCurrentNode(self._scene.GetNodeByID(node_id) if self._scene is not None and node_id else None)
+
+    def _set(self, node) -> None:
+        """Lists the scene's nodes (the list is rebuilt when asked: the stand-in does not observe the scene) and
+        makes `node` current."""
+        nodes = self.nodes()
+        self.blockSignals(True)
+        self.clear()
+        if self._noneEnabled:
+            self.addItem("None")
+        for listed in nodes:
+            self.addItem(listed.GetName())
+        ids = [n.GetID() for n in nodes]
+        self.setCurrentIndex(ids.index(node.GetID()) + int(self._noneEnabled) if node is not None
+                             else (0 if self._noneEnabled else -1))
+        self.blockSignals(False)
         if node is not self._current:
             self._current = node
             self.currentNodeChanged.emit(node)
 
 
-class QCheckBox(QWidget):
-    SIGNALS = ("stateChanged",)
+class _ctkPathLineEdit(QtWidgets.QWidget):
+    """CTK Libs/Widgets/ctkPathLineEdit.cpp: a line edit and a browse button; `currentPath` property,
+    currentPathChanged(QString) emitted when it changes; `filters` and `nameFilters` choose what the browse
+    dialog offers."""
 
-    def __init__(self, name: str = "") -> None:
-        super().__init__(name)
-        self._checked = False
+    currentPathChanged = QtCore.Signal(str)
 
-    @property
-    def checked(self) -> bool:
-        return self._checked
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        layout = QtWidgets.QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        self._edit, self._filters, self._nameFilters = QtWidgets.QLineEdit(self), 0, []
+        layout.addWidget(self._edit)
+        layout.addWidget(QtWidgets.QToolButton(self, text="..."))
+        self._edit.textChanged.connect(self.currentPathChanged.emit)
 
-    @checked.setter
-    def checked(self, value: bool) -> None:
-        if bool(value) != self._checked:
-            self._checked = bool(value)
-            self.stateChanged.emit(2 if value else 0)
+    def _get_path(self) -> str:
+        return self._edit.text
 
-
-class QPushButton(QWidget):
-    SIGNALS = ("clicked",)
-
-
-class QProgressBar(QWidget):
-    def __init__(self, name: str = "") -> None:
-        super().__init__(name)
-        self.value = 0
+    currentPath = QtCore.Property(str, lambda self: self._edit.text(), lambda self, path: self._edit.setText(path))
+    nameFilters = _string_list_property("_nameFilters")
+    filters = QtCore.Property(int, lambda self: self._filters, lambda self, value: setattr(self, "_filters", value))
 
 
-class QPlainTextEdit(QWidget):
-    def __init__(self, name: str = "") -> None:
-        super().__init__(name)
-        self.lines: list[str] = []
+class _ctkCollapsibleButton(QtWidgets.QGroupBox):
+    """CTK Libs/Widgets/ctkCollapsibleButton.cpp: a titled box (`text`) whose contents hide when `collapsed`."""
 
-    def clear(self) -> None:
-        self.lines = []
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self._collapsed = False
 
-    def appendPlainText(self, text: str) -> None:
-        self.lines.append(text)
+    def _set_collapsed(self, value: bool) -> None:
+        self._collapsed = bool(value)
+        for child in self.findChildren(QtWidgets.QWidget, options=QtCore.Qt.FindDirectChildrenOnly):
+            child.setVisible(not self._collapsed)
 
-
-class qMRMLWidget(QWidget):
-    SIGNALS = ("mrmlSceneChanged",)
-
-    def setMRMLScene(self, scene) -> None:
-        self.mrmlSceneChanged.emit(scene)
+    text = QtCore.Property(str, QtWidgets.QGroupBox.title, QtWidgets.QGroupBox.setTitle)
+    collapsed = QtCore.Property(bool, lambda self: self._collapsed, _set_collapsed)
 
 
-WIDGET_CLASSES = {cls.__name__: cls for cls in (QWidget, QComboBox, QSpinBox, QDoubleSpinBox, ctkPathLineEdit, QCheckBox,
-                                                 qMRMLNodeComboBox, QPushButton, QProgressBar, QPlainTextEdit,
-                                                 qMRMLWidget)}
-WIDGET_CLASSES.update(QLabel=QWidget, ctkCollapsibleButton=QWidget)
+qMRMLWidget = pythonqt_shim.pythonqt_class(_qMRMLWidget)
+qMRMLNodeComboBox = pythonqt_shim.pythonqt_class(_qMRMLNodeComboBox)
+ctkPathLineEdit = pythonqt_shim.pythonqt_class(_ctkPathLineEdit)
+ctkCollapsibleButton = pythonqt_shim.pythonqt_class(_ctkCollapsibleButton)
+for _cls in (qMRMLWidget, qMRMLNodeComboBox, ctkPathLineEdit, ctkCollapsibleButton):
+    _cls.__name__ = _cls.__name__.lstrip("_")
+    pythonqt_shim.UiLoader.custom[_cls.__name__] = _cls
 
 
-class QTimer:
-    """Never fires by itself: tests (and QEventLoop.exec) call fire() in place of Qt's event loop."""
-
-    active: list["QTimer"] = []
-
-    def __init__(self) -> None:
-        self.timeout, self.interval = Signal(), 0
-
-    def setInterval(self, milliseconds: int) -> None:
-        self.interval = milliseconds
-
-    def connect(self, signature: str, slot: Callable) -> None:
-        getattr(self, signature.split("(")[0]).connect(slot)
-
-    def start(self) -> None:
-        if self not in QTimer.active:
-            QTimer.active.append(self)
-
-    def stop(self) -> None:
-        if self in QTimer.active:
-            QTimer.active.remove(self)
-
-    def isActive(self) -> bool:
-        return self in QTimer.active
-
-    def fire(self) -> None:
-        self.timeout.emit()
-
-
-class QEventLoop:
-    """Runs the active timers (sleeping their interval between rounds) until quit()."""
-
-    AllEvents = 0
-
-    def __init__(self) -> None:
-        self._running = False
-
-    def exec_(self) -> int:  # PythonQt's name for QEventLoop::exec
-        self._running = True
-        while self._running and QTimer.active:
-            for timer in list(QTimer.active):
-                timer.fire()
-            time.sleep(min(t.interval for t in QTimer.active) / 1000 if QTimer.active else 0)
-        self._running = False
-        return 0
-
-    def quit(self) -> None:
-        self._running = False
-
-
-class ProgressDialog(QWidget):
-    SIGNALS = ("canceled",)
-
-    def __init__(self, labelText: str = "", maximum: int = 100, **kwargs) -> None:
-        super().__init__("progressDialog")
-        self.labelText, self.maximum, self.value, self.modality, self.closed = labelText, maximum, 0, None, False
-
-    def setWindowModality(self, modality) -> None:
-        self.modality = modality
-
-    def close(self) -> None:
-        self.closed, self.visible = True, False
-
-
-def _property_value(element: ET.Element):
-    child = list(element)[0]
-    if child.tag == "stringlist":
-        return [s.text or "" for s in child]
-    if child.tag == "bool":
-        return child.text == "true"
-    if child.tag == "number":
-        return int(child.text)
-    if child.tag == "double":
-        return float(child.text)
-    return child.text or ""
-
-
-def load_ui(path) -> qMRMLWidget:
-    """Widgets of a Qt Designer file with their properties and the top widget's signal connections."""
-    root = ET.parse(path).getroot()
-    widgets: dict[str, QWidget] = {}
-
-    def build(element: ET.Element, parent: Optional[QWidget]) -> QWidget:
-        widget = WIDGET_CLASSES.get(element.get("class"), QWidget)(element.get("name"))
-        widget.className = element.get("class")
-        for prop in element.findall("property"):
-            name, value = prop.get("name"), _property_value(prop)
-            if prop.get("stdset") == "0":
-                widget.setProperty(name, value)
-            else:
-                setattr(widget, name, value)
-        widgets[widget.name] = widget
-        if parent is not None:
-            parent.children.append(widget)
-        for child in element.iter("widget"):
-            if child is not element and _direct_widget_child(element, child):
-                build(child, widget)
-        return widget
-
-    top = build(root.find("widget"), None)
+def connect_ui_signals(top, ui_file) -> None:
+    """Qt's form builder (QAbstractFormBuilder::createConnections) connects each <connection> of the .ui by its
+    signature; a signal with an MRML argument type exists only in Slicer's C++ widgets, so these are connected
+    here by name, sender's signal to receiver's slot, as the form builder would."""
+    root = ET.parse(ui_file).getroot()
+    named = {QtCore.QObject.objectName(w): w for w in [top, *top.findChildren(QtWidgets.QWidget)]}
     for connection in root.iter("connection"):
-        sender, receiver = widgets[connection.findtext("sender")], widgets[connection.findtext("receiver")]
-        signal, slot = connection.findtext("signal").split("(")[0], connection.findtext("slot").split("(")[0]
-        getattr(sender, signal).connect(getattr(receiver, slot))
-    return top
-
-
-def _direct_widget_child(parent: ET.Element, child: ET.Element) -> bool:
-    """Whether no other <widget> lies between `parent` and `child` (layouts and items may)."""
-    def search(element: ET.Element) -> bool:
-        for sub in element:
-            if sub is child:
-                return True
-            if sub.tag != "widget" and search(sub):
-                return True
-        return False
-    return search(parent)
-
-
-def child_widget_variables(widget: QWidget):
-    ui = type("", (), {})()
-    for child in widget.findChildren():
-        if child.name:
-            setattr(ui, child.name, child)
-    return ui
+        signal = connection.findtext("signal")
+        if "vtkMRML" not in signal:
+            continue
+        sender, receiver = named[connection.findtext("sender")], named[connection.findtext("receiver")]
+        getattr(sender, signal.split("(")[0]).connect(getattr(receiver, connection.findtext("slot").split("(")[0]))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -426,8 +252,17 @@ def _split(annotation):
     return annotation, []
 
 
+def node_types(plain) -> tuple:
+    """The MRML class names of a node type or of a Union of node types and None (parameterNodeWrapper/util.py,
+    v5.8.0, getNodeTypes); () for any other type."""
+    members = typing.get_args(plain) if typing.get_origin(plain) is typing.Union else (plain,)
+    names = tuple(m.__name__ for m in members if isinstance(m, type) and m.__name__.startswith("vtkMRML"))
+    others = [m for m in members if m is not type(None) and m.__name__ not in names] if names else members
+    return names if not others else ()
+
+
 def _is_node_type(plain) -> bool:
-    return isinstance(plain, type) and plain.__name__.startswith("vtkMRML")
+    return bool(node_types(plain))
 
 
 class GuiConnector:
@@ -436,12 +271,16 @@ class GuiConnector:
     def __init__(self) -> None:
         self._callback = None
 
+    connected: list = []  # every connector whose widget is connected (for connectors_of)
+
     def onChanged(self, callback) -> None:
         self._callback = callback
         if callback is None:
             self._disconnect()
+            GuiConnector.connected.remove(self)
         else:
             self._connect()
+            GuiConnector.connected.append(self)
 
     def changed(self) -> None:
         if self._callback:
@@ -462,6 +301,9 @@ class SignalConnector(GuiConnector):
 
     def _disconnect(self) -> None:
         getattr(self._widget, self.signal).disconnect(self.changed)
+
+    def widget(self):
+        return self._widget
 
 
 class ComboBoxConnector(SignalConnector):
@@ -512,7 +354,7 @@ class NodeConnector(SignalConnector):
 
     def __init__(self, widget, kind) -> None:
         super().__init__(widget)
-        widget.nodeTypes = [kind.__name__]
+        widget.nodeTypes = list(node_types(kind))
 
     def read(self):
         return self._widget.currentNode()
@@ -532,16 +374,16 @@ def parameterNodeGuiConnector(cls):
 def create_connector(widget, annotation) -> GuiConnector:
     """guiConnectors.createGuiConnector: the built-in connectors first, then those registered later."""
     plain, validators = _split(annotation)
-    if isinstance(widget, qMRMLNodeComboBox) and _is_node_type(plain):
+    if type(widget) is qMRMLNodeComboBox and _is_node_type(plain):
         return NodeConnector(widget, plain)
-    if isinstance(widget, QComboBox):
+    if type(widget) is QT.QComboBox:
         choice = next((v for v in validators if isinstance(v, Choice)), None)
         if choice is None:
             raise RuntimeError("ComboBoxToStringableConnector requires the Choice annotation to be used.")
         return ComboBoxConnector(widget, choice.choices)
-    if isinstance(widget, QCheckBox) and plain is bool:
+    if type(widget) is QT.QCheckBox and plain is bool:
         return CheckBoxConnector(widget)
-    if isinstance(widget, _ValueWidget) and plain in (int, float):
+    if type(widget) in (QT.QSpinBox, QT.QDoubleSpinBox) and plain in (int, float):
         return ValueConnector(widget, plain)
     for custom in registered_connectors:
         if custom.canRepresent(widget, annotation):
@@ -573,8 +415,8 @@ def parameterNodeWrapper(cls, slicer_version: str = "5.10"):
         def setter(self, value):
             node = self.parameterNode
             if _is_node_type(plain):
-                if value is not None and not value.IsA(plain.__name__):
-                    raise ValueError(f"{name}: expected a {plain.__name__}, got {value.GetClassName()}")
+                if value is not None and not any(value.IsA(kind) for kind in node_types(plain)):
+                    raise ValueError(f"{name}: expected one of {node_types(plain)}, got {value.GetClassName()}")
                 node.SetNodeReferenceID(name, value.GetID() if value is not None else None)
                 return
             value = plain(value)
@@ -634,7 +476,7 @@ def parameterNodeWrapper(cls, slicer_version: str = "5.10"):
         return tag
 
     def connectGui(self, gui):
-        widgets = gui.findChildren(QWidget) if getattr(gui, "isWidgetType", None) else list(vars(gui).values())
+        widgets = gui.findChildren(QtWidgets.QWidget) if isinstance(gui, QtWidgets.QWidget) else list(vars(gui).values())
         mapping = {w.property("SlicerParameterName"): w for w in widgets if w.property("SlicerParameterName")}
         tag = connectParametersToGui(self, mapping)
         return tag if slicer_version != "5.8" else None
@@ -656,11 +498,8 @@ def parameterNodeWrapper(cls, slicer_version: str = "5.10"):
 
 
 def connectors_of(widget) -> int:
-    """How many parameter-node connectors listen to the widget's change signal."""
-    signal = {QComboBox: "currentIndexChanged", QSpinBox: "valueChanged", QDoubleSpinBox: "valueChanged",
-              ctkPathLineEdit: "currentPathChanged", qMRMLNodeComboBox: "currentNodeChanged",
-              QCheckBox: "stateChanged"}[type(widget)]
-    return sum(isinstance(getattr(slot, "__self__", None), GuiConnector) for slot in getattr(widget, signal).slots)
+    """How many parameter-node connectors are connected to the widget."""
+    return sum(connector.widget() is widget for connector in GuiConnector.connected)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -670,17 +509,19 @@ class ScriptedLoadableModule:
         self.parent = parent
 
 
-class ModuleParent:
-    """What the module's widget sees as `self.parent`: whether the module is shown."""
-
-    def __init__(self) -> None:
-        self.isEntered = False
-
-
 class ScriptedLoadableModuleWidget:
+    """Base/Python/slicer/ScriptedLoadableModule.py (v5.8.0, lines 89-108): without a parent, the panel is a new
+    qMRMLWidget with a QVBoxLayout, and `layout` is that layout. `isEntered` (a property of Slicer's
+    qSlicerAbstractModuleWidget) is False until the test enters the module."""
+
     def __init__(self, parent=None):
-        self.parent = parent if parent is not None else ModuleParent()
-        self.layout = types.SimpleNamespace(addWidget=lambda widget: None)
+        if parent is None:
+            parent = qMRMLWidget()
+            parent.setLayout(QT.QVBoxLayout())
+            parent.setMRMLScene(slicer.mrmlScene)
+            parent.isEntered = False
+        self.parent = parent
+        self.layout = self.parent.layout()
 
     def setup(self) -> None:
         pass
@@ -725,6 +566,8 @@ class App:
     def __init__(self, testing: bool = False, confirm: bool = True) -> None:
         self.testing, self.confirm = testing, confirm
         self.calls: list[tuple] = []
+        # Base/QTCore/qSlicerCoreApplication.h (v5.8.0 to v5.12.3, line 78): Q_PROPERTY(QString temporaryPath ...)
+        self.temporaryPath = tempfile.gettempdir()
         App.messages = []
 
     def testingEnabled(self) -> bool:
@@ -741,15 +584,10 @@ class App:
 
 
 def fake_modules() -> dict[str, types.ModuleType]:
-    """sys.modules entries to install (e.g. with monkeypatch.setitem) before importing the module file."""
-    qt = types.ModuleType("qt")
-    for cls in (QWidget, QComboBox, QSpinBox, QDoubleSpinBox, QCheckBox, QPushButton, QProgressBar, QPlainTextEdit,
-                QTimer, QEventLoop):
-        setattr(qt, cls.__name__, cls)
-    qt.Qt = types.SimpleNamespace(ApplicationModal=2, WindowModal=1, WaitCursor=3)
-    qt.QApplication = types.SimpleNamespace(setOverrideCursor=lambda cursor: None, restoreOverrideCursor=lambda: None)
+    """sys.modules entries to install (e.g. with monkeypatch.setitem) before importing the module file: `qt` is
+    the real-Qt shim; `ctk` and slicer's widget classes are the stand-ins above."""
     ctk = types.ModuleType("ctk")
-    ctk.ctkPathLineEdit = ctkPathLineEdit
+    ctk.ctkPathLineEdit, ctk.ctkCollapsibleButton = ctkPathLineEdit, ctkCollapsibleButton
     i18n = types.ModuleType("slicer.i18n")
     i18n.tr = lambda text: text
     i18n.translate = lambda context, text: text
@@ -757,7 +595,7 @@ def fake_modules() -> dict[str, types.ModuleType]:
     for item in (ScriptedLoadableModule, ScriptedLoadableModuleWidget, ScriptedLoadableModuleLogic,
                  ScriptedLoadableModuleTest):
         setattr(base, item.__name__, item)
-    return {"qt": qt, "ctk": ctk, "slicer.i18n": i18n, "slicer.ScriptedLoadableModule": base}
+    return {"qt": QT, "ctk": ctk, "slicer.i18n": i18n, "slicer.ScriptedLoadableModule": base}
 
 
 def wrapper_module(slicer_version: str) -> types.ModuleType:
@@ -773,8 +611,9 @@ def import_module_file(monkeypatch, scene, slicer_version: str = "5.10", app: Op
                        dialogs: Optional[dict] = None) -> types.ModuleType:
     """Imports DiffusionRegistration.py with the stand-ins installed and slicer.mrmlScene = `scene`.
 
-    `dialogs` answers confirmOkCancelDisplay (key "confirm", default True) and collects every dialog
-    text under "shown"; `app.calls` records pip installs.
+    `dialogs` stands in for the user: it answers confirmOkCancelDisplay (key "confirm", default True) and
+    collects every message text under "shown"; the progress dialog (a real QProgressDialog) is kept under
+    "progress"; `app.calls` records pip installs.
     """
     app = app or App()
     dialogs = dialogs if dialogs is not None else {}
@@ -792,12 +631,21 @@ def import_module_file(monkeypatch, scene, slicer_version: str = "5.10", app: Op
         dialogs["shown"].append(text)
         return dialogs["confirm"]
 
-    def progress_dialog(parent=None, value=0, maximum=100, labelText="", **kwargs):
-        dialogs["progress"] = ProgressDialog(labelText, maximum)
+    create_progress_dialog = util.createProgressDialog  # slicer-core's own, on a real QProgressDialog
+
+    def progress_dialog(*args, **kwargs):
+        dialogs["progress"] = create_progress_dialog(*args, **kwargs)
         return dialogs["progress"]
 
+    load = util.loadUI  # slicer-core's own: QUiLoader of the shim
+
+    def load_ui(path):
+        widget = load(path)
+        connect_ui_signals(widget, path)
+        return widget
+
     for name, replacement in {
-            "loadUI": load_ui, "childWidgetVariables": child_widget_variables,
+            "loadUI": load_ui, "mainWindow": lambda *a, **k: None,
             "confirmOkCancelDisplay": confirm, "errorDisplay": lambda text, *a, **k: dialogs["shown"].append(text),
             "createProgressDialog": progress_dialog, "setSliceViewerLayers": lambda *a, **k: None,
             "pip_install": lambda requirements: app.calls.append(("pip_install", requirements))}.items():

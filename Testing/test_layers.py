@@ -4,8 +4,9 @@ import ast
 from pathlib import Path
 
 LIB = Path(__file__).resolve().parents[1] / "DiffusionRegistration" / "DiffusionRegistrationLib"
-# top -> bottom; the two front ends (cli, slicer) and the base modules (errors, progress) share a rank each
-LAYERS = [("cli", "slicer"), ("api",), ("network",), ("engine",), ("similarity",), ("features",), ("geometry",),
+# top -> bottom; the base modules (errors, progress) share a rank. The command line sits above the MRML
+# layer: `diffreg review` shows the review session (slicer/session.py) in a browser.
+LAYERS = [("cli",), ("slicer",), ("api",), ("network",), ("engine",), ("similarity",), ("features",), ("geometry",),
           ("io",), ("core", "errors", "progress")]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 

@@ -20,14 +20,15 @@ slicer = pytest.importorskip("slicer", reason="slicer-core (the MRML library fro
 import fake_slicer_app  # noqa: E402
 from DiffusionRegistrationLib.io.data import COLIN_BET, data_root  # noqa: E402
 from DiffusionRegistrationLib.core.image import Image  # noqa: E402
+from DiffusionRegistrationLib.engine.options import RegistrationOptions  # noqa: E402
 from DiffusionRegistrationLib.slicer import image_from_volume_node, volume_node_from_image  # noqa: E402
 from DiffusionRegistrationLib.slicer.process_runner import Finished  # noqa: E402
 from DiffusionRegistrationLib.progress import Progress  # noqa: E402
 
 SPACING = 8.0
 # small and quick: few steps, one torch thread (torch's thread pool thrashes on a shared 2-core machine)
-FAST = dict(preset="fast", similarity="mse", device="cpu", steps=30, seed=0)
 EXTRA = {"affine_iterations": (30, 10), "threads": 1}
+FAST = RegistrationOptions(preset="fast", similarity="mse", device="cpu", steps=30, seed=0, overrides=EXTRA)
 
 
 def source_path() -> Path:
@@ -83,28 +84,15 @@ def alive(pid: int) -> bool:
     return not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def with_extra(module, monkeypatch):
-    """Adds the quick-run settings to every job the logic builds."""
-    original = module.DiffusionRegistrationLogic.options
-
-    def options(*args, **kwargs):
-        result = original(*args, **kwargs)
-        result.overrides = dict(EXTRA)
-        return result
-
-    monkeypatch.setattr(module.DiffusionRegistrationLogic, "options", staticmethod(options))
-
-
 def test_process_registers_and_the_transform_overlays_moving_on_fixed(monkeypatch, tmp_path, pair):
     scene = slicer.vtkMRMLScene()
     module = fake_slicer_app.import_module_file(monkeypatch, scene)
-    with_extra(module, monkeypatch)
     fixed_node, moving_node = nodes_for(scene, pair)
     warped_node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "warped")
     events = []
     before_nodes = scene.GetNumberOfNodes()
-    result = module.DiffusionRegistrationLogic().process(fixed_node, moving_node, outputVolume=warped_node,
-                                                         progress=events.append, **FAST)
+    result = module.DiffusionRegistrationLogic().process(fixed_node, moving_node, FAST, outputVolume=warped_node,
+                                                         progress=events.append)
     assert any(isinstance(e, Progress) for e in events) and isinstance(events[-1], Finished)
     transform = result.transform
     assert transform.IsA("vtkMRMLGridTransformNode")
@@ -143,8 +131,7 @@ def test_process_registers_and_the_transform_overlays_moving_on_fixed(monkeypatc
     assert image_from_volume_node(result.checkerboard).grid.same_as(image_from_volume_node(fixed_node).grid, 1e-3)
 
     # Apply again: the moving volume, now under this result, is registered without it (no error)
-    again = module.DiffusionRegistrationLogic().process(fixed_node, moving_node, outputTransform=transform,
-                                                        wait=False, **FAST)
+    again = module.DiffusionRegistrationLogic().start(fixed_node, moving_node, FAST).prepared()
     written_moving = sitk.ReadImage(str(again.folder / "moving.nrrd"))
     np.testing.assert_allclose(written_moving.GetOrigin(), moving.GetOrigin(), atol=1e-4)
     np.testing.assert_allclose(sitk.GetArrayFromImage(written_moving), sitk.GetArrayFromImage(moving), atol=1e-5)
@@ -154,11 +141,10 @@ def test_process_registers_and_the_transform_overlays_moving_on_fixed(monkeypatc
 def test_cancelled_run_leaves_no_nodes_files_or_process(monkeypatch, tmp_path, pair):
     scene = slicer.vtkMRMLScene()
     module = fake_slicer_app.import_module_file(monkeypatch, scene)
-    with_extra(module, monkeypatch)
     fixed_node, moving_node = nodes_for(scene, pair)
     node_ids = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
-    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))  # the job's temporary folder goes here
-    job = module.DiffusionRegistrationLogic().process(fixed_node, moving_node, wait=False, **FAST)
+    monkeypatch.setattr(slicer.app, "temporaryPath", str(tmp_path))  # Slicer's temporary folder: the job's goes here
+    job = module.DiffusionRegistrationLogic().start(fixed_node, moving_node, FAST).prepared()
     folder = job.folder
     assert folder.parent == tmp_path and (folder / "fixed.nrrd").is_file()
     deadline = time.monotonic() + 60
@@ -166,7 +152,8 @@ def test_cancelled_run_leaves_no_nodes_files_or_process(monkeypatch, tmp_path, p
         assert job.running and time.monotonic() < deadline
         time.sleep(0.05)
     pid = job.runner.pid
-    job.cancel()
+    job.cancel()  # returns at once; the process is ended in the background
+    assert job.stopped(timeout=30)
     deadline = time.monotonic() + 10
     while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -182,9 +169,10 @@ def test_backend_error_becomes_a_registration_error_and_leaves_nothing(monkeypat
     module = fake_slicer_app.import_module_file(monkeypatch, scene)
     fixed_node, moving_node = nodes_for(scene, pair)
     count = scene.GetNumberOfNodes()
-    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    monkeypatch.setattr(slicer.app, "temporaryPath", str(tmp_path))
     with pytest.raises(RegistrationError, match="setting preset=sharpest: is not a known choice"):
-        module.DiffusionRegistrationLogic().process(fixed_node, moving_node, preset="sharpest", device="cpu")
+        module.DiffusionRegistrationLogic().process(fixed_node, moving_node,
+                                                        RegistrationOptions(preset="sharpest", device="cpu"))
     assert scene.GetNumberOfNodes() == count and list(tmp_path.iterdir()) == []
 
 
@@ -196,7 +184,42 @@ def test_mask_on_another_grid_is_refused_before_anything_runs(monkeypatch, tmp_p
     coarse = Image.from_sitk(pair[0]).grid.scaled(5.0)
     small = Image(np.ones(coarse.shape, np.uint8), coarse)
     mask = volume_node_from_image(small, scene=scene, name="brain mask")
-    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    monkeypatch.setattr(slicer.app, "temporaryPath", str(tmp_path))
     with pytest.raises(RegistrationError, match="fixed mask 'brain mask': lies on another voxel grid"):
-        module.DiffusionRegistrationLogic().process(fixed_node, moving_node, fixedMask=mask, device="cpu")
+        module.DiffusionRegistrationLogic().process(fixed_node, moving_node, FAST, fixedMask=mask)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_mask_on_the_moving_grid_is_taken_wherever_the_volume_is_placed(monkeypatch, tmp_path, pair):
+    """A moving mask drawn on the moving volume's voxels follows the volume: under the user's linear transform
+    while the mask has none (once refused as 'another voxel grid'), and on a re-run with both under the
+    previous result (once refused with 'harden the transform')."""
+    scene = slicer.vtkMRMLScene()
+    module = fake_slicer_app.import_module_file(monkeypatch, scene)
+    fixed_node, moving_node = nodes_for(scene, pair)
+    moving = Image.from_sitk(pair[1])
+    mask = volume_node_from_image(moving.with_array((moving.array > 0.2 * moving.array.max()).astype(np.uint8)),
+                                  scene=scene, name="brain mask")
+    user = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "manual alignment")
+    import vtk
+    shift = vtk.vtkMatrix4x4()
+    shift.SetElement(1, 3, 5.0)
+    user.SetMatrixTransformToParent(shift)
+    moving_node.SetAndObserveTransformNodeID(user.GetID())
+    logic = module.DiffusionRegistrationLogic()
+    monkeypatch.setattr(slicer.app, "temporaryPath", str(tmp_path))
+
+    def written_grids(job):
+        job.prepared()
+        grids = [Image.from_sitk(sitk.ReadImage(str(job.folder / name))).grid for name in
+                 ("moving.nrrd", "moving_mask.nrrd")]
+        logic.cancel(job)
+        return grids
+
+    moving_grid, mask_grid = written_grids(logic.start(fixed_node, moving_node, FAST, movingMask=mask))
+    assert mask_grid.same_as(moving_grid, 1e-4)
+    np.testing.assert_allclose(moving_grid.origin[1], moving.grid.origin[1] - 5.0, atol=1e-4)  # RAS +5 = LPS -5
+    result = logic.process(fixed_node, moving_node, FAST)
+    mask.SetAndObserveTransformNodeID(result.transform.GetID())  # the user put the mask under the result too
+    moving_grid, mask_grid = written_grids(logic.start(fixed_node, moving_node, FAST, movingMask=mask))
+    assert mask_grid.same_as(moving_grid, 1e-4)

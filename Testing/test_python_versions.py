@@ -61,7 +61,8 @@ def test_torch_free_modules_import_and_their_tests_pass(version):
     imports = ("import DiffusionRegistrationLib.cli.main, DiffusionRegistrationLib.engine.config, "
                "DiffusionRegistrationLib.features.weights, DiffusionRegistrationLib.io.images, "
                "DiffusionRegistrationLib.io.landmarks, DiffusionRegistrationLib.engine.options, "
-               "DiffusionRegistrationLib.slicer.process_runner, DiffusionRegistrationLib.similarity.registry; "
+               "DiffusionRegistrationLib.slicer.process_runner, DiffusionRegistrationLib.similarity.registry, "
+               "DiffusionRegistrationLib.slicer.panel_settings; "
                "import sys; assert 'torch' not in sys.modules")
     done = subprocess.run([str(python), "-c", imports], capture_output=True, text=True, env=environment, timeout=300)
     assert done.returncode == 0, done.stderr

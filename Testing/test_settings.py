@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from DiffusionRegistrationLib.engine import config as config_module
 from DiffusionRegistrationLib.engine.config import PRESETS, RegistrationConfig, save_config
 from DiffusionRegistrationLib.engine.options import RegistrationOptions
+from DiffusionRegistrationLib.io import structured
 from DiffusionRegistrationLib.errors import RegistrationError
 
 
@@ -35,9 +35,9 @@ def test_saved_config_reads_back_unchanged(tmp_path):
 def test_toml_settings_or_a_clear_error(tmp_path, monkeypatch):
     path = tmp_path / "settings.toml"
     path.write_text('lr = 0.4\nlevels = [2.0, 1.0]\niterations = [5, 5]\n')
-    if config_module.tomllib is not None:
+    if structured.tomllib is not None:
         assert RegistrationOptions(config_file=path).config().lr == 0.4
-    monkeypatch.setattr(config_module, "tomllib", None)
+    monkeypatch.setattr(structured, "tomllib", None)
     with pytest.raises(RegistrationError, match="tomli"):
         RegistrationOptions(config_file=path).config()
 
@@ -49,7 +49,7 @@ def test_tomllib_or_tomli_is_found_where_installed():
         expected = True
     except ImportError:
         pass
-    assert (config_module.tomllib is not None) == expected
+    assert (structured.tomllib is not None) == expected
 
 
 @pytest.mark.parametrize("preset, similarity, backbone", [

@@ -141,7 +141,7 @@ def _lncc_reference(fixed, warped, mask, window, size):
             {"f": fixed, "w": warped, "ff": fixed ** 2, "ww": warped ** 2, "fw": fixed * warped}.items()}
     var_f = np.maximum(mean["ff"] - mean["f"] ** 2, 0.0)
     var_w = np.maximum(mean["ww"] - mean["w"] ** 2, 0.0)
-    local = (mean["fw"] - mean["f"] * mean["w"]) / np.sqrt((var_f + 1e-5) * (var_w + 1e-5))
+    local = (mean["fw"] - mean["f"] * mean["w"] + 1e-5) / np.sqrt((var_f + 1e-5) * (var_w + 1e-5))
     return -float(local[m > 0].mean())
 
 

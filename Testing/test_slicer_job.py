@@ -45,7 +45,7 @@ def test_job_json_gives_the_same_transform_as_the_flags(deformed_pair, tmp_path,
                                   overrides=QUICK)
     commands = []
     monkeypatch.setattr(job_module.ProcessRunner, "start", lambda runner: commands.append(runner.command) or runner)
-    job = RegistrationJob(scene, fixed, moving, options, work_folder=str(tmp_path), warm=False).start()
+    job = RegistrationJob(scene, fixed, moving, options, work_folder=str(tmp_path), warm=False).start().prepared()
     try:
         command = commands[0]
         assert command[command.index("--config") + 1] == str(job.folder / JOB_FILE)
@@ -90,7 +90,8 @@ def test_agreement_map_is_higher_after_registration_and_lies_on_the_fixed_grid(d
 
 def test_result_keeps_the_placement_the_users_linear_transform_gave(colin_small, tmp_path):
     """The moving volume lies 10 mm off and the user's linear transform puts it back: the registration sees it
-    through that transform, and the result (which becomes the volume's parent) must keep that placement."""
+    through that (initial) transform, and the result (which the session makes the volume's parent) must keep
+    that placement."""
     grid = colin_small.grid
     moved = type(grid)(grid.size, grid.spacing, (grid.origin[0] + 10.0, *grid.origin[1:]), grid.direction)
     scene, fixed, moving = nodes((colin_small, Image(colin_small.array, moved)))
@@ -100,8 +101,9 @@ def test_result_keeps_the_placement_the_users_linear_transform_gave(colin_small,
     user.SetMatrixTransformToParent(to_parent)
     moving.SetAndObserveTransformNodeID(user.GetID())
     options = RegistrationOptions(preset="fast", similarity="mse", steps=5, device="cpu", overrides=QUICK)
-    result = RegistrationJob(scene, fixed, moving, options, work_folder=str(tmp_path)).start().wait()
-    assert moving.GetParentTransformNode() is result.transform
+    result = RegistrationJob(scene, fixed, moving, options, initial_transform=user,
+                             work_folder=str(tmp_path)).start().wait()
+    assert moving.GetParentTransformNode() is user  # the job changes no existing node
     assert user.GetScene() is scene and user.GetMatrixTransformToParent().GetElement(0, 3) == 10.0  # untouched
     to_volume = vtk.vtkGeneralTransform()
     result.transform.GetTransformFromWorld(to_volume)

@@ -1,7 +1,8 @@
 """The Slicer module file, its .ui and its parameter node, checked without the Slicer application.
 
-The .ui and the module source are parsed as text; the parameter node round-trip stores values in a real
-vtkMRMLScriptedModuleNode (slicer-core) through the hand-made Qt/app stand-in in fake_slicer_app.py.
+The .ui and the module source are parsed as text; the panel runs on real Qt (PySide6 through
+pythonqt_shim.py: the .ui loaded by QUiLoader, a real QProgressDialog, QTimer and QEventLoop) and real MRML
+(slicer-core), with the stand-ins of fake_slicer_app.py only for CTK/qMRML widgets and the application.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import pytest
 slicer = pytest.importorskip("slicer", reason="slicer-core (the MRML library from PyPI) is not installed")
 
 import fake_slicer_app  # noqa: E402
+from pythonqt_shim import QT  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULE = ROOT / "DiffusionRegistration"
@@ -96,7 +98,7 @@ def test_every_parameter_has_a_bindable_widget(module):
             by_parameter[parameter] = widget
     expected = {"fixed", "moving", "fixedMask", "movingMask", "similarity", "backbone", "mode", "preset", "device",
                 "steps", "regularization", "networkCheckpoint", "finetuneSteps", "outputTransform", "outputVolume",
-                "checkerboardSquareMm", "agreementMap"}
+                "checkerboardSquareMm", "agreementMap", "initialTransform", "keepTemporaryFiles"}
     assert set(hints) == expected
     assert set(by_parameter) == expected, set(by_parameter) ^ expected
     for name, annotation in hints.items():
@@ -105,8 +107,8 @@ def test_every_parameter_has_a_bindable_widget(module):
         cls = widget.get("class")
         if fake_slicer_app._is_node_type(plain):
             assert cls == "qMRMLNodeComboBox", name
-            assert dynamic_property(widget, "nodeTypes") == [plain.__name__], name
-            if name.startswith("output") or name.endswith("Mask"):  # subclasses: grid transforms, label maps
+            assert dynamic_property(widget, "nodeTypes") == list(fake_slicer_app.node_types(plain)), name
+            if name.startswith(("output", "initial")) or name.endswith("Mask"):  # subclasses: grid/linear, label maps
                 assert dynamic_property(widget, "showChildNodeTypes") == "true", name
         elif any(isinstance(v, fake_slicer_app.Choice) for v in validators):
             assert cls == "QComboBox", name
@@ -116,20 +118,47 @@ def test_every_parameter_has_a_bindable_widget(module):
             assert cls in CONNECTABLE[plain], (name, cls)
 
 
-def test_panel_choices_are_the_registries(module):
-    """The parameter node's choices (what the combo boxes show) are the registries' names, in their order."""
+def test_the_panels_layers_are_the_sessions(module):
+    from DiffusionRegistrationLib.slicer.session import LAYERS
+
+    assert module.LAYERS == LAYERS
+
+
+def test_panel_choices_and_ranges_are_the_declarations(module):
+    """Each option is declared once (engine.options): the parameter node's choices and ranges, and the .ui's
+    spin boxes (minimum, maximum, decimals, unit) and tooltips are that declaration; "unset" (None) is the choice
+    'preset' or one below the declared minimum."""
     from DiffusionRegistrationLib.engine.config import PRESETS
-    from DiffusionRegistrationLib.features.catalog import default_backbone_id, load_catalog
+    from DiffusionRegistrationLib.engine.options import OPTION_SETTINGS
+    from DiffusionRegistrationLib.features.catalog import load_catalog
     from DiffusionRegistrationLib.similarity.registry import SIMILARITIES
 
-    def choices(name):
-        validators = fake_slicer_app._split(module.DiffusionRegistrationParameterNode.allParameters[name])[1]
-        return list(next(v for v in validators if isinstance(v, fake_slicer_app.Choice)).choices)
+    node = module.DiffusionRegistrationParameterNode
 
-    assert choices("preset") == list(PRESETS)
-    assert choices("similarity") == ["preset", *SIMILARITIES]
-    assert choices("backbone") == list(load_catalog())
-    assert module.DiffusionRegistrationParameterNode.defaults["backbone"] == default_backbone_id()
+    def validator(name, kind):
+        extras = fake_slicer_app._split(node.allParameters[name])[1]
+        return next((v for v in extras if isinstance(v, kind)), None)
+
+    assert list(validator("preset", fake_slicer_app.Choice).choices) == list(PRESETS)
+    assert list(validator("similarity", fake_slicer_app.Choice).choices) == ["preset", *SIMILARITIES]
+    assert list(validator("backbone", fake_slicer_app.Choice).choices) == ["preset", *load_catalog()]
+    assert node.defaults["similarity"] == node.defaults["backbone"] == "preset"
+    widgets = ui_widgets()
+    for parameter, option in (("steps", "steps"), ("regularization", "regularization"),
+                              ("finetuneSteps", "finetune_steps"), ("checkerboardSquareMm", "checkerboard_square_mm")):
+        setting = OPTION_SETTINGS[option]
+        low, high = setting.bounds
+        unset = 1 if setting.default is None else 0
+        within = validator(parameter, fake_slicer_app.WithinRange)
+        assert (within.minimum, within.maximum) == (low - unset, high), parameter
+        widget = next(w for w in widgets.values() if dynamic_property(w, "SlicerParameterName") == parameter)
+        assert float(dynamic_property(widget, "maximum")) == high, parameter
+        assert float(dynamic_property(widget, "minimum")) == low - unset, parameter
+        assert dynamic_property(widget, "toolTip").lower().startswith(setting.help.lower()), parameter
+        if setting.kind.kind is float:
+            assert int(dynamic_property(widget, "decimals")) == setting.decimals, parameter
+        assert (dynamic_property(widget, "suffix") or "").strip() == setting.unit, parameter
+        assert (dynamic_property(widget, "specialValueText") == "preset") == bool(unset), parameter
 
 
 def test_parameter_node_round_trips_through_a_saved_scene(module, tmp_path):
@@ -141,7 +170,7 @@ def test_parameter_node_round_trips_through_a_saved_scene(module, tmp_path):
     logic = module.DiffusionRegistrationLogic()
     parameters = logic.getParameterNode()
     assert (parameters.preset, parameters.similarity, parameters.steps, parameters.checkerboardSquareMm) == \
-        ("default", "preset", 0, 10.0)
+        ("default", "preset", -1, 10.0)
     values = dict(similarity="mind", backbone="sd-2-1-base", mode="exact", preset="accurate", device="cpu", steps=123,
                   regularization=0.75, networkCheckpoint="/models/net.pt", finetuneSteps=17,
                   checkerboardSquareMm=12.5, agreementMap=True, outputTransform=transform, **volumes)
@@ -150,7 +179,7 @@ def test_parameter_node_round_trips_through_a_saved_scene(module, tmp_path):
     with pytest.raises(ValueError):
         parameters.similarity = "cosine"
     with pytest.raises(ValueError):
-        parameters.steps = -1
+        parameters.steps = -2
 
     loaded = load_scene(save_scene(scene, tmp_path / "scene.mrml"))
     node = loaded.GetFirstNodeByClass("vtkMRMLScriptedModuleNode")
@@ -233,11 +262,11 @@ def panel(monkeypatch, version, **options):
 def shown(widget, name):
     """The value the panel's widget for parameter `name` shows."""
     control = next(w for w in vars(widget.ui).values() if w.property("SlicerParameterName") == name)
-    if isinstance(control, fake_slicer_app.QComboBox):
+    if type(control) is QT.QComboBox:
         return control.currentText
-    if isinstance(control, fake_slicer_app.ctkPathLineEdit):
+    if type(control) is fake_slicer_app.ctkPathLineEdit:
         return control.currentPath
-    if isinstance(control, fake_slicer_app.QCheckBox):
+    if type(control) is QT.QCheckBox:
         return control.checked
     return control.value
 
@@ -251,7 +280,7 @@ def connectors(widget):
 def test_settings_survive_five_entries_and_a_scene_close(monkeypatch, version):
     module, widget = panel(monkeypatch, version)
     parameters = widget._parameterNode
-    assert parameters.mode == "fast" and shown(widget, "mode") == "fast"  # the declared default
+    assert parameters.mode == "preset" and shown(widget, "mode") == "preset"  # unset, as declared
     assert parameters.networkCheckpoint == "" and shown(widget, "networkCheckpoint") == ""  # not "."
     for name, value in CHOICES.items():
         setattr(parameters, name, value)
@@ -266,7 +295,7 @@ def test_settings_survive_five_entries_and_a_scene_close(monkeypatch, version):
     assert {name: getattr(widget._parameterNode, name) for name in CHOICES} == CHOICES
     assert {name: shown(widget, name) for name in CHOICES} == CHOICES
     assert set(connectors(widget).values()) == {1}, connectors(widget)
-    widget.ui.presetComboBox.currentIndex = module.PRESETS.index("stripped")  # the GUI still writes the node
+    widget.ui.presetComboBox.currentIndex = list(module.DiffusionRegistrationParameterNode.allParameters["preset"].__metadata__[0].choices).index("stripped")  # the GUI still writes the node
     assert widget._parameterNode.preset == "stripped"
 
 
@@ -278,20 +307,7 @@ def test_the_stand_in_shows_the_5_8_reset_of_the_template_pattern(monkeypatch):
     node.mode, node.preset = "fast", "accurate"
     tags = [node.connectGui(widget.ui) for _ in range(2)]
     assert tags == [None, None]
-    assert node.mode == "exact" and node.preset == "default"
-
-
-def test_the_result_transform_is_listed_and_selected(monkeypatch):
-    module, widget = panel(monkeypatch, "5.8")
-    scene = slicer.mrmlScene
-    fixed, moving = (scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name) for name in ("fixed", "moving"))
-    made = scene.AddNewNodeByClass("vtkMRMLGridTransformNode", "moving to fixed")
-    job = type("Job", (), {"fixed": fixed, "moving": moving,
-                           "finish": lambda self: type("R", (), {"transform": made, "agreement": None,
-                                                                  "report": {}})()})()
-    widget.logic.finishJob(job, widget._parameterNode)
-    assert widget._parameterNode.outputTransform is made
-    assert widget.ui.outputTransformSelector.currentNode() is made  # a grid transform is listed
+    assert node.mode == "preset" and node.preset == "default"
 
 
 def test_self_test_without_torch_skips_and_installs_nothing(monkeypatch):
@@ -306,10 +322,16 @@ def test_self_test_without_torch_skips_and_installs_nothing(monkeypatch):
     assert any("Skipped" in m and "PyTorch" in m for m in fake_slicer_app.App.messages), fake_slicer_app.App.messages
 
 
-def test_requirements_file_splits_diffusion_packages(module):
-    base, everything = module.readRequirements(False), module.readRequirements(True)
-    assert not [r for r in base if r.split(">")[0] in ("diffusers", "transformers", "torch")]
-    assert {"diffusers>=0.30", "transformers>=4.40"} <= set(everything) and set(base) < set(everything)
+def test_requirements_file_asks_only_hub_backbones_for_packages(module):
+    """The Slicer path runs the backend with --progress json (no tqdm); ADM and the built-in backbones need only
+    torch; diffusers and friends are for the hub backbones (Stable Diffusion) alone."""
+    base, hub = module.readRequirements(False), module.readRequirements(True)
+    assert base == []
+    assert {r.split(">")[0] for r in hub} == {"diffusers", "transformers", "safetensors", "huggingface_hub"}
+    from DiffusionRegistrationLib.features.catalog import load_catalog
+
+    assert [b for b in load_catalog() if module.isHubBackbone(b)] == ["sd-2-1-base", "sd-2-1"]
+    assert not module.isHubBackbone("adm-256-uncond") and not module.isHubBackbone(None)
 
 
 @pytest.fixture()
@@ -355,14 +377,16 @@ def test_diffusion_settings_ask_for_the_weights_before_any_backend_run(monkeypat
 
     monkeypatch.setattr(module.DiffusionRegistrationLogic, "downloadWeights", spy)
     monkeypatch.setattr(module.DiffusionRegistrationLogic, "startJob",
-                        lambda logic, node: events.append(("start", served_backbone[0].is_file())) or None)
+                        lambda logic, node, overwrite=False: events.append(("start", served_backbone[0].is_file())))
     widget.onApplyButton()
     assert [e[0] for e in events] == ["download", "start"], events
     assert events[0][1:] == ("adm-256-uncond", False)  # Apply is disabled while the weights come
     assert events[1] == ("start", True)
     assert served_backbone[0].read_bytes() == served_backbone[1]
     assert "adm-256-uncond" in dialogs["shown"][0]
-    assert dialogs["progress"].modality == sys.modules["qt"].Qt.ApplicationModal and dialogs["progress"].closed
+    progress = dialogs["progress"]
+    assert type(progress) is QT.QProgressDialog  # Qt's own dialog: its close() emits canceled()
+    assert progress.windowModality == QT.Qt.ApplicationModal and not progress.visible
 
 
 def diffusion_panel(monkeypatch, dialogs):
@@ -376,7 +400,8 @@ def diffusion_panel(monkeypatch, dialogs):
                                            for n in "fm")
     parameters.preset = "diffusion"
     started = []
-    monkeypatch.setattr(module.DiffusionRegistrationLogic, "startJob", lambda logic, node: started.append(node))
+    monkeypatch.setattr(module.DiffusionRegistrationLogic, "startJob",
+                        lambda logic, node, overwrite=False: started.append(node))
     return module, widget, started
 
 
@@ -401,7 +426,7 @@ def test_cancelled_download_removes_the_partial_file_and_starts_nothing(monkeypa
     dialogs = {}
     module, widget, started = diffusion_panel(monkeypatch, dialogs)
     model_folder = target.parent
-    watcher = fake_slicer_app.QTimer()
+    watcher = QT.QTimer()
     watcher.setInterval(50)
 
     partial_seen = []
@@ -422,8 +447,7 @@ def test_cancelled_download_removes_the_partial_file_and_starts_nothing(monkeypa
         release.set()
     assert partial_seen and not started
     assert [p for p in model_folder.rglob("*") if p.is_file()] == []
-    assert dialogs["progress"].closed and widget.ui.applyButton.enabled
-    assert not fake_slicer_app.QTimer.active  # the download's poll timer stopped too
+    assert not dialogs["progress"].visible and widget.ui.applyButton.enabled
 
 
 def test_failed_download_says_why_and_starts_nothing(monkeypatch, served_backbone, tmp_path):
@@ -442,25 +466,48 @@ def test_missing_packages_are_installed_only_for_what_is_used(monkeypatch, tmp_p
     module = fake_slicer_app.import_module_file(monkeypatch, slicer.vtkMRMLScene(), app=app)
     requirements = tmp_path / "requirements.txt"
     requirements.write_text("numpy>=1.0\ndiffreg-absent-base>=1.0\n"
-                            'diffreg-absent-diffusion>=2.0; extra == "diffusion"  # only for a diffusion backbone\n')
+                            'diffreg-absent-hub>=2.0; extra == "hub"  # only for a hub backbone\n')
     monkeypatch.setattr(module, "REQUIREMENTS_FILE", requirements)
     torch_utils = types.ModuleType("PyTorchUtils")
     torch_utils.PyTorchUtilsLogic = lambda: types.SimpleNamespace(torchInstalled=lambda: True)
     monkeypatch.setitem(sys.modules, "PyTorchUtils", torch_utils)
-    if packaging:
-        monkeypatch.setattr(slicer, "packaging", types.SimpleNamespace(
-            pip_ensure=lambda requirements, requester=None: app.calls.append(("pip_ensure", requirements, requester))),
-            raising=False)
+    if packaging:  # Slicer 5.12.3's Base/Python/slicer/packaging.py: a submodule that `import slicer` leaves out
+        stand_in = types.ModuleType("slicer.packaging")
+        stand_in.pip_ensure = lambda requirements, requester=None: app.calls.append(("pip_ensure", requirements,
+                                                                                     requester))
+        monkeypatch.setitem(sys.modules, "slicer.packaging", stand_in)
     monkeypatch.setattr(module.DiffusionRegistrationLogic, "ensureWeights", lambda logic, backbone: True)
     logic = module.DiffusionRegistrationLogic()
     assert logic.ensureDependencies(None)
-    assert logic.ensureDependencies("adm-256-uncond")
+    assert logic.ensureDependencies("adm-256-uncond")  # needs only torch and the base packages
+    assert logic.ensureDependencies("sd-2-1-base")
     installed = [call[1] for call in app.calls]
-    assert installed == [["diffreg-absent-base>=1.0"], ["diffreg-absent-base>=1.0", "diffreg-absent-diffusion>=2.0"]]
+    assert installed == [["diffreg-absent-base>=1.0"], ["diffreg-absent-base>=1.0", "diffreg-absent-hub>=2.0"]]
     if packaging:
         assert {call[0] for call in app.calls} == {"pip_ensure"} and app.calls[0][2] == "DiffusionRegistration"
     else:
         assert {call[0] for call in app.calls} == {"pip_install"}
+
+
+def test_an_updated_torch_asks_for_a_restart_and_registers_nothing(monkeypatch):
+    """PyTorchUtils' torchInstalled() imports the old torch, which stays loaded: after the update Slicer must restart
+    (PyTorchUtils.py, torchInstalled and installTorch, SlicerPyTorch at e1c85cc)."""
+    dialogs = {}
+    app = fake_slicer_app.App()
+    module = fake_slicer_app.import_module_file(monkeypatch, slicer.vtkMRMLScene(), app=app, dialogs=dialogs)
+    installs = []
+    torch_utils = types.ModuleType("PyTorchUtils")
+    torch_utils.PyTorchUtilsLogic = lambda: types.SimpleNamespace(
+        torchInstalled=lambda: True, installTorch=lambda **options: installs.append(options) or object())
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", torch_utils)
+    import importlib.metadata
+    real_version = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "2.1.0" if name == "torch" else real_version(name))
+    restarts = []
+    monkeypatch.setattr(slicer.util, "restart", lambda: restarts.append(True))
+    assert not module.DiffusionRegistrationLogic().ensureDependencies(None)
+    assert installs == [{"askConfirmation": False, "torchVersionRequirement": ">=2.4"}]
+    assert "2.1.0" in dialogs["shown"][0] and "restart" in dialogs["shown"][1].lower() and restarts == [True]
 
 
 def test_self_test_with_torch_registers_and_measures_the_overlay(monkeypatch):

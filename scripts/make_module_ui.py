@@ -1,13 +1,19 @@
 """Writes DiffusionRegistration/Resources/UI/DiffusionRegistration.ui (Qt Designer XML) from one table.
 
 The panel is described once here so every widget gets its SlicerParameterName (for connectGui) and the
-node selectors their scene connection; open the result in Slicer's Qt Designer to adjust the layout.
+node selectors their scene connection; the option widgets' labels, tooltips, ranges, decimals and units come
+from the backend's declaration (DiffusionRegistrationLib.slicer.panel_settings). Open the result in Slicer's
+Qt Designer to adjust the layout.
 Run: python scripts/make_module_ui.py
 """
 from __future__ import annotations
 
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "DiffusionRegistration"))
+from DiffusionRegistrationLib.slicer.panel_settings import PANEL_SETTINGS, UNSET  # noqa: E402
 
 UI = Path(__file__).resolve().parents[1] / "DiffusionRegistration" / "Resources" / "UI" / "DiffusionRegistration.ui"
 
@@ -45,6 +51,8 @@ def row(layout: ET.Element, index: int, label: str, child_cls: str, name: str, p
 # Volume classes deriving from vtkMRMLScalarVolumeNode that are not one scalar per voxel (vector, tensor and DWI
 # volumes): listed by no volume selector.
 NOT_SCALAR = "vtkMRMLTensorVolumeNode,vtkMRMLDiffusionWeightedVolumeNode"
+# a mask: a segmentation (exported on its volume's voxels) or a volume
+MASK_TYPES = "vtkMRMLScalarVolumeNode,vtkMRMLSegmentationNode"
 
 
 def node_selector(layout, index, label, name, parameter, node_types, tooltip, none=False, add=False,
@@ -55,6 +63,24 @@ def node_selector(layout, index, label, name, parameter, node_types, tooltip, no
                noneEnabled=("bool", str(none).lower()), addEnabled=("bool", str(add).lower()),
                removeEnabled=("bool", str(add).lower()), renameEnabled=("bool", str(add).lower()),
                selectNodeUponCreation=("bool", "true"))
+
+
+def setting_row(layout: ET.Element, index: int, cls: str, name: str, parameter: str) -> ET.Element:
+    """A row for a declared option: label, tooltip, range, decimals, unit and "unset" text from the declaration."""
+    setting = PANEL_SETTINGS[parameter]
+    properties = {"toolTip": ("string", setting.tooltip)}
+    if setting.bounds is not None:
+        number = "number" if setting.kind is int else "double"
+        low, high = setting.bounds
+        properties.update(minimum=(number, f"{setting.kind(low)}"), maximum=(number, f"{setting.kind(high)}"),
+                          value=(number, f"{setting.kind(setting.default)}"))
+        if setting.kind is float:
+            properties["decimals"] = ("number", str(setting.decimals))
+        if setting.optional:
+            properties["specialValueText"] = ("string", UNSET)
+        if setting.setting.unit:
+            properties["suffix"] = ("string", f" {setting.setting.unit}")
+    return row(layout, index, setting.label, cls, name, parameter, **properties)
 
 
 def section(vbox: ET.Element, name: str, title: str, collapsed: bool = False) -> ET.Element:
@@ -77,62 +103,64 @@ def build() -> ET.ElementTree:
                       "The reference volume; the result lies on its grid."),
         node_selector(inputs, 1, "Moving volume:", "movingSelector", "moving", "vtkMRMLScalarVolumeNode",
                       "The volume to align onto the fixed one; any grid or orientation."),
-        node_selector(inputs, 2, "Fixed mask:", "fixedMaskSelector", "fixedMask", "vtkMRMLScalarVolumeNode",
-                      "Optional: similarity is measured only inside this mask (on the fixed grid); a scalar "
-                      "volume or a label map.", none=True, children=True),
-        node_selector(inputs, 3, "Moving mask:", "movingMaskSelector", "movingMask", "vtkMRMLScalarVolumeNode",
-                      "Optional: a mask on the moving volume's grid.", none=True, children=True),
+        node_selector(inputs, 2, "Initial transform:", "initialTransformSelector", "initialTransform",
+                      "vtkMRMLTransformNode", "Where the moving volume starts: a linear transform (by default the "
+                      "one it sits under when it is chosen). It is kept: 'Before registration' and every new run "
+                      "go back to it.", none=True, children=True),
+        node_selector(inputs, 3, "Fixed mask:", "fixedMaskSelector", "fixedMask", MASK_TYPES,
+                      "Optional: similarity is measured only inside this mask: a segmentation (all its segments, "
+                      "on the fixed volume's voxels), or a label map or scalar volume on the fixed grid.",
+                      none=True, children=True),
+        node_selector(inputs, 4, "Moving mask:", "movingMaskSelector", "movingMask", MASK_TYPES,
+                      "Optional: a mask of the moving volume: a segmentation, or a label map or scalar volume on "
+                      "its grid.", none=True, children=True),
     ]
+    row(inputs, 5, "", "QPushButton", "sampleDataButton", text=("string", "Load the sample pair"),
+        toolTip=("string", "Colin27 skull-stripped (moving) and Colin27 with skull under a known deformation "
+                           "(fixed), 2 mm: the pair of the project's main job, to try the module in one click."))
 
     method = section(vbox, "methodCollapsibleButton", "Method")
-    row(method, 0, "Preset:", "QComboBox", "presetComboBox", "preset",
-        toolTip=("string", "Named settings: default, fast, accurate, stripped (a skull-stripped moving "
-                           "volume against a fixed one with skull), multimodal (different contrasts), "
-                           "diffusion (the diffusion-feature similarity; needs its weights)."))
-    row(method, 1, "Similarity:", "QComboBox", "similarityComboBox", "similarity",
-        toolTip=("string", "What 'aligned' means. 'preset' keeps the preset's choice. 'diffusion' compares "
-                           "features of a pre-trained diffusion network and needs its weights."))
-    row(method, 2, "Backbone:", "QComboBox", "backboneComboBox", "backbone",
-        toolTip=("string", "Diffusion network for the 'diffusion' similarity (see the model catalog)."))
-    row(method, 3, "Mode:", "QComboBox", "modeComboBox", "mode",
-        toolTip=("string", "exact: features re-extracted from the warped image every step (as the paper); "
-                           "fast: feature maps cached and warped."))
-    row(method, 4, "Device:", "QComboBox", "deviceComboBox", "device",
-        toolTip=("string", "auto uses a CUDA GPU when PyTorch sees one."))
-    row(method, 5, "Steps per level:", "QSpinBox", "stepsSpinBox", "steps",
-        specialValueText=("string", "preset"), maximum=("number", "5000"),
-        toolTip=("string", "Optimisation steps at every resolution level; 'preset' keeps the preset's."))
-    row(method, 6, "Regularisation:", "QDoubleSpinBox", "regularizationSpinBox", "regularization",
-        specialValueText=("string", "preset"), decimals=("number", "3"), singleStep=("double", "0.1"),
-        maximum=("double", "100"),
-        toolTip=("string", "Weight of the smoothness term; larger gives smoother transforms. 'preset' keeps "
-                           "the preset's."))
-    row(method, 7, "Network checkpoint:", "ctkPathLineEdit", "networkPathLineEdit", "networkCheckpoint",
-        filters=("set", "ctkPathLineEdit::Files|ctkPathLineEdit::Readable"),
-        nameFilters=("stringlist", "Checkpoints (*.pt *.pth *.safetensors)"),
-        toolTip=("string", "Optional: a trained registration network (diffreg train); it predicts the "
-                           "transform instead of optimising from scratch."))
-    row(method, 8, "Fine-tune steps:", "QSpinBox", "finetuneStepsSpinBox", "finetuneSteps",
-        maximum=("number", "5000"),
-        toolTip=("string", "With a network: instance optimisation steps on this pair (0: none)."))
+    for index, (parameter, cls, name) in enumerate((
+            ("preset", "QComboBox", "presetComboBox"), ("similarity", "QComboBox", "similarityComboBox"),
+            ("backbone", "QComboBox", "backboneComboBox"), ("mode", "QComboBox", "modeComboBox"),
+            ("device", "QComboBox", "deviceComboBox"), ("steps", "QSpinBox", "stepsSpinBox"),
+            ("regularization", "QDoubleSpinBox", "regularizationSpinBox"),
+            ("networkCheckpoint", "ctkPathLineEdit", "networkPathLineEdit"),
+            ("finetuneSteps", "QSpinBox", "finetuneStepsSpinBox"))):
+        setting_row(method, index, cls, name, parameter)
+    row(method, 9, "", "QLabel", "presetDescriptionLabel", text=("string", ""), wordWrap=("bool", "true"))
+    path_edit = next(w for w in method.iter("widget") if w.get("name") == "networkPathLineEdit")
+    prop(path_edit, "filters", "set", "ctkPathLineEdit::Files|ctkPathLineEdit::Readable")
+    prop(path_edit, "nameFilters", "stringlist", "Checkpoints (*.pt *.pth *.safetensors)")
 
     outputs = section(vbox, "outputsCollapsibleButton", "Outputs")
     selectors += [
         node_selector(outputs, 0, "Output transform:", "outputTransformSelector", "outputTransform",
                       "vtkMRMLTransformNode", "The fixed-to-moving grid transform; it is applied to the moving "
-                      "volume. None: a new transform is made and selected here; a transform selected here is "
-                      "overwritten.", none=True, add=True, children=True),
+                      "volume. None (the default): every run makes a new transform, so no result is lost. A "
+                      "transform chosen here is refilled, after a confirmation if it holds a result.",
+                      none=True, add=True, children=True),
         node_selector(outputs, 1, "Output warped volume:", "outputVolumeSelector", "outputVolume",
                       "vtkMRMLScalarVolumeNode", "Optional: the moving volume resampled on the fixed grid.",
                       none=True, add=True, children=True),
     ]
-    row(outputs, 2, "Checkerboard square:", "QDoubleSpinBox", "checkerboardSquareSpinBox", "checkerboardSquareMm",
-        suffix=("string", " mm"), decimals=("number", "1"), minimum=("double", "1"), maximum=("double", "200"),
-        value=("double", "10"), toolTip=("string", "Side of the checkerboard preview's squares."))
-    row(outputs, 3, "Agreement map:", "QCheckBox", "agreementCheckBox", "agreementMap",
-        toolTip=("string", "Also compute the local similarity of the fixed and the registered moving volume "
-                           "(the run's similarity, locally) and show it in colour over the fixed volume: low "
-                           "values mark where the alignment is doubtful."))
+    setting_row(outputs, 2, "QDoubleSpinBox", "checkerboardSquareSpinBox", "checkerboardSquareMm")
+    setting_row(outputs, 3, "QCheckBox", "agreementCheckBox", "agreementMap")
+    row(outputs, 4, "Keep temporary files:", "QCheckBox", "keepFilesCheckBox", "keepTemporaryFiles",
+        toolTip=("string", "Keep the run's folder (inputs, job.json, the backend's outputs and report) in "
+                           "Slicer's temporary folder instead of removing it."))
+    row(outputs, 5, "", "QPushButton", "openFolderButton", text=("string", "Open the last run's folder"),
+        enabled=("bool", "false"))
+
+    review = section(vbox, "reviewCollapsibleButton", "Review")
+    row(review, 0, "Show:", "QComboBox", "layerComboBox",
+        toolTip=("string", "What the slice views show over the fixed volume: the moving volume under the result, "
+                           "the warped volume, the checkerboard, the agreement map or the Jacobian determinant "
+                           "(colour), or the fixed volume alone."))
+    row(review, 1, "", "QPushButton", "beforeAfterButton", text=("string", "Before registration"),
+        checkable=("bool", "true"),
+        toolTip=("string", "Pressed: the moving volume as its initial transform places it (and the checkerboard "
+                           "before registration); released: after."))
 
     for name, cls, extra in (("applyButton", "QPushButton", {"text": ("string", "Apply"), "enabled": ("bool", "false"),
                                                                "toolTip": ("string", "Run the registration.")}),

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Makes .venv (torch pinned first, so no CUDA wheels are pulled), installs the package with its test and
-# benchmark extras, and fetches the Debian data packages named in DESIGN.md into the data cache.
+# Makes .venv (torch pinned first, so no CUDA wheels are pulled), installs the package with its test, benchmark
+# and review extras, installs the system packages the tests need (as root), and fetches the Debian data
+# packages named in DESIGN.md into the data cache.
 # Idempotent: a second run only checks.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -16,7 +17,7 @@ stamp="$venv/.installed-$(cat "$root/pyproject.toml" | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
     "${pip[@]}" install --upgrade pip
     "${pip[@]}" install "torch==2.13.0"
-    "${pip[@]}" install -e "$root[test,bench]"
+    "${pip[@]}" install -e "$root[test,bench,hub,review]"
     touch "$stamp"
 fi
 
@@ -36,6 +37,25 @@ for version in 3.9.18 3.12.1; do
     "$target/bin/python" -m pip --disable-pip-version-check -q install numpy SimpleITK scipy Pillow pytest
     touch "$target/.installed-1"
 done
+
+# System packages the tests need, installed when missing (as root, as in CI): Qt's offscreen platform (the
+# Slicer panel's tests, PySide6) loads the first libraries; the review page's test renders through Mesa's EGL
+# (llvmpipe, no display: libegl-mesa0, libgl1-mesa-dri) and drives Debian's chromium (no browser download).
+qt_libraries=(libEGL.so.1:libegl1 libGL.so.1:libgl1 libxkbcommon.so.0:libxkbcommon0 libfontconfig.so.1:libfontconfig1
+              libdbus-1.so.3:libdbus-1-3 libEGL_mesa.so.0:libegl-mesa0)
+missing=()
+for entry in "${qt_libraries[@]}"; do
+    ldconfig -p | grep -q "${entry%%:*}" || missing+=("${entry#*:}")
+done
+compgen -G "/usr/lib/*/dri/swrast_dri.so" >/dev/null || missing+=(libgl1-mesa-dri)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+if [ "${#missing[@]}" -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    else
+        echo "setup: the tests need: apt-get install ${missing[*]}" >&2
+    fi
+fi
 
 fetch_deb() {  # package, a file it must provide
     local pkg="$1" probe="$2"

@@ -36,6 +36,14 @@ def _as_image(value: Any, argument: str, read: Callable[[Any], Image], float_pix
     if isinstance(value, (str, os.PathLike)):
         return read(value)
     if isinstance(value, sitk.Image):
+        components, kind = value.GetNumberOfComponentsPerPixel(), value.GetPixelIDTypeAsString()
+        if components != 1 or "complex" in kind.lower():
+            raise RegistrationError(f"{argument}: the SimpleITK image has {kind} voxels ({components} components "
+                                    "each); registration needs one real value per voxel. Convert it first (colour: "
+                                    "a weighted sum of its channels; complex: sitk.ComplexToModulus).")
+        if value.GetDimension() not in (2, 3):
+            raise RegistrationError(f"{argument}: the SimpleITK image is {value.GetDimension()}D; give a 2D or 3D "
+                                    "image (extract one volume of a 4D series first).")
         return Image.from_sitk(sitk.Cast(value, sitk.sitkFloat32) if float_pixels else value)
     if isinstance(value, Image):
         return value

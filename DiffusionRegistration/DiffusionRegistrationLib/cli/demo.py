@@ -30,11 +30,11 @@ INTENSITY_PRESET = "stripped"
 DIFFUSION_PRESET = "diffusion"
 
 
-def demo_pair(seed: int = 0) -> dict[str, Image | np.ndarray]:
-    """The 2 mm pair with its ground truth: fixed, moving, labels of both, brain mask, true field."""
-    moving = resample_isotropic(read_image(data_file(COLIN_BET), "Colin27 skull-stripped"), SPACING_MM)
-    skull = resample_isotropic(read_image(data_file(COLIN_T1), "Colin27 with skull"), SPACING_MM)
-    labels = resample_isotropic(read_labels(data_file(COLIN_AAL), "AAL labels"), SPACING_MM, labels=True)
+def demo_pair(seed: int = 0, spacing_mm: float = SPACING_MM) -> dict[str, Image | np.ndarray]:
+    """The pair (2 mm unless asked) with its ground truth: fixed, moving, labels of both, brain mask, true field."""
+    moving = resample_isotropic(read_image(data_file(COLIN_BET), "Colin27 skull-stripped"), spacing_mm)
+    skull = resample_isotropic(read_image(data_file(COLIN_T1), "Colin27 with skull"), spacing_mm)
+    labels = resample_isotropic(read_labels(data_file(COLIN_AAL), "AAL labels"), spacing_mm, labels=True)
     if not labels.grid.same_as(moving.grid, tolerance=1e-3) or not skull.grid.same_as(moving.grid, 1e-3):
         raise RegistrationError("the Colin27 files do not share one grid; re-run `bash scripts/setup.sh`.")
     field = random_smooth_displacement(moving.grid, MAX_DISPLACEMENT_MM, seed)

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import sys
+import warnings
 from functools import partial
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -57,6 +58,16 @@ def _register_parser(subparsers) -> None:
 
 
 def _cmd_register(args: argparse.Namespace) -> int:
+    progress_shown, progress = progress_from_args(args)
+    written = register_files(args, progress)
+    if progress_shown != "json":
+        _print_outputs(written)
+    return 0
+
+
+def register_files(args: argparse.Namespace, progress, preview=None) -> dict[str, str]:
+    """`diffreg register`'s work on parsed arguments: check, read, register, write; role -> path written.
+    The review page runs it in its own process (the backend stays loaded), with `preview` per level."""
     for role, path in (("fixed image", args.fixed), ("moving image", args.moving), ("fixed mask", args.fixed_mask),
                        ("moving mask", args.moving_mask)):
         if path:
@@ -69,11 +80,14 @@ def _cmd_register(args: argparse.Namespace) -> int:
     from ..io.images import read_image, read_mask
     from ..progress import Progress
 
-    progress_shown, progress = progress_from_args(args)
     fixed = read_image(args.fixed, "fixed image")
     moving = read_image(args.moving, "moving image")
     fixed_mask = read_mask(args.fixed_mask, fixed, "fixed mask") if args.fixed_mask else None
     moving_mask = read_mask(args.moving_mask, moving, "moving mask") if args.moving_mask else None
+    if not args.network:
+        from ..engine.registration import overlap_warnings
+
+        overlap_warnings(fixed, moving, config)  # images that cannot meet are refused before the folder is made
     request = OutputRequest(transform=args.transform, vector_field=args.vector_field, warped=args.warped,
                             affine=args.affine, inverse=args.inverse,
                             agreement=AGREEMENT_FILE if options.agreement else None)
@@ -87,15 +101,13 @@ def _cmd_register(args: argparse.Namespace) -> int:
         from ..engine.registration import register
 
         run = partial(register, fixed, moving, config, fixed_mask, moving_mask, progress=progress,
-                      inverse=bool(args.inverse))
+                      inverse=bool(args.inverse), preview=preview)
     result, written = register_and_write(args.output_dir, request, fixed, moving, run,
                                          (args.fixed_mask, args.moving_mask, args.network, args.config))
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     progress(Progress("done", 1.0, written["report"]))
-    if progress_shown != "json":
-        _print_outputs(written)
-    return 0
+    return written
 
 
 def _check_network_settings(args: argparse.Namespace, options: RegistrationOptions) -> None:
@@ -209,12 +221,36 @@ def _cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _review_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "review", help="review registrations in a browser on real Slicer views (needs the `review` extra)",
+        description="A web page (trame-slicer) to pick images under the data folder, run registrations and "
+                    "review them: fixed, moving under the result, overlay, checkerboard; save the scene.",
+        epilog="On a GPU server: run it there (loopback, the default) and forward the port with "
+               "`ssh -L 8080:127.0.0.1:8080 server`, then open http://127.0.0.1:8080/ here.")
+    parser.add_argument("--data", default=".", help="the only folder whose images the page can use and where "
+                                                    "scenes are saved (default: the current folder)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this "
+                                                            "machine only; any other needs the token)")
+    parser.add_argument("--port", type=int, default=8080, help="port (0: a free one)")
+    parser.add_argument("--token", help="the token the page asks for (default: generated and printed when the "
+                                        "host is not loopback)")
+    parser.set_defaults(handler=_cmd_review)
+
+
+def _cmd_review(args: argparse.Namespace) -> int:
+    from .review.server import serve
+
+    return serve(args.data, host=args.host, port=args.port, token=args.token)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffreg", description="Medical image registration guided by "
                                      "features of pre-trained diffusion models.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_register_parser, _apply_parser, _evaluate_parser, _demo_parser, _presets_parser):
+    for add in (_register_parser, _apply_parser, _evaluate_parser, _demo_parser, _presets_parser,
+                _review_parser):
         add(subparsers)
     add_models_parser(subparsers)
     add_network_parsers(subparsers)
@@ -256,24 +292,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     piped = getattr(args, "progress_when_piped", "none")
     json_events = progress_kind(getattr(args, "progress", "none"), piped) == "json"
     try:
-        with handlers_swapped(_interrupt, ("SIGTERM", "SIGHUP")):
+        with handlers_swapped(_interrupt, ("SIGTERM", "SIGHUP")), warnings.catch_warnings():
+            # library warnings (numpy's invalid values, torch's deprecations) are not the user's to act on:
+            # the console holds the outputs, the warnings the run itself reports, or one `error:` line
+            warnings.simplefilter("ignore")
             return args.handler(args)
-    except RegistrationError as error:
-        return _fail(2, "error", str(error), json_events)
-    except OSError as error:
+    except PLAIN_FAILURES as error:
+        return _fail(*failure(error), json_events)
+
+
+PLAIN_FAILURES = (RegistrationError, OSError, MemoryError, Cancelled, KeyboardInterrupt)
+
+
+def failure(error: BaseException) -> tuple[int, str, str]:
+    """(exit code, final progress stage, one-line message) of a command ended by one of PLAIN_FAILURES."""
+    if isinstance(error, RegistrationError):
+        return 2, "error", str(error)
+    if isinstance(error, OSError):
         where = f"{error.filename}: " if error.filename else ""
-        return _fail(2, "error", f"{where}{error.strerror or error}. Check the path, its permissions and free "
-                     "space.", json_events)
-    except MemoryError:
-        return _fail(2, "error", "not enough memory for these images and settings; use smaller images, fewer "
-                     "levels or a machine with more memory.", json_events)
-    except Cancelled:
-        return _fail(130, "cancelled", "cancelled: no partial outputs were left", json_events)
-    except KeyboardInterrupt as error:
-        signum = getattr(error, "signum", signal.SIGINT)
-        name = signal.Signals(signum).name
-        return _fail(128 + signum, "cancelled", f"interrupted by {name}: no partial outputs were left",
-                     json_events)
+        return 2, "error", f"{where}{error.strerror or error}. Check the path, its permissions and free space."
+    if isinstance(error, MemoryError):
+        return 2, "error", "not enough memory for these images and settings; use smaller images, fewer levels " \
+                           "or a machine with more memory."
+    if isinstance(error, Cancelled):
+        return 130, "cancelled", "cancelled: no partial outputs were left"
+    signum = getattr(error, "signum", signal.SIGINT)
+    return 128 + signum, "cancelled", f"interrupted by {signal.Signals(signum).name}: no partial outputs were left"
 
 
 def run() -> None:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from ..errors import RegistrationError
+from ..io.structured import parse_json
 from ..progress import json_lines, progress_bar, silent
 from .settings import (add_progress_argument, add_settings_arguments, finetune_settings, network_refusals,
                        options_from_args, progress_from_args)
@@ -25,9 +26,9 @@ def _ints(text: str) -> tuple[int, ...]:
 
 def _json(text: str) -> dict:
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise argparse.ArgumentTypeError(f"'{text}' is not JSON ({error})") from None
+        value = parse_json(text, "the value")
+    except RegistrationError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"'{text}' must be a JSON object, e.g. '{{\"sigma\": 2}}'")
     return value
@@ -98,10 +99,17 @@ def run_train(args: argparse.Namespace) -> int:
     from ..network.data import (Augmentation, PairDataset, RandomPairDataset, SyntheticPairDataset, cases_from_records,
                                 folder_pairs, images_from_csv, pairs_from_csv, synthetic_cases)
     from ..network.model import NetworkSpec
+    from ..engine.config import CONFIG_SETTINGS
     from ..network.train import TrainConfig, train
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    config = TrainConfig(similarity=args.similarity, similarity_params=args.similarity_params,
+                         regularizer=args.regularizer, regularization=args.regularization,
+                         inverse_consistency=args.inverse_consistency, steps=args.steps, batch_size=args.batch_size,
+                         lr=args.lr, finetune_lr=args.finetune_lr, seed=args.seed,
+                         checkpoint_every=args.checkpoint_every, log_every=args.log_every,
+                         validate_every=args.validate_every, device=args.device)
+    if args.threads is not None:
+        torch.set_num_threads(CONFIG_SETTINGS["threads"].check(args.threads))
     spec = NetworkSpec(dim=args.dim, size=args.grid, stages=args.stages, channels=args.channels, output=args.output)
     augmentation = Augmentation(args.augment_affine, args.augment_gamma)
     if args.pairs:
@@ -118,12 +126,6 @@ def run_train(args: argparse.Namespace) -> int:
             raise RegistrationError("--validation-synthetic needs --synthetic images to deform.")
         validation += synthetic_cases([read_image(p) for p in args.synthetic], args.validation_synthetic,
                                       args.max_deformation, seed=10_000 + args.seed, smoothness_mm=args.smoothness)
-    config = TrainConfig(similarity=args.similarity, similarity_params=args.similarity_params,
-                         regularizer=args.regularizer, regularization=args.regularization,
-                         inverse_consistency=args.inverse_consistency, steps=args.steps, batch_size=args.batch_size,
-                         lr=args.lr, finetune_lr=args.finetune_lr, seed=args.seed,
-                         checkpoint_every=args.checkpoint_every, log_every=args.log_every,
-                         validate_every=args.validate_every, device=args.device)
     outcome = train(dataset, spec, config, args.checkpoint_dir, args.log_dir, args.resume, validation or None,
                     progress=json_lines() if args.progress == "json" else silent, show_bar=args.progress == "bar")
     if outcome.validation:

@@ -11,16 +11,10 @@ from pathlib import Path
 from typing import Any, NamedTuple, Optional, Union
 
 from ..errors import RegistrationError
-from ..similarity.registry import SIMILARITIES
+from ..io.paths import input_file
+from ..io.structured import SyntaxProblem, parse_json, parse_settings_text
+from ..similarity.registry import SIMILARITIES, check_similarity_params
 from .settings import Choice, Device, Flag, Mapping, Number, Numbers, Setting, check_declared, declare, declared
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python < 3.11 (Slicer 5.8 ships 3.9): the same parser as a package
-    try:
-        import tomli as tomllib
-    except ModuleNotFoundError:
-        tomllib = None
 
 
 _ITERATIONS = Number(int, 0, 100_000)  # 0 skips the level, as in ANTs
@@ -107,6 +101,9 @@ class RegistrationConfig:
         if self.percentiles[0] >= self.percentiles[1]:
             raise RegistrationError(f"setting percentiles={json.dumps(list(self.percentiles))}: the low percentile "
                                     "must be below the high one, e.g. --set percentiles=[0.5,99.5].")
+        check_similarity_params(self.similarity, self.similarity_params)
+        if self.affine_similarity is not None:
+            check_similarity_params(self.affine_similarity, self.affine_similarity_params, "affine_similarity_params")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -153,10 +150,11 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def _parse_value(text: str) -> Any:
+def _parse_value(key: str, text: str) -> Any:
+    """The JSON value of `text`, or `text` itself where it is not JSON (a word such as a similarity name)."""
     try:
-        return json.loads(text)
-    except json.JSONDecodeError:
+        return parse_json(text, f"option {key}")
+    except SyntaxProblem:
         return text
 
 
@@ -167,25 +165,21 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise RegistrationError(f"option '{item}' must look like key=value (e.g. lr=0.5).")
-        out[key.strip().replace("-", "_")] = _parse_value(value.strip())
+        out[key.strip().replace("-", "_")] = _parse_value(key.strip(), value.strip())
     return out
 
 
 def load_config_file(path: Union[str, Path]) -> dict[str, Any]:
     """Reads settings from a JSON or TOML file (a whole saved RegistrationConfig or a few keys)."""
-    path = Path(path)
-    if not path.is_file():
-        raise RegistrationError(f"config file {path}: no such file.")
-    if path.suffix == ".toml" and tomllib is None:
-        raise RegistrationError(f"config file {path}: reading TOML needs Python 3.11 or the package 'tomli' "
-                                "(pip install tomli); or write the settings as JSON.")
+    path = input_file(path, "config file")
     try:
         text = path.read_text(encoding="utf-8")
-        values = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError and TOMLDecodeError are ValueErrors
-        raise RegistrationError(f"config file {path}: cannot be parsed ({error}). Use JSON or TOML.") from None
+    except UnicodeDecodeError as error:
+        raise RegistrationError(f"config file {path}: cannot be parsed (not UTF-8 text, byte {error.start}). Use "
+                                "JSON or TOML.") from None
     except OSError as error:
         raise RegistrationError(f"config file {path}: cannot be read ({error.strerror}).") from None
+    values = parse_settings_text(text, path.suffix, f"config file {path}")
     if not isinstance(values, dict):
         raise RegistrationError(f"config file {path}: must hold an object of settings (key: value), "
                                 f"not a {type(values).__name__}.")

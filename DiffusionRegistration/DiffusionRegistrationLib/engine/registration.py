@@ -136,13 +136,21 @@ def _diverged(setting: str, what: str) -> RegistrationError:
 
 
 def _optimise(step: Callable[[], torch.Tensor], groups: list[ParameterGroup], iterations: int,
-              config: RegistrationConfig, report: Callable[[int, float], None], setting: str) -> dict:
+              config: RegistrationConfig, report: Callable[[int, float], None], setting: str,
+              keep_best: bool = True) -> dict:
     """Adam steps with a cosine schedule until `iterations` or convergence. Non-finite losses or parameters
-    stop it before they reach grid_sample (whose backward crashes on them), naming `setting` to lower."""
+    stop it before they reach grid_sample (whose backward crashes on them), naming `setting` to lower.
+
+    With `keep_best` (losses of different steps comparable: no random sampling per step) the parameters
+    with the lowest loss seen are kept. Adam's normalised steps have the size of the learning rate
+    whatever the gradient, so a level that starts at its optimum (an image registered to itself, or a
+    finer level whose coarser one found the answer) would otherwise end wherever the oscillation of the
+    last steps left it."""
     convergence = _Convergence(config.tolerance, config.patience)
     optimizer = CosineAdam(groups, iterations)
     parameters = optimizer.parameters
     loss_value, start_loss, done = float("nan"), None, 0
+    best_loss, best, best_step = float("inf"), None, 0
     for done in range(1, iterations + 1):
         optimizer.zero_grad()
         loss = step()
@@ -150,6 +158,9 @@ def _optimise(step: Callable[[], torch.Tensor], groups: list[ParameterGroup], it
         if not np.isfinite(loss_value):
             raise _diverged(setting, "the loss is not finite")
         start_loss = loss_value if start_loss is None else start_loss
+        if keep_best and loss_value < best_loss:
+            best_loss, best_step = loss_value, done
+            best = [p.detach().clone() for p in parameters]
         loss.backward()
         optimizer.step()
         if not all(bool(torch.isfinite(p).all()) for p in parameters):
@@ -157,6 +168,11 @@ def _optimise(step: Callable[[], torch.Tensor], groups: list[ParameterGroup], it
         report(done, loss_value)
         if convergence.done(loss_value):
             break
+    if best is not None and best_step < done:  # the last step's update is kept when its start was the best
+        with torch.no_grad():
+            for parameter, value in zip(parameters, best):
+                parameter.copy_(value)
+        loss_value = best_loss
     return {"steps": done, "loss": loss_value, "start_loss": start_loss}
 
 
@@ -217,13 +233,20 @@ class Run:
     device: torch.device
     progress: ProgressCallback
     history: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
+    preview: Optional[PreviewCallback] = None
 
 
+# receives the current estimate at the end of each level: the fixed->moving displacement on the fixed grid
+PreviewCallback = Callable[[np.ndarray], None]
 LevelBuilder = Callable[[float], tuple[Callable[[], torch.Tensor], list[ParameterGroup]]]
+Estimate = Callable[[], tuple[AffineTransform, Optional[DenseTransform]]]
 
 
-def _run_levels(run: Run, stage: str, plan: list[tuple[float, int]], build: LevelBuilder, setting: str) -> None:
-    """The level loop every stage shares: build the level's step and optimiser, optimise, record.
+def _run_levels(run: Run, stage: str, plan: list[tuple[float, int]], build: LevelBuilder, setting: str,
+                similarity: Similarity, estimate: Estimate) -> None:
+    """The level loop every stage shares: build the level's step and optimiser, optimise, record, and show
+    the `estimate` (affine, field) to `run.preview` if there is one.
 
     `setting` is the learning rate to name if the optimisation diverges."""
     for index, (factor, iterations) in enumerate(plan):
@@ -235,10 +258,12 @@ def _run_levels(run: Run, stage: str, plan: list[tuple[float, int]], build: Leve
                 fraction = (index + done / iterations) / len(plan)
                 run.progress(Progress(stage, fraction, f"level {index + 1}/{len(plan)} step {done} loss {loss:.5f}"))
 
-        outcome = _optimise(step, groups, iterations, run.config, report, setting)
+        outcome = _optimise(step, groups, iterations, run.config, report, setting, not similarity.stochastic)
         spacing = float(np.mean(run.fixed.level(factor)[2].spacing))
         run.history.append({"stage": stage, "level": factor, "spacing_mm": round(spacing, 3), **outcome,
                             "seconds": round(time.perf_counter() - start, 3)})
+        if run.preview is not None:
+            run.preview(displacement_on(run.fixed.grid, *estimate(), run.device))
     run.progress(Progress(stage, 1.0, "done"))
 
 
@@ -267,7 +292,8 @@ def affine_stage(run: Run) -> AffineTransform:
             return step, [([affine.translation], config.affine_lr * 100), ([affine.linear], config.affine_lr)]
 
         _run_levels(run, "affine", level_plan(run.fixed.grid, config.affine_levels, config.affine_iterations,
-                                              config.level_spacing_mm), build, "affine_lr")
+                                              config.level_spacing_mm), build, "affine_lr", similarity,
+                    lambda: (affine, None))
     affine.requires_grad_(False)
     return affine
 
@@ -328,8 +354,26 @@ def deformable_stage(run: Run, affine: AffineTransform) -> Optional[DenseTransfo
         return current[0].loss, [(list(current[0].dense.parameters()), current[0].lr)]
 
     _run_levels(run, "deformable", level_plan(run.fixed.grid, config.levels, config.iterations,
-                                              config.level_spacing_mm), build, "lr")
+                                              config.level_spacing_mm), build, "lr", similarity,
+                lambda: (affine, current[0].dense))
     return current[0].dense if current else None
+
+
+def _mapped_points(grid: Grid, affine: AffineTransform, dense: Optional[DenseTransform],
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Physical points of every voxel of `grid` and where T = A(x + u) maps them, [1, *shape, D] each."""
+    points = physical_points(grid, device)
+    deformation = torch.zeros_like(points) if dense is None else \
+        channels_last(resize_field(dense.displacement(), grid.shape))
+    return points, affine(points + deformation)
+
+
+def displacement_on(grid: Grid, affine: AffineTransform, dense: Optional[DenseTransform],
+                    device: torch.device) -> np.ndarray:
+    """The fixed->moving displacement T(x) - x on `grid`, [*shape, D] float32 in LPS mm."""
+    with torch.no_grad():
+        points, mapped = _mapped_points(grid, affine, dense, device)
+        return (mapped - points)[0].cpu().numpy().astype(np.float32)
 
 
 def _result(run: Run, fixed: Image, moving: Image, affine: AffineTransform, dense: Optional[DenseTransform],
@@ -337,21 +381,56 @@ def _result(run: Run, fixed: Image, moving: Image, affine: AffineTransform, dens
     """The fixed->moving displacement on the full fixed grid, the warped moving image and the inverse."""
     device = run.device
     with torch.no_grad():
-        points = physical_points(fixed.grid, device)
-        if dense is None:
-            deformation = torch.zeros_like(points)
-        else:
-            deformation = channels_last(resize_field(dense.displacement(), fixed.grid.shape))
-        mapped = affine(points + deformation)
+        points, mapped = _mapped_points(fixed.grid, affine, dense, device)
         displacement = (mapped - points)[0].cpu().numpy().astype(np.float32)
-        warped = sample(_tensor(moving.array, device), to_sampling_grid(mapped, moving.grid), padding_mode="zeros")
+        sampling = to_sampling_grid(mapped, moving.grid)
+        if not bool((sampling.abs() <= 1.0).all(-1).any()):
+            raise RegistrationError(f"the registration mapped every voxel of fixed {fixed.name} outside moving "
+                                    f"{moving.name}: the images do not overlap after the affine stage (fixed "
+                                    f"spans {_span(fixed.grid)}, moving {_span(moving.grid)}). Check that they "
+                                    "show the same anatomy, try --set init=centers, or fix the origins.")
+        warped = sample(_tensor(moving.array, device), sampling, padding_mode="zeros")
         inverse_field = _inverse_on_moving_grid(affine, dense, fixed.grid, moving.grid, device) if inverse else None
     result = Result(fixed.grid, moving.grid, displacement, affine=affine.matrix()[0],
                     warped=Image(warped[0, 0].cpu().numpy(), fixed.grid, None), inverse=inverse_field,
                     seconds=time.perf_counter() - start, config=run.config.to_dict(), history=run.history,
                     foreground=decision.reasons)
-    result.warnings = quality_warnings(result, fixed, moving, run.config.similarity, (decision.fixed, decision.moving))
+    result.warnings = run.warnings + quality_warnings(result, fixed, moving, run.config.similarity,
+                                                      (decision.fixed, decision.moving))
     return result
+
+
+def physical_box(grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """The lowest and highest LPS coordinates of a grid's voxels (their outer edges), per axis."""
+    corners = np.array(np.meshgrid(*[(-0.5, n - 0.5) for n in grid.size], indexing="ij")).reshape(grid.dim, -1).T
+    matrix = grid.index_to_physical()
+    points = corners @ matrix[:grid.dim, :grid.dim].T + matrix[:grid.dim, grid.dim]
+    return points.min(0), points.max(0)
+
+
+def overlap(fixed: Grid, moving: Grid) -> bool:
+    """Whether the two grids' boxes in physical space share any point."""
+    (f_low, f_high), (m_low, m_high) = physical_box(fixed), physical_box(moving)
+    return bool(np.all(f_low < m_high) and np.all(m_low < f_high))
+
+
+def _span(grid: Grid) -> str:
+    low, high = physical_box(grid)
+    return " x ".join(f"[{a:.0f}, {b:.0f}]" for a, b in zip(low, high)) + " mm"
+
+
+def overlap_warnings(fixed: Image, moving: Image, config: RegistrationConfig) -> list[str]:
+    """RegistrationError when the images lie apart in physical space and init=none keeps them apart; a
+    warning (for the report) when the initial alignment has to bring them together."""
+    if overlap(fixed.grid, moving.grid):
+        return []
+    where = f"fixed {fixed.name} spans {_span(fixed.grid)}, moving {moving.name} spans {_span(moving.grid)}"
+    if config.init == "none":
+        raise RegistrationError(f"the images do not overlap in physical space ({where}) and init=none keeps them "
+                                "apart. Use --set init=moments (the default) or init=centers, or fix the origin "
+                                "in the image headers.")
+    return [f"the images do not overlap in physical space as given ({where}); they were first aligned by their "
+            f"{'centres of mass' if config.init == 'moments' else 'centres'}: check that they show the same anatomy."]
 
 
 def _check_inputs(fixed: Image, moving: Image, fixed_mask: Optional[Image], moving_mask: Optional[Image],
@@ -371,19 +450,23 @@ def _check_inputs(fixed: Image, moving: Image, fixed_mask: Optional[Image], movi
 
 def register(fixed: Image, moving: Image, config: Optional[RegistrationConfig] = None,
              fixed_mask: Optional[Image] = None, moving_mask: Optional[Image] = None,
-             progress: ProgressCallback = silent, inverse: bool = False) -> Result:
+             progress: ProgressCallback = silent, inverse: bool = False,
+             preview: Optional[PreviewCallback] = None) -> Result:
     """Registers `moving` onto `fixed`; returns the fixed->moving mapping on the fixed grid.
 
     Images may lie on different grids and orientations: everything happens in physical space.
-    The progress callback may raise `Cancelled` to stop the run.
+    The progress callback may raise `Cancelled` to stop the run. `preview`, if given, receives the current
+    fixed->moving displacement on the fixed grid at the end of every level (a live view of the run).
     """
     config = _checked_arguments(fixed, moving, config, fixed_mask, moving_mask)
     start = time.perf_counter()
     decision, config = _check_inputs(fixed, moving, fixed_mask, moving_mask, config)
+    warnings = overlap_warnings(fixed, moving, config)
     device = resolve_device(config.device)
     with torch_threads(config.threads):
         run = Run(prepare(fixed, decision.fixed_mask, config, device),
-                  prepare(moving, decision.moving_mask, config, device), config, device, progress)
+                  prepare(moving, decision.moving_mask, config, device), config, device, progress,
+                  warnings=warnings, preview=preview)
         affine = affine_stage(run)
         dense = deformable_stage(run, affine)
         return _result(run, fixed, moving, affine, dense, inverse, start, decision)

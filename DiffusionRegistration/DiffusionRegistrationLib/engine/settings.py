@@ -59,6 +59,8 @@ class Number:
                 raise _refuse(name, shown, "is not a number", self.describe()) from None
         if isinstance(number, bool) or not isinstance(number, (int, float)):
             raise _refuse(name, shown, f"is a {type(value).__name__}, not a number", self.describe())
+        if isinstance(number, int) and abs(number) > 2 ** 63:  # beyond float's exact range: refused, not overflowed
+            raise _refuse(name, f"<an integer of {number.bit_length()} bits>", "is out of range", self.describe())
         if not math.isfinite(number):
             raise _refuse(name, shown, "is not finite", self.describe())
         if self.kind is int and number != int(number):

@@ -7,7 +7,6 @@ listed so that every place that offers backbones offers them too.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from importlib import resources
@@ -15,6 +14,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import RegistrationError
+from ..io.paths import input_file
+from ..io.structured import parse_json
 
 KINDS = ("file", "hub", "builtin")  # file: plain files at URLs; hub: a Hugging Face repository snapshot;
 # builtin: computed features without weights
@@ -88,19 +89,23 @@ def _parse_file(path: Path, model_id: str, index: int, raw: Any, kind: str) -> M
         if key not in raw:
             raise _problem(path, where, f"('{name}') lacks '{key}' (give null and a 'reason' when unknown)")
     size, sha256 = raw["size"], raw["sha256"]
-    if size is not None and (not isinstance(size, int) or size < 0):
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or not 0 <= size < 2 ** 50):
         raise _problem(path, where, f"('{name}') has a bad size {size!r}")
     if sha256 is not None and not _is_hex(sha256, 64):
         raise _problem(path, where, f"('{name}') has a bad sha256 {sha256!r} (64 hex digits)")
     md5 = raw.get("md5")
     if md5 is not None and not _is_hex(md5, 32):
         raise _problem(path, where, f"('{name}') has a bad md5 {md5!r} (32 hex digits)")
-    reason = str(raw.get("reason", ""))
+    reason = raw.get("reason", "")
+    if not isinstance(reason, str):
+        raise _problem(path, where, f"('{name}') has a 'reason' that is not a text")
     if sha256 is None and not reason:
         raise _problem(path, where, f"('{name}') has sha256 null without a 'reason'")
     url = raw.get("url")
     if kind == "file" and not url:
         raise _problem(path, where, f"('{name}') needs a 'url' to download it from")
+    if url is not None and not isinstance(url, str):
+        raise _problem(path, where, f"('{name}') has a 'url' that is not a text")
     return ModelFile(name, size, sha256.lower() if sha256 else None, url, reason, md5.lower() if md5 else None)
 
 
@@ -116,27 +121,34 @@ def _parse_entry(path: Path, model_id: str, raw: Any) -> ModelEntry:
         raise _problem(path, where, "needs a 'source' with a 'url' or a 'repo'")
     if kind == "hub" and not (source.get("repo") and source.get("revision")):
         raise _problem(path, where, "is a hub model: its source needs 'repo' and 'revision'")
+    if any(not isinstance(value, str) for value in (source or {}).values()):
+        raise _problem(path, where, "has a 'source' whose values are not all texts")
     files = raw.get("files", [] if kind == "builtin" else None)
     if not isinstance(files, list) or (kind == "builtin") != (not files):
         raise _problem(path, where, "needs a non-empty 'files' list (and a builtin backbone none)")
     for key in ("backbone", "licence"):
         if not isinstance(raw.get(key), str) or not raw[key]:
             raise _problem(path, where, f"needs '{key}'")
+    if not isinstance(raw.get("description", ""), str) or not isinstance(raw.get("extractor") or {}, dict):
+        raise _problem(path, where, "has a 'description' that is not a text or an 'extractor' that is not an object")
     return ModelEntry(id=model_id, kind=kind, backbone=raw["backbone"], source=dict(source),
                       files=tuple(_parse_file(path, model_id, i, f, kind) for i, f in enumerate(files)),
                       licence=raw["licence"], description=str(raw.get("description", "")),
                       extractor=dict(raw.get("extractor") or {}))
 
 
+def _read_json(path: Path) -> Any:
+    try:
+        return parse_json(input_file(path, "model catalog").read_text(encoding="utf-8"), f"model catalog {path}")
+    except (OSError, UnicodeDecodeError) as error:
+        raise RegistrationError(f"model catalog {path}: cannot be read ({getattr(error, 'strerror', None) or error})."
+                                ) from None
+
+
 def load_catalog(path: Optional[str | os.PathLike] = None) -> dict[str, ModelEntry]:
     """id -> ModelEntry, validated; RegistrationError naming the file and the entry that is wrong."""
     path = Path(path).expanduser() if path else catalog_path()
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise RegistrationError(f"model catalog {path}: cannot be read ({error.strerror}).") from None
-    except json.JSONDecodeError as error:
-        raise RegistrationError(f"model catalog {path}: not valid JSON (line {error.lineno}: {error.msg}).") from None
+    data = _read_json(path)
     models = data.get("models") if isinstance(data, dict) else None
     if not isinstance(models, dict) or not models:
         raise _problem(path, "the top level", "needs a non-empty 'models' object")
@@ -147,8 +159,8 @@ def default_backbone_id(path: Optional[str | os.PathLike] = None) -> str:
     """The catalog's default backbone (the paper's ADM)."""
     path = Path(path).expanduser() if path else catalog_path()
     models = load_catalog(path)  # validated first, so the read below cannot fail
-    default = json.loads(path.read_text(encoding="utf-8")).get("default_backbone")
-    if default is not None and default not in models:
+    default = _read_json(path).get("default_backbone")
+    if default is not None and (not isinstance(default, str) or default not in models):
         raise _problem(path, "default_backbone", f"'{default}' is not one of its models")
     return str(default or next(iter(models)))
 

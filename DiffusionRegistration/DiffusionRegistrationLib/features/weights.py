@@ -28,6 +28,8 @@ from typing import Any, Callable, Optional
 from ..core.paths import cache_root
 from ..errors import RegistrationError
 from ..io.atomic import atomic_path
+from ..io.paths import input_file
+from ..io.structured import parse_json
 from ..progress import Progress, ProgressCallback, silent
 from .catalog import ModelEntry, ModelFile, default_backbone_id, get_model
 
@@ -50,15 +52,30 @@ def cache_dir(configured: Optional[str | os.PathLike] = None) -> Path:
     if configured:
         return Path(configured).expanduser()
     settings = settings_file()
-    if settings.is_file():
-        try:
-            value = json.loads(settings.read_text(encoding="utf-8")).get("model_cache")
-        except (OSError, json.JSONDecodeError, AttributeError):
-            raise RegistrationError(f"settings file {settings}: not a readable JSON object. Fix it or delete "
-                                    "it.") from None
+    if settings.exists():
+        value = _settings_value(settings, "model_cache")
         if value:
             return Path(value).expanduser()
     return cache_root() / "models"
+
+
+def _settings_value(settings: Path, key: str) -> Optional[str]:
+    """A text value of the user settings file; RegistrationError naming the file when it is not a JSON
+    object or the value not a text."""
+    what = f"settings file {settings}"
+    try:
+        values = parse_json(input_file(settings, "settings file").read_text(encoding="utf-8"), what)
+    except (OSError, UnicodeDecodeError) as error:
+        raise RegistrationError(f"{what}: cannot be read ({getattr(error, 'strerror', None) or error}). Fix it or "
+                                "delete it.") from None
+    if not isinstance(values, dict):
+        raise RegistrationError(f"{what}: must hold a JSON object (e.g. {{\"{key}\": \"/path\"}}). Fix it or "
+                                "delete it.")
+    value = values.get(key)
+    if value is not None and not isinstance(value, str):
+        raise RegistrationError(f"{what}: \"{key}\" must be a text (a folder path), not {type(value).__name__}. Fix "
+                                "it or delete it.")
+    return value
 
 
 def model_dir(model: str | ModelEntry) -> Path:
@@ -137,10 +154,19 @@ def git_blob_id(path: Path) -> str:
 
 
 def _read_stamp(folder: Path) -> dict:
+    """The stamp's records (name -> record); a damaged or crafted stamp counts as none (files are re-hashed)."""
     try:
-        return json.loads((folder / STAMP).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        stamp = parse_json((folder / STAMP).read_text(encoding="utf-8"), f"stamp {folder / STAMP}")
+    except (OSError, UnicodeDecodeError, RegistrationError):
         return {}
+    if not isinstance(stamp, dict):
+        return {}
+    def whole(record: Any) -> bool:
+        numbers = [record.get(k) for k in ("size", "mtime_ns")] if isinstance(record, dict) else [None]
+        return all(isinstance(n, int) and not isinstance(n, bool) for n in numbers) \
+            and isinstance(record.get("sha256"), str) and isinstance(record.get("reference", "none"), str)
+
+    return {name: record for name, record in stamp.items() if whole(record)}
 
 
 def _write_stamp(folder: Path, records: dict) -> None:
@@ -276,12 +302,19 @@ def _fetch(url: str, target: Path, expected: ModelFile, entry: ModelEntry, repor
     """Streams `url` into `target` (a temporary path), with size, MD5 and SHA-256 computed on the way;
     returns the SHA-256. RegistrationError when any differs from the catalog."""
     digests = Digests()
+    limit = expected.size
     try:
         with urllib.request.urlopen(url, timeout=60) as response, open(target, "wb") as out:
-            while chunk := response.read(CHUNK):
+            # never more than one byte past the catalog's size: a server that sends more fills no disk
+            while chunk := response.read(CHUNK if limit is None else min(CHUNK, limit + 1 - digests.size)):
                 out.write(chunk)
                 digests.update(chunk)
                 report(digests.size)
+                if limit is not None and digests.size > limit:
+                    raise RegistrationError(f"downloading {url}: the server sent more than the catalog's "
+                                            f"{limit:,} bytes; stopped and kept nothing. The server sent another "
+                                            f"file: report it, or place the right file '{expected.name}' in "
+                                            f"{model_dir(entry)} by hand.")
     except (urllib.error.URLError, OSError, ValueError) as error:
         reason = getattr(error, "reason", None) or error
         raise RegistrationError(f"downloading {url} failed ({reason}). Check the connection and run "

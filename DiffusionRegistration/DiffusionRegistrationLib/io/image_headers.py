@@ -66,6 +66,19 @@ def _opener(path: Path):
     return gzip.open if magic == b"\x1f\x8b" else open
 
 
+def nifti_version(path: Path) -> Optional[int]:
+    """1 or 2 for a NIfTI file (its first field, the header size, in either byte order), else None."""
+    if _suffix(path) not in (".nii", ".nii.gz", ".hdr"):
+        return None
+    try:
+        with _opener(path)(path, "rb") as handle:
+            head = handle.read(4)
+    except (OSError, EOFError, zlib.error, gzip.BadGzipFile):
+        return None
+    sizes = {struct.unpack(order + "i", head)[0] for order in "<>"} if len(head) == 4 else set()
+    return 2 if 540 in sizes else 1 if 348 in sizes else None
+
+
 def _nifti(path: Path, role: str) -> Layout:
     with _opener(path)(path, "rb") as handle:
         head = handle.read(540)
@@ -102,6 +115,11 @@ def _nifti(path: Path, role: str) -> Layout:
         data_path = next((p for p in (path.with_suffix(".img"), path.with_suffix(".img.gz")) if p.exists()),
                          path.with_suffix(".img"))
         offset = 0
+    elif offset < needed + 4:  # NIfTI-1 and -2 standards: vox_offset >= 352 (544) in a single .nii file
+        raise RegistrationError(f"{role} {path}: the NIfTI header's vox_offset is {offset}, but in a single-file "
+                                f".nii the voxel data must start at byte {needed + 4} or later (the NIfTI "
+                                f"standard); every voxel would be read shifted. The header is damaged: export the "
+                                "image again.")
     return Layout(data_path, offset, tuple(int(d) for d in dim[1:ndim + 1]),
                   np.dtype(order + _NIFTI_TYPES[datatype]), _NIFTI_COMPONENTS.get(datatype, 1),
                   "gzip" if _opener(data_path) is gzip.open else None, tuple(float(p) for p in pixdim[1:min(ndim, 3) + 1]))
@@ -182,7 +200,10 @@ def _nrrd(path: Path, role: str) -> Optional[Layout]:
     components = 1
     kinds = values.get("kinds", "").lower().split()
     if len(kinds) == len(size) and kinds[0] not in ("domain", "space", "time"):
+        # the first axis holds the components of a voxel (RGB-color, vector ...): it has no spacing
+        # ("spacings: nan ..." or "space directions: none ...")
         components, size = size[0], size[1:]
+        spacing = spacing[1:] if len(spacing) == len(size) + 1 else spacing
     return Layout(data_path, offset + max(skip, 0) if offset >= 0 else -1, size,
                   np.dtype(order + _nrrd_dtype(values["type"])), components,
                   "gzip@" if encoding in ("gzip", "gz") else None, spacing)
@@ -223,12 +244,14 @@ def _chunks(layout: Layout) -> Iterator[bytes]:
         if layout.compression == "gzip@":
             handle = gzip.GzipFile(fileobj=raw, mode="rb")
         if layout.compression == "zlib":
-            inflater = zlib.decompressobj()
+            # at most CHUNK bytes out per call: a small stream of zeros can inflate a thousandfold
+            inflater, pending = zlib.decompressobj(), b""
             while not inflater.eof:
-                block = handle.read(CHUNK)
-                if not block:
+                pending = pending or handle.read(CHUNK)
+                if not pending:
                     break
-                yield inflater.decompress(block)
+                yield inflater.decompress(pending, CHUNK)
+                pending = inflater.unconsumed_tail
         else:
             yield from iter(lambda: handle.read(CHUNK), b"")
 
@@ -310,7 +333,7 @@ def check_image_file(path: Path, role: str, finite: bool = True) -> None:
             layout = _metaimage(path, role)
         else:
             return
-    except (OSError, EOFError, zlib.error, gzip.BadGzipFile, struct.error, ValueError) as error:
+    except (OSError, EOFError, zlib.error, gzip.BadGzipFile, struct.error, ValueError, OverflowError) as error:
         raise RegistrationError(f"{role} {path}: its header cannot be read ({error}); the file is damaged or "
                                 "truncated. Copy or export it again.") from None
     if layout is None:

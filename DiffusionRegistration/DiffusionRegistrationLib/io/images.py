@@ -14,7 +14,7 @@ import SimpleITK as sitk
 from ..core.image import Grid, Image
 from ..errors import RegistrationError
 from .atomic import WriteError, atomic_path, not_as_written
-from .image_headers import check_image_file
+from .image_headers import check_image_file, nifti_version
 from .paths import existing_path
 
 
@@ -62,13 +62,50 @@ def _read_sitk(path: Path, role: str) -> sitk.Image:
                                     f"({', '.join(series[:4])}...). Put one series per folder.")
         reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
         return reader.Execute()
+    if nifti_version(path) == 2:
+        return _read_nifti2(path, role)
     return sitk.ReadImage(str(path))
+
+
+_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
+
+
+def _read_nifti2(path: Path, role: str) -> sitk.Image:
+    """A NIfTI-2 file (ITK reads NIfTI-1 only) through nibabel: its voxels (scaled by scl_slope/scl_inter
+    as ITK does) and nibabel's voxel-to-RAS affine (the sform where set, else the qform), turned into ITK's
+    LPS origin, spacing and direction."""
+    try:
+        import nibabel
+    except ImportError:
+        raise RegistrationError(f"{role} {path}: is a NIfTI-2 file, which ITK cannot read. Install nibabel (pip "
+                                "install nibabel) to read it, or save it as NIfTI-1.") from None
+    try:
+        loaded = nibabel.load(str(path))
+        array = np.asanyarray(loaded.dataobj)
+        affine = np.asarray(loaded.affine, dtype=np.float64)
+    except Exception as error:  # nibabel raises many types for damaged files
+        raise RegistrationError(f"{role} {path}: cannot be read as NIfTI-2 ({type(error).__name__}: {error})."
+                                ) from None
+    while array.ndim > 2 and array.shape[-1] == 1:
+        array = array[..., 0]
+    dim = array.ndim
+    if dim not in (2, 3):
+        raise RegistrationError(f"{role} {path}: is {dim}D; give a 2D or 3D image (extract one volume of a 4D "
+                                "series first).")
+    linear = (_RAS_TO_LPS @ affine[:3, :3])[:dim, :dim]
+    spacing = np.linalg.norm(linear, axis=0)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(tuple(reversed(range(dim))))))
+    image.SetSpacing([float(s) for s in spacing])
+    image.SetOrigin([float(v) for v in (_RAS_TO_LPS @ affine[:3, 3])[:dim]])
+    if np.all(spacing > 0):
+        image.SetDirection([float(v) for v in (linear / spacing).ravel()])
+    return image
 
 
 def _read_checked(path: Path, role: str) -> sitk.Image:
     """The image as ITK reads it, after the header checks; its grid must be usable."""
     existing_path(path, role)
-    if path.is_file():
+    if not path.is_dir():
         check_image_file(path, role)
     try:
         with itk_messages_hidden():
@@ -109,7 +146,8 @@ def read_image(path: str | os.PathLike, role: str = "image", dtype=np.float32) -
         image = channels[0] * 0.299 + channels[1] * 0.587 + channels[2] * 0.114
     elif image.GetNumberOfComponentsPerPixel() != 1:
         raise RegistrationError(f"{role} {path}: has {image.GetNumberOfComponentsPerPixel()} components per "
-                                "voxel; registration needs a scalar (grey) image.")
+                                "voxel (a colour or vector volume); registration needs a scalar (grey) image. "
+                                "Convert it first (in Slicer: Vector to Scalar Volume).")
     result = Image(sitk.GetArrayFromImage(image).astype(dtype, copy=False), Grid.from_sitk(image), str(path))
     check_image(result, role)
     return result
@@ -160,14 +198,15 @@ def read_mask(path: str | os.PathLike, reference: Image, role: str = "mask") -> 
     return check_mask(read_labels(path, role), reference, role)
 
 
-def write_image(image: Image | sitk.Image, path: str | os.PathLike) -> Path:
+def write_image(image: Image | sitk.Image, path: str | os.PathLike, compress: bool = True) -> Path:
     """Writes an image atomically; the format follows the file name (.nii.gz, .nrrd, .mha, .png ...). A
-    detached header (.mhd, .nhdr) gets its data file beside it, named by `data_file` and put in place with it."""
+    detached header (.mhd, .nhdr) gets its data file beside it, named by `data_file` and put in place with it.
+    compress=False (attached headers only) for files read once right away, the Slicer job's inputs: faster."""
     sitk_image = image.to_sitk() if isinstance(image, Image) else image
     with atomic_path(path) as temporary:
         try:
             with itk_messages_hidden():
-                sitk.WriteImage(sitk_image, str(temporary), useCompression=True, imageIO=image_io(path))
+                sitk.WriteImage(sitk_image, str(temporary), useCompression=compress, imageIO=image_io(path))
         except RuntimeError as error:
             raise unwritable(path, error) from None
         check_written(sitk_image, temporary, path)

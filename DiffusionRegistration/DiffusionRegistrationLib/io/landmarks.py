@@ -23,6 +23,8 @@ import numpy as np
 
 from ..errors import RegistrationError
 from .atomic import atomic_path
+from .paths import input_file
+from .structured import SyntaxProblem, parse_json
 
 _RAS_TO_LPS_2D = np.array([-1.0, -1.0])
 _FCSV_COLUMNS = "id,x,y,z,ow,ox,oy,oz,vis,sel,lock,label,desc,associatedNodeID".split(",")
@@ -62,10 +64,10 @@ def _coordinate_system(path: Path, line: int | None, value: str) -> str:
 
 def _read_json(path: Path, text: str) -> Landmarks:
     try:
-        document = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise _bad(path, error.lineno, f"is not valid JSON ({error.msg}). Save it again from Slicer "
-                                       "(Markups module) or fix the syntax.") from None
+        document = parse_json(text, f"landmark file {path}")
+    except SyntaxProblem as error:
+        raise _bad(path, error.line, f"is not valid JSON ({error.reason}). Save it again from Slicer "
+                                     "(Markups module) or fix the syntax.") from None
     markups = document.get("markups") if isinstance(document, dict) else None
     if not isinstance(markups, list):
         raise _bad(path, None, 'has no "markups" list; it is not a Slicer markups file (.mrk.json).')
@@ -188,13 +190,18 @@ def _finish(path: Path, points: list, labels: list[str]) -> Landmarks:
 
 def read_landmarks(path: str | os.PathLike) -> Landmarks:
     """Reads .mrk.json, .fcsv or .csv/.txt landmarks into LPS mm. Bad files raise RegistrationError."""
-    path = Path(path)
-    if not path.is_file():
-        raise RegistrationError(f"landmark file {path}: no such file. Check the path.")
+    path = input_file(path, "landmark file")
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (UnicodeDecodeError, OSError) as error:
         raise _bad(path, None, f"cannot be read as text ({error}).") from None
+    try:
+        return _read_text(path, text)
+    except csv.Error as error:  # a field beyond the csv module's size limit, a NUL byte
+        raise _bad(path, None, f"cannot be read as CSV ({error}).") from None
+
+
+def _read_text(path: Path, text: str) -> Landmarks:
     name = path.name.lower()
     if name.endswith(".json"):
         return _read_json(path, text)

@@ -15,6 +15,7 @@ import SimpleITK as sitk
 from ..errors import RegistrationError
 from .atomic import atomic_path, not_as_written, reserve
 from .image_headers import check_image_file
+from .paths import input_file
 from ..core.image import Grid
 from .images import itk_messages_hidden, unwritable, write_image
 
@@ -96,9 +97,7 @@ def write_affine(matrix: np.ndarray, path: str | os.PathLike) -> Path:
 
 def read_displacement(path: str | os.PathLike, grid: Grid | None = None) -> tuple[np.ndarray, Grid]:
     """Reads any transform file as a displacement field, sampled on `grid` (default: the field's own grid)."""
-    path = Path(path)
-    if not path.is_file():
-        raise RegistrationError(f"transform {path}: no such file. Check the path.")
+    path = input_file(path, "transform")
     suffix = _suffix(path)
     if suffix in IMAGE_SUFFIXES:
         check_image_file(path, "transform")

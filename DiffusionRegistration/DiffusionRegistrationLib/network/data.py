@@ -25,6 +25,7 @@ from ..geometry.transforms import resize_field
 from ..io import landmarks
 from ..core.image import Grid, Image
 from ..io.images import normalize, read_image, read_labels
+from ..io.paths import input_file
 from .model import NetworkSpec, identity_points, network_grid, normalised_to_mm, warp
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".png", ".tif", ".tiff", ".jpg")
@@ -77,9 +78,7 @@ def _resolve(value: str, base: Path) -> str:
 def read_csv_rows(path: str | Path, required: tuple[str, ...], text: tuple[str, ...] = ()) -> list[dict[str, str]]:
     """The rows of a CSV with a header naming `required` columns: empty and missing cells left out, paths made
     relative to the CSV's folder, except in the `text` columns (kept as written, without surrounding blanks)."""
-    path = Path(path)
-    if not path.is_file():
-        raise RegistrationError(f"CSV {path}: no such file. Check the path.")
+    path = input_file(path, "CSV")
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             rows = list(csv.DictReader(handle))

@@ -9,6 +9,7 @@ result: the returned transform is the one of the fine-tuned weights.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from ..geometry.spatial import physical_points, sample, to_sampling_grid
 from ..geometry.transforms import invert_displacement, sample_field
 from ..core.image import Grid, Image
 from ..io.images import normalize
+from ..io.paths import input_file
 from ..progress import Progress, ProgressCallback, silent
 from ..similarity import build_similarity
 from .data import ValidationCase, pull_onto
@@ -50,9 +52,10 @@ def read_network_checkpoint(path: Union[str, Path], device: torch.device) -> dic
     path = Path(path)
     if path.is_dir():
         path = path / "latest.pt"
-    if not path.is_file():
+    if not path.exists():
         raise RegistrationError(f"network checkpoint {path}: no such file. Give a .pt file written by "
                                 "`diffreg train` (or its checkpoint folder).")
+    input_file(path, "network checkpoint")
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
     except Exception as error:  # torch raises many types for damaged files
@@ -77,9 +80,10 @@ def load_network(checkpoint: Union[str, Path, dict], device: torch.device) -> Tr
                                     f"{type(data.get(name)).__name__}, not a {kind.__name__}; {damaged}")
     try:
         spec = NetworkSpec.from_dict(data["network"])
-    except (TypeError, ValueError) as error:
-        raise RegistrationError(f"network checkpoint {data.get('path')}: field 'network' is malformed ({error}); "
-                                f"{damaged}") from None
+        check_training_config(data["config"])
+    except (TypeError, ValueError, OverflowError, RegistrationError) as error:
+        raise RegistrationError(f"network checkpoint {data.get('path')}: its stored settings are malformed "
+                                f"({error}); {damaged}") from None
     config, step = data["config"], data["step"]
     model = RegistrationNetwork(spec).to(device)
     try:
@@ -88,6 +92,15 @@ def load_network(checkpoint: Union[str, Path, dict], device: torch.device) -> Tr
         raise RegistrationError(f"network checkpoint {data.get('path')}: weights do not fit the network it "
                                 f"describes ({str(error).splitlines()[0]}). The file is damaged.") from None
     return TrainedNetwork(model, spec, config, step, data.get("path"))
+
+
+def check_training_config(config: dict[str, Any]) -> None:
+    """RegistrationError unless a checkpoint's stored training settings have the types and ranges that
+    `TrainConfig` accepts (the device it was trained on need not exist here)."""
+    from .train import TrainConfig
+
+    known = {f.name for f in dataclasses.fields(TrainConfig)} - {"device"}
+    TrainConfig(**{key: value for key, value in config.items() if key in known}, device="cpu")
 
 
 def _pair_batch(fixed: Image, moving: Image, spec: NetworkSpec, device: torch.device,
@@ -157,7 +170,13 @@ def predict(network: TrainedNetwork, fixed: Image, moving: Image, device: torch.
             backward = invert_displacement(field, grid)
             inverse_field = sample_field(backward, grid, physical_points(moving.grid, device))[0].cpu().numpy()
     network.model.train()
-    return displacement[0].cpu().numpy().astype(np.float32), inverse_field, Image(warped.cpu().numpy(), fixed.grid)
+    displacement = displacement[0].cpu().numpy().astype(np.float32)
+    if not np.isfinite(displacement).all():
+        raise RegistrationError(f"network {network.path or '(in memory)'}: produced NaN or infinite displacements for "
+                                f"this pair ({int((~np.isfinite(displacement)).sum())} values); its weights are "
+                                "damaged or its training (or fine-tuning) diverged. Use another checkpoint, retrain "
+                                "it, or lower --finetune-lr.")
+    return displacement, inverse_field, Image(warped.cpu().numpy(), fixed.grid)
 
 
 def _percentiles(config: dict[str, Any]) -> tuple[float, float]:
@@ -195,7 +214,10 @@ def register_with_network(fixed: Image, moving: Image, checkpoint: Union[str, Pa
     if finetune_steps:
         network = TrainedNetwork(copy.deepcopy(network.model), network.spec, network.config, network.step, network.path)
         loss = network_loss(network.config, similarity, similarity_params, regularization)
-        lr = finetune_lr if finetune_lr is not None else float(network.config.get("finetune_lr", 1e-4))
+        from .train import TRAIN_SETTINGS  # train imports this module
+
+        lr = float(network.config.get("finetune_lr", 1e-4)) if finetune_lr is None else \
+            TRAIN_SETTINGS["finetune_lr"].check(finetune_lr)
         history = finetune(network, batch, loss, finetune_steps, lr, progress)
     displacement, inverse_field, warped = predict(network, fixed, moving, torch_device, batch, grid, inverse)
     progress(Progress("network", 1.0, "done"))

@@ -16,7 +16,7 @@ import csv
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -25,6 +25,9 @@ import torch
 import torch.distributed as dist
 
 from ..engine.device import resolve_device
+from ..engine.settings import Choice, Device, Mapping, Number, Numbers, Setting, check_declared, declare, declared
+from ..geometry.transforms import REGULARIZERS
+from ..similarity.registry import SIMILARITIES, check_similarity_params
 from ..errors import RegistrationError
 from ..io.atomic import atomic_path
 from ..progress import Progress, ProgressCallback, silent
@@ -33,33 +36,40 @@ from .inference import CHECKPOINT_FORMAT, TrainedNetwork, network_loss, read_net
 from .model import NetworkSpec, RegistrationNetwork
 
 
+_COUNT = Number(int, 1, 10 ** 9)
+_RATE = Number(float, 0, 1, low_open=True)
+
+
 @dataclass
 class TrainConfig:
-    """Training settings; stored in every checkpoint (and used by fine-tuning as its defaults)."""
+    """Training settings, each declared with its type and range (engine.settings.declare) and checked when
+    made, so a flag, an API call or a checkpoint's stored config with a bad value is one RegistrationError;
+    stored in every checkpoint (and used by fine-tuning as its defaults)."""
 
-    similarity: str = "lncc"
-    similarity_params: dict[str, Any] = field(default_factory=dict)
-    regularizer: str = "diffusion"
-    regularization: float = 1.0
-    inverse_consistency: float = 0.0
-    steps: int = 1000
-    batch_size: int = 4
-    lr: float = 1e-4
-    finetune_lr: float = 1e-4
-    seed: int = 0
-    checkpoint_every: int = 500
-    log_every: int = 10
-    validate_every: int = 0  # 0: validate only at the end (when validation cases are given)
-    percentiles: tuple[float, float] = (0.5, 99.5)
-    device: str = "auto"
+    similarity: str = declare(Choice(tuple(SIMILARITIES)), "lncc", "Similarity", "the training loss's similarity")
+    similarity_params: dict[str, Any] = declare(Mapping(), {}, "Similarity parameters", "its parameters")
+    regularizer: str = declare(Choice(tuple(REGULARIZERS)), "diffusion", "Regulariser", "smoothness penalty")
+    regularization: float = declare(Number(float, 0, 1e6), 1.0, "Regularization", "weight of the regulariser")
+    inverse_consistency: float = declare(Number(float, 0, 1e6), 0.0, "Inverse consistency", "GradICON weight")
+    steps: int = declare(_COUNT, 1000, "Steps", "training steps")
+    batch_size: int = declare(Number(int, 1, 1_000_000), 4, "Batch size", "pairs per step, over every rank")
+    lr: float = declare(_RATE, 1e-4, "Learning rate", "Adam's step")
+    finetune_lr: float = declare(_RATE, 1e-4, "Fine-tuning rate", "Adam's step when fine-tuning on one pair")
+    seed: int = declare(Number(int, 0, 2 ** 63 - 1), 0, "Seed", "seed of every random draw")
+    checkpoint_every: int = declare(_COUNT, 500, "Checkpoint every", "steps between checkpoints")
+    log_every: int = declare(_COUNT, 10, "Log every", "steps between log lines")
+    validate_every: int = declare(Number(int, 0, 10 ** 9), 0, "Validate every",
+                                  "steps between validations (0: at the end only, when validation cases are given)")
+    percentiles: tuple[float, float] = declare(Numbers(Number(float, 0, 100), length=2), (0.5, 99.5), "Percentiles",
+                                               "intensity percentiles mapped to 0 and 1")
+    device: str = declare(Device(), "auto", "Device", "auto: a CUDA GPU when present, else the CPU")
 
     def __post_init__(self) -> None:
-        self.percentiles = tuple(float(v) for v in self.percentiles)
-        for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
-            if int(getattr(self, name)) < 1:
-                raise RegistrationError(f"training: {name} must be >= 1, not {getattr(self, name)}.")
-        if self.lr <= 0:
-            raise RegistrationError(f"training: lr must be > 0, not {self.lr}.")
+        check_declared(self)
+        check_similarity_params(self.similarity, self.similarity_params)
+
+
+TRAIN_SETTINGS: dict[str, Setting] = declared(TrainConfig)
 
 
 @dataclass

@@ -19,7 +19,12 @@ from ..core.image import Grid
 
 
 class Similarity(torch.nn.Module):
-    """Base class: a loss between the fixed image and the moving image mapped into fixed space."""
+    """Base class: a loss between the fixed image and the moving image mapped into fixed space.
+
+    `stochastic`: the measure draws random samples at every call, so losses of different steps are not
+    comparable (the engine then keeps the last parameters rather than those of the lowest loss)."""
+
+    stochastic = False
 
     def forward(self, fixed: torch.Tensor, warped: torch.Tensor,
                 mask: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -53,6 +53,8 @@ class DiffusionFeatureSimilarity(Similarity):
     """Diffusion-feature similarity (see the module docstring). `extractor`: a FeatureExtractor, a spec dict
     {"backbone": ..., options} or a backbone name (a catalog id, or a known-answer backbone: image, mind)."""
 
+    stochastic = True  # random slices (3D) and noise draws per call
+
     def __init__(self, extractor: Any = None, measure: str = "lncc", mode: str = "fast",
                  sigma: Optional[float] = None, eps: float = 1e-6, slices_per_step: int = 4,
                  slice_seed: int = 0, slice_stride: int = 4, refresh_every: int = 0,

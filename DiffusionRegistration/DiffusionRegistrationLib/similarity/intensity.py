@@ -134,8 +134,8 @@ class LocalNormalizedCrossCorrelation(Similarity):
 
     Local moments come from separable convolutions; near the border and the mask edge they are
     renormalised by the filtered mask, so windows use only voxels inside the image and the mask.
-    Local NCC = cov / sqrt((var_f + eps) (var_w + eps)): -1 for identical images wherever var >> eps,
-    0 in flat regions.
+    Local NCC = (cov + eps) / sqrt((var_f + eps) (var_w + eps)) (local_ncc with eps_in_covariance): 1
+    exactly where the warped image equals the fixed one, so an image registered to itself stays put.
     """
 
     def __init__(self, window: str = "gaussian", sigma: float | Sequence[float] = 2.0, radius: int = 2,
@@ -162,7 +162,8 @@ class LocalNormalizedCrossCorrelation(Similarity):
         kernels = self._kernels(fixed)
         # keyed on the mask as given (the weights are a new tensor at every call)
         moments = self._fixed.get(lambda: fixed_moments(fixed, kernels, mask), fixed, given)
-        return -_masked_mean(local_ncc(fixed, warped, kernels, self.eps, mask, moments), mask)
+        local = local_ncc(fixed, warped, kernels, self.eps, mask, moments, eps_in_covariance=True)
+        return -_masked_mean(local, mask)
 
 
 def _cubic_bspline(u: Tensor) -> Tensor:
@@ -209,6 +210,10 @@ class MutualInformation(Similarity):
         self.normalized = bool(normalized)
         self.seed = seed
         self._generator = torch.Generator().manual_seed(seed)
+
+    @property
+    def stochastic(self) -> bool:
+        return self.max_samples > 0
 
     def reseed(self, seed: int) -> None:
         """Restarts the sampling generator at this measure's seed offset by a run's `seed`."""

@@ -71,13 +71,20 @@ def fixed_moments(fixed: Tensor, kernels: Sequence[Tensor], mask: Optional[Tenso
 
 
 def local_ncc(fixed: Tensor, warped: Tensor, kernels: Sequence[Tensor], eps: float, mask: Optional[Tensor] = None,
-              moments: Optional[Moments] = None) -> Tensor:
+              moments: Optional[Moments] = None, eps_in_covariance: bool = False) -> Tensor:
     """The local NCC map per channel of [B, C, *spatial] `fixed` and `warped` (`moments`: fixed_moments of
-    `fixed` with the same window and mask, to skip recomputing them)."""
+    `fixed` with the same window and mask, to skip recomputing them).
+
+    `eps_in_covariance`: (cov + eps) / sqrt((var_f + eps) (var_w + eps)), the cosine of the centred values
+    with one more component sqrt(eps) on both sides: at most 1, and 1 exactly where warped equals fixed (up
+    to an offset), so an image registered to itself stays put; flat regions of both score 1. Without it,
+    raising the warped image's local variance pays wherever the variance is near eps (smooth images), and
+    an image registered to itself moved (2.7 mm on smooth 3D blobs)."""
     c = fixed.shape[1]
     inverse, mean_f, var_f = moments if moments is not None else fixed_moments(fixed, kernels, mask)
     weighted = warped if mask is None else warped * mask
     filtered = separable_filter(torch.cat([weighted, weighted * warped, weighted * fixed], 1), kernels) * inverse
     mean_w, square_w, cross = filtered.split(c, 1)  # one backward for the three (slices: three zero-filled copies)
     var_w = (square_w - mean_w * mean_w).clamp_min(0.0)
-    return (cross - mean_f * mean_w) * torch.rsqrt((var_f + eps) * (var_w + eps))
+    cov = cross - mean_f * mean_w
+    return (cov + eps if eps_in_covariance else cov) * torch.rsqrt((var_f + eps) * (var_w + eps))

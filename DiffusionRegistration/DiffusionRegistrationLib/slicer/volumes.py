@@ -6,7 +6,7 @@ import vtk
 from vtk.util import numpy_support
 
 from ..errors import RegistrationError
-from ..core.image import Image
+from ..core.image import Grid, Image
 from .geometry import grid_from_ijk_to_ras, ijk_to_ras_from_grid
 
 
@@ -20,6 +20,14 @@ def _vtk_matrix(array: np.ndarray) -> vtk.vtkMatrix4x4:
 
 def _numpy_matrix(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
     return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def volume_grid(node) -> Grid:
+    """The node's own voxel grid (LPS), without its parent transforms and without copying voxels."""
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(ijk_to_ras)
+    data = node.GetImageData()
+    return grid_from_ijk_to_ras(_numpy_matrix(ijk_to_ras), data.GetDimensions() if data is not None else (0, 0, 0))
 
 
 def image_from_volume_node(node, role: str = "volume", include_parent_transform: bool = True) -> Image:

@@ -222,8 +222,9 @@ class WarmBackend:
                 self._send(run)
             else:
                 self._run = None
+                said = [line[len("error: "):] for line in run._log if line.startswith("error: ")]
                 run._end(Finished(event.returncode or 1, False),
-                         f"the backend worker ended unexpectedly (exit code {event.returncode})")
+                         said[-1] if said else f"the backend worker ended unexpectedly (exit code {event.returncode})")
             return
         if isinstance(event, LogLine):
             if run is not None:
