@@ -175,10 +175,10 @@ def test_field_resizing_matches_torch_linear_interpolation(shape, size):
 
 def test_a_skull_stripped_moving_image_is_masked_by_default_onto_one_with_skull():
     """Colin27 skull-stripped (moving) onto Colin27 *with skull* under a known field, at 4 mm. Unmasked, local
-    NCC matches the skull against the empty background and ends worse than no registration; `default` sees
-    far more zero voxels in the moving image (moving_foreground_mask="auto"), measures the similarity only
-    where the moving image has data, and recovers the field inside the brain, as `stripped` does. Between
-    two skull-stripped images it does not mask."""
+    NCC matches the skull against the empty background and ends worse than no registration; `default` finds
+    the moving image brain only and the fixed one a head (moving_foreground_mask="auto", engine.foreground),
+    measures the similarity only where the moving image has data, and recovers the field inside the brain,
+    as `stripped` does. Between two skull-stripped images it does not mask."""
     from DiffusionRegistrationLib.io.data import COLIN_BET, COLIN_T1, data_file, resample_isotropic
     from DiffusionRegistrationLib.io.images import read_image
 

@@ -8,6 +8,10 @@ Suites (`--suites`):
 - cross2, cross1: MNI152 (nilearn, skull-stripped) onto Colin27 ch2bet, no known field: grey- and
   white-matter Dice of 3-class intensity segmentations (cross_subject.py).
 - slice2d: BrainWeb T1 slice onto the PD slice warped by a known field (2D multimodal): TRE over the head.
+- head2, head1: a skull-stripped template onto a head scan and back (geometry/brain_pairs.py: MNI152 onto
+  Colin27 with skull whose air is zero, noisy, or zero in a large field of view; Colin27's head onto MNI152;
+  head onto head under a known field): brain Dice against the known brain masks (ch2bet > 0, MNI152 > 0),
+  grey- and white-matter Dice of the brains' 3-class segmentations.
 
 Every method runs as a child process; its peak memory is that process's VmHWM (peak_memory.py). A
 preset is timed as a user runs it: the whole `diffreg register` process (start-up, reading, registration,
@@ -19,6 +23,7 @@ seconds and peak memory. `vs ref` is a method's time (or CPU time) over the refe
 ANTsPy SyN, or Greedy in a run without SyN) on the same pair in the same run.
 
     python benchmarks/bench_registration.py --suites known2,cross2 --seeds 0,1,2 --out results/bench.json
+    python benchmarks/bench_registration.py --suites head2 --seeds 0 --methods none,ants-syn,default,stripped
 
 Not part of the test suite: minutes per pair on two cores (the 1 mm suites: tens of minutes).
 """
@@ -42,6 +47,7 @@ sys.path.insert(0, str(HERE))
 import cross_subject  # noqa: E402
 from DiffusionRegistrationLib.engine.config import PRESETS  # noqa: E402
 from DiffusionRegistrationLib.errors import RegistrationError  # noqa: E402
+from DiffusionRegistrationLib.geometry.brain_pairs import PAIRS, brain_pair  # noqa: E402
 from DiffusionRegistrationLib.geometry.metrics import (dice_per_label, field_tre, folding,  # noqa: E402
                                                        jacobian_determinant, mask_dice, mean_dice)
 from DiffusionRegistrationLib.geometry.synthetic import random_smooth_displacement, warp_with_displacement  # noqa: E402
@@ -148,6 +154,29 @@ def cross_case(suite: str, spacing_mm: float, folder: Path) -> Case:
                 lambda field: cross_subject.tissue_dice(pair, field))
 
 
+def head_cases(suite: str, spacing_mm: float, seeds: list[int], folder: Path) -> list[Case]:
+    """The brain-onto-head pairs (brain_pairs.PAIRS); the seed draws the noisy air and the known field."""
+    out = []
+    for seed in seeds:
+        for name in PAIRS:
+            pair = brain_pair(name, spacing_mm, seed)
+            paths = folder / f"{suite}_{name}_{seed}_fixed.nii.gz", folder / f"{suite}_{name}_{seed}_moving.nii.gz"
+            write_image(pair.fixed, paths[0])
+            write_image(pair.moving, paths[1])
+            tissues = {"fixed": pair.fixed, "fixed_tissues": cross_subject.tissue_classes(pair.fixed_stripped),
+                       "moving_tissues": cross_subject.tissue_classes(pair.moving_stripped)}
+
+            def score(field: Optional[np.ndarray], pair=pair, tissues=tissues) -> dict:
+                grid = pair.fixed.grid
+                moved = np.zeros((*grid.shape, grid.dim)) if field is None else field
+                brain = warp_with_displacement(pair.moving_brain, moved, "nearest", grid=grid).array
+                return {"brain_dice": mask_dice(brain > 0.5, pair.fixed_brain.array > 0.5),
+                        **cross_subject.tissue_dice(tissues, field)}
+
+            out.append(Case(suite, name, seed, str(paths[0]), str(paths[1]), score))
+    return out
+
+
 def slice_cases(suite: str, seeds: list[int], folder: Path) -> list[Case]:
     """BrainWeb T1 (moving) onto the PD slice warped by a known field (fixed): 2D, multimodal."""
     t1, pd = read_image(data_file(ITK_T1_SLICE)), read_image(data_file(ITK_PD_SLICE))
@@ -176,10 +205,13 @@ def build_cases(suites: list[str], seeds: list[int], kinds: list[str], folder: P
             cases += known_cases(suite, float(suite[len("known"):]), seeds, kinds, folder)
         elif suite.startswith("cross"):
             cases.append(cross_case(suite, float(suite[len("cross"):]), folder))
+        elif suite.startswith("head"):
+            cases += head_cases(suite, float(suite[len("head"):]), seeds, folder)
         elif suite == "slice2d":
             cases += slice_cases(suite, seeds, folder)
         else:
-            raise RegistrationError(f"unknown suite '{suite}': use known2, known1, cross2, cross1 or slice2d.")
+            raise RegistrationError(f"unknown suite '{suite}': use known2, known1, cross2, cross1, head2, head1 or "
+                                    "slice2d.")
     return cases
 
 
@@ -270,7 +302,7 @@ def print_table(summary: list[dict]) -> None:
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--suites", default="known2,cross2", help="known2, known1, cross2, cross1, slice2d")
+    parser.add_argument("--suites", default="known2,cross2", help="known2, known1, cross2, cross1, head2, head1, slice2d")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds of the known fields")
     parser.add_argument("--methods", default="none,ants-syn,elastix,default,stripped",
                         help="none, peers (" + ", ".join(PEERS) + ") and presets (" + ", ".join(PRESETS) + ")")

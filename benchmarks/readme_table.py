@@ -20,9 +20,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_registration import default_reference, summarise  # noqa: E402
 
-GROUPS = {"bet": "stripped fixed", "skull": "fixed with skull", "cross": "MNI152 onto Colin27", "2d": "T1 onto PD"}
+GROUPS = {"bet": "stripped fixed", "skull": "fixed with skull", "cross": "MNI152 onto Colin27", "2d": "T1 onto PD",
+          "zero": "MNI152 onto Colin27's head, zero air", "noisy": "MNI152 onto Colin27's head, noisy air",
+          "fov": "MNI152 onto Colin27's head, zero air, large field of view",
+          "reverse": "Colin27's head (zero air) onto MNI152", "heads": "Colin27's head onto itself, known field"}
 SUITES = {"known2": "Colin27 2 mm, known field", "known1": "Colin27 1 mm, known field",
-          "cross2": "cross-subject 2 mm", "cross1": "cross-subject 1 mm", "slice2d": "BrainWeb 2D slice"}
+          "cross2": "cross-subject 2 mm", "cross1": "cross-subject 1 mm", "slice2d": "BrainWeb 2D slice",
+          "head2": "brain and head 2 mm", "head1": "brain and head 1 mm"}
 NAMES = {"none": "no registration", "ants-syn": "ANTsPy SyN (defaults)", "ants-syn-cc": "ANTsPy SyN, CC",
          "elastix": "elastix affine + B-spline", "elastix-rigid": "elastix rigid + B-spline",
          "greedy": "Greedy (tutorial settings)", "greedy-mask": "Greedy (tutorial settings), moving mask"}
@@ -33,10 +37,12 @@ def _number(value: Optional[float], digits: int) -> str:
 
 
 def accuracy(row: dict) -> str:
-    """TRE mean (p95) in mm for known fields; grey / white matter Dice for the cross-subject pair."""
+    """TRE mean (p95) in mm for known fields; grey / white matter Dice for the cross-subject pair, after the
+    brain Dice for the brain-and-head pairs."""
     if row.get("tre_mean") is not None:
         return f"TRE {row['tre_mean']:.2f} ({row['tre_p95']:.2f})"
-    return f"GM {_number(row.get('grey_dice'), 3)} / WM {_number(row.get('white_dice'), 3)}"
+    tissues = f"GM {_number(row.get('grey_dice'), 3)} / WM {_number(row.get('white_dice'), 3)}"
+    return tissues if row.get("brain_dice") is None else f"brain {row['brain_dice']:.3f}, {tissues}"
 
 
 def table(documents: list[dict]) -> str:

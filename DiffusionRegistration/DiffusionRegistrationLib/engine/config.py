@@ -82,8 +82,14 @@ class RegistrationConfig:
     normalize: bool = declare(Flag(), True, "Normalise", "scale intensities to [0, 1] between the percentiles")
     moving_foreground_mask: Union[bool, str] = declare(
         Flag(auto=True), "auto", "Moving foreground mask",
-        "measure similarity only where the moving image is non-zero (a skull-stripped moving image onto one with "
-        "more anatomy); auto: decided from the images, recorded in the report; ignored with a moving mask")
+        "measure similarity only inside the moving image's foreground (where it differs from its constant "
+        "background); auto: when the moving image is brain only (skull-stripped or masked) and the fixed one is "
+        "not (engine.foreground), recorded in the report; ignored with a moving mask")
+    fixed_foreground_mask: Union[bool, str] = declare(
+        Flag(auto=True), "auto", "Fixed foreground mask",
+        "measure similarity only inside the fixed image's foreground; auto: when the fixed image is brain only and "
+        "the moving one is not (a head scan onto a skull-stripped template), recorded in the report; ignored with "
+        "a fixed mask")
     percentiles: tuple[float, float] = declare(Numbers(Number(float, 0, 100), length=2), (0.5, 99.5),
                                                "Percentiles", "intensity percentiles mapped to 0 and 1")
     device: str = declare(Device(), "auto", "Device", "auto: a CUDA GPU when present, else the CPU", advanced=False)
@@ -133,15 +139,16 @@ COARSE_FIELD: dict[str, Any] = {"control_spacing": 4.0, "field_smoothing": 1.5, 
                                 "masked_regularization_factor": 1.0}
 
 PRESETS: dict[str, Preset] = {
-    "default": Preset("same contrast: local NCC, stationary velocity field, three levels; a skull-stripped moving "
-                      "image onto one with more anatomy is masked (moving_foreground_mask=auto)", {}),
+    "default": Preset("same contrast: local NCC, stationary velocity field, three levels; a skull-stripped image "
+                      "onto a head, or a head onto a skull-stripped image, is masked by the brain's foreground "
+                      "(moving_/fixed_foreground_mask=auto)", {}),
     "fast": Preset("same contrast, two levels and fewer steps",
                    {**COARSE_FIELD, "levels": (4.0, 2.0), "iterations": (60, 40), "affine_iterations": (50, 20)}),
     "accurate": Preset("same contrast, more steps and a narrower local NCC window",
                        {"iterations": (150, 100, 50), "control_spacing": 2.0, "tolerance": 2e-5,
                         "similarity_params": {"sigma": 1.5}}),
-    "stripped": Preset("similarity only where the moving image is non-zero, always (default decides from the "
-                       "share of zero voxels)", {"moving_foreground_mask": True}),
+    "stripped": Preset("similarity only inside the moving image's foreground, always (default decides from what "
+                       "each image shows)", {"moving_foreground_mask": True}),
     "multimodal": Preset("different contrasts: MIND descriptors, mutual information for the affine stage",
                          {**COARSE_FIELD, "similarity": "mind", "affine_similarity": "mi"}),
     # The regulariser weight is the paper's 3D lambda; it needs the weights (`diffreg models download`).

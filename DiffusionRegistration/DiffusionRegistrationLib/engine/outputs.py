@@ -87,7 +87,8 @@ def summary(result: Result, determinant: np.ndarray) -> dict[str, Any]:
     """Numbers every run reports: time, folding and the Jacobian range, the optimisation history."""
     return {"seconds": round(result.seconds, 3), **folding(determinant),
             "max_displacement_mm": float(np.linalg.norm(result.displacement, axis=-1).max()),
-            "history": result.history, "warnings": result.warnings, "config": result.config}
+            "history": result.history, "warnings": result.warnings, "config": result.config,
+            "foreground": result.foreground}
 
 
 def planned_outputs(output_dir: str | os.PathLike, request: OutputRequest) -> dict[str, Path]:

@@ -33,6 +33,7 @@ from ..similarity.base import Similarity
 from ..similarity.registry import affine_similarity_name
 from .config import RegistrationConfig
 from .device import resolve_device
+from .foreground import MaskDecision, decide_masks
 from .optimizer import CosineAdam, ParameterGroup
 from .quality import quality_warnings
 from .result import Result
@@ -376,7 +377,7 @@ def displacement_on(grid: Grid, affine: AffineTransform, dense: Optional[DenseTr
 
 
 def _result(run: Run, fixed: Image, moving: Image, affine: AffineTransform, dense: Optional[DenseTransform],
-            inverse: bool, start: float) -> Result:
+            inverse: bool, start: float, decision: MaskDecision) -> Result:
     """The fixed->moving displacement on the full fixed grid, the warped moving image and the inverse."""
     device = run.device
     with torch.no_grad():
@@ -392,23 +393,11 @@ def _result(run: Run, fixed: Image, moving: Image, affine: AffineTransform, dens
         inverse_field = _inverse_on_moving_grid(affine, dense, fixed.grid, moving.grid, device) if inverse else None
     result = Result(fixed.grid, moving.grid, displacement, affine=affine.matrix()[0],
                     warped=Image(warped[0, 0].cpu().numpy(), fixed.grid, None), inverse=inverse_field,
-                    seconds=time.perf_counter() - start, config=run.config.to_dict(), history=run.history)
-    result.warnings = run.warnings + quality_warnings(result, fixed, moving, run.config.similarity)
+                    seconds=time.perf_counter() - start, config=run.config.to_dict(), history=run.history,
+                    foreground=decision.reasons)
+    result.warnings = run.warnings + quality_warnings(result, fixed, moving, run.config.similarity,
+                                                      (decision.fixed, decision.moving))
     return result
-
-
-# moving_foreground_mask="auto" masks a moving image with at least this share of zero voxels and this many
-# times the fixed image's share. Colin27 skull-stripped onto Colin27 with skull: 0.76 against 0.41 (masked);
-# both skull-stripped: 0.76 against 0.73, MNI152 onto Colin27: 0.79 against 0.76 (not masked: no gain, and the
-# masked LNCC costs about 7 % more); the BrainWeb slices: 0.003 and 0.011.
-CUT_OUT_ZEROS = 0.2
-CUT_OUT_RATIO = 1.5
-
-
-def cut_out(fixed: Image, moving: Image) -> bool:
-    """Whether `moving` looks cut out of a larger scene (skull-stripped or masked) that `fixed` shows."""
-    moving_zeros, fixed_zeros = float((moving.array == 0).mean()), float((fixed.array == 0).mean())
-    return moving_zeros >= CUT_OUT_ZEROS and moving_zeros >= CUT_OUT_RATIO * fixed_zeros
 
 
 def physical_box(grid: Grid) -> tuple[np.ndarray, np.ndarray]:
@@ -445,20 +434,18 @@ def overlap_warnings(fixed: Image, moving: Image, config: RegistrationConfig) ->
 
 
 def _check_inputs(fixed: Image, moving: Image, fixed_mask: Optional[Image], moving_mask: Optional[Image],
-                  config: RegistrationConfig) -> tuple[Optional[Image], Optional[Image], RegistrationConfig]:
-    """Checked masks, and the config with moving_foreground_mask decided (what the report shows)."""
+                  config: RegistrationConfig) -> tuple[MaskDecision, RegistrationConfig]:
+    """Checked masks, the foreground masks decided, and the config with both decisions (what the report shows)."""
     if fixed.dim != moving.dim:
         raise RegistrationError(f"fixed {fixed.name} is {fixed.dim}D but moving {moving.name} is {moving.dim}D; "
                                 "register images of the same dimension.")
     fixed_mask = None if fixed_mask is None else check_mask(fixed_mask, fixed, "fixed mask")
     moving_mask = None if moving_mask is None else check_mask(moving_mask, moving, "moving mask")
-    foreground = config.moving_foreground_mask
-    if foreground == "auto":
-        foreground = moving_mask is None and cut_out(fixed, moving)
-        config = dataclasses.replace(config, moving_foreground_mask=foreground)
-    if moving_mask is None and foreground:
-        moving_mask = moving.with_array((moving.array != 0).astype(np.float32))
-    return fixed_mask, moving_mask, config
+    decision = decide_masks(fixed, moving, fixed_mask, moving_mask, config.fixed_foreground_mask,
+                            config.moving_foreground_mask)
+    config = dataclasses.replace(config, fixed_foreground_mask=decision.fixed_foreground_mask,
+                                 moving_foreground_mask=decision.moving_foreground_mask)
+    return decision, config
 
 
 def register(fixed: Image, moving: Image, config: Optional[RegistrationConfig] = None,
@@ -473,15 +460,16 @@ def register(fixed: Image, moving: Image, config: Optional[RegistrationConfig] =
     """
     config = _checked_arguments(fixed, moving, config, fixed_mask, moving_mask)
     start = time.perf_counter()
-    fixed_mask, moving_mask, config = _check_inputs(fixed, moving, fixed_mask, moving_mask, config)
+    decision, config = _check_inputs(fixed, moving, fixed_mask, moving_mask, config)
     warnings = overlap_warnings(fixed, moving, config)
     device = resolve_device(config.device)
     with torch_threads(config.threads):
-        run = Run(prepare(fixed, fixed_mask, config, device), prepare(moving, moving_mask, config, device),
-                  config, device, progress, warnings=warnings, preview=preview)
+        run = Run(prepare(fixed, decision.fixed_mask, config, device),
+                  prepare(moving, decision.moving_mask, config, device), config, device, progress,
+                  warnings=warnings, preview=preview)
         affine = affine_stage(run)
         dense = deformable_stage(run, affine)
-        return _result(run, fixed, moving, affine, dense, inverse, start)
+        return _result(run, fixed, moving, affine, dense, inverse, start, decision)
 
 
 def _checked_arguments(fixed: Image, moving: Image, config: Optional[RegistrationConfig],

@@ -31,6 +31,7 @@ class Result:
     config: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # the quality guard's findings (engine.quality)
+    foreground: dict[str, str] = field(default_factory=dict)  # what each image is, and the masks decided from it
 
     @classmethod
     def identity(cls, fixed_grid: Grid, moving_grid: Grid) -> "Result":
