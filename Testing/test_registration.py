@@ -134,6 +134,18 @@ def test_a_run_leaves_torch_threads_and_the_global_generator_as_it_found_them(t1
     assert np.array_equal(first.displacement, again.displacement)
 
 
+def test_unset_threads_mean_one_for_a_2d_image_and_torchs_default_for_a_volume(t1_slice, colin_small):
+    torch.set_num_threads(2)
+    seen = {}
+    for name, image in (("2d", t1_slice), ("3d", colin_small)):
+        register(image, image, make_config("fast", {"iterations": [2, 2], "affine_iterations": [2, 2]}),
+                 progress=lambda event, name=name: seen.setdefault(name, torch.get_num_threads()))
+    assert seen == {"2d": 1, "3d": 2} and torch.get_num_threads() == 2
+    register(t1_slice, t1_slice, make_config("fast", {"iterations": [2, 2], "threads": 2}),
+             progress=lambda event: seen.__setitem__("given", torch.get_num_threads()))
+    assert seen["given"] == 2
+
+
 @pytest.mark.parametrize("spacing, expected", [(2.0, [4.0, 2.0, 1.0]), (1.0, [8.0, 4.0, 2.0]),
                                                (0.5, [16.0, 8.0, 4.0]), (3.0, [4.0, 2.0, 1.0])])
 def test_levels_are_physical_sizes_whatever_the_voxel_size(spacing, expected):

@@ -95,7 +95,8 @@ class RegistrationConfig:
     device: str = declare(Device(), "auto", "Device", "auto: a CUDA GPU when present, else the CPU", advanced=False)
     seed: int = declare(Number(int, 0, 2**32 - 1), 0, "Seed", "seed of every random draw")
     threads: Optional[int] = declare(Number(int, 1, 4096, optional=True), None, "Threads",
-                                     "CPU threads (unset: torch's default)")
+                                     "CPU threads (unset: one for a 2D image, whose steps are too small to share; torch's "
+                                     "default for a volume)")
 
     def __post_init__(self) -> None:
         check_declared(self)

@@ -463,7 +463,7 @@ def register(fixed: Image, moving: Image, config: Optional[RegistrationConfig] =
     decision, config = _check_inputs(fixed, moving, fixed_mask, moving_mask, config)
     warnings = overlap_warnings(fixed, moving, config)
     device = resolve_device(config.device)
-    with torch_threads(config.threads):
+    with torch_threads(config.threads or (1 if fixed.dim == 2 else None)):
         run = Run(prepare(fixed, decision.fixed_mask, config, device),
                   prepare(moving, decision.moving_mask, config, device), config, device, progress,
                   warnings=warnings, preview=preview)
