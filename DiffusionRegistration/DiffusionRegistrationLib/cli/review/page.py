@@ -30,7 +30,7 @@ from ...engine.config import presets
 from ...errors import Cancelled, RegistrationError
 from ...progress import Progress
 from ...similarity.registry import SIMILARITIES
-from ...engine.options import RegistrationOptions
+from ...engine.options import OPTION_SETTINGS, RegistrationOptions
 from ...slicer.process_runner import Finished, LogLine
 from ...slicer.session import LAYERS, ReviewSession
 from ...slicer.transforms import grid_transform_from_displacement
@@ -40,6 +40,7 @@ from .warm import WarmJob
 
 VIEWS = {"fixed": "Fixed", "moving": "Moving", "overlay": "Overlay", "checkerboard": "Checkerboard"}
 ORIENTATIONS = ("Axial", "Coronal", "Sagittal")
+SQUARE, AGREEMENT = OPTION_SETTINGS["checkerboard_square_mm"], OPTION_SETTINGS["agreement"]  # the declarations
 COLOUR_LAYERS = ("agreement", "jacobian")  # maps shown in colour over the fixed image, with a colour bar
 FALLBACK_COLOURS = "vtkMRMLColorTableNodeReverseRainbow"  # built into MRML: violet (low) to red (high)
 INPUTS = ("fixed", "moving", "fixed_mask", "moving_mask")
@@ -90,7 +91,7 @@ class ReviewPage(TrameApp):
         state.preset = "fast"
         state.similarities = [{"title": "as the preset says", "value": "", "subtitle": ""}] + [
             {"title": name, "value": name, "subtitle": info.summary} for name, info in SIMILARITIES.items()]
-        state.similarity, state.square, state.agreement = "", 10.0, False
+        state.similarity, state.square, state.agreement = "", SQUARE.default, AGREEMENT.default
         state.running, state.progress, state.stage, state.error, state.log = False, 0, "", "", ""
         state.timing = ""
         state.runs, state.run = [], None
@@ -138,10 +139,11 @@ class ReviewPage(TrameApp):
                    density="compact", hide_details=True, classes="mb-2")
         v3.VSelect(id="similarity", label="Similarity", v_model=("similarity",), items=("similarities",),
                    item_props=True, density="compact", hide_details=True, classes="mb-2")
-        v3.VTextField(id="square", label="Checkerboard square (mm)", v_model_number=("square",), type="number",
-                      min=1, density="compact", hide_details=True, classes="mb-2")
-        v3.VCheckbox(id="agreement", v_model=("agreement",), label="agreement map", density="compact",
-                     hide_details=True)
+        v3.VTextField(id="square", label=f"{SQUARE.label} ({SQUARE.unit})", v_model_number=("square",),
+                      type="number", min=SQUARE.bounds[0], max=SQUARE.bounds[1], title=SQUARE.help,
+                      density="compact", hide_details=True, classes="mb-2")
+        v3.VCheckbox(id="agreement", v_model=("agreement",), label=AGREEMENT.label.lower(), title=AGREEMENT.help,
+                     density="compact", hide_details=True)
 
     def _run_ui(self) -> None:
         v3.VBtn("Run", id="run", v_if=("!running",), click=self.run, color="primary", block=True)
@@ -428,14 +430,13 @@ def _drop_segment_editor(scene) -> None:
 
 
 def _square_mm(value) -> float:
-    """The checkerboard's square from the page's field; RegistrationError for anything but a positive size."""
+    """The checkerboard's square from the page's field, as a number; its range is the declaration's
+    (RegistrationOptions checks it)."""
     try:
-        square = float(value)
+        return float(value)
     except (TypeError, ValueError):
-        square = 0.0
-    if not square > 0:
-        raise RegistrationError(f"checkerboard square '{value}': give a size in mm above 0 (e.g. 10).")
-    return square
+        raise RegistrationError(f"checkerboard square '{value}': give a size in mm, e.g. "
+                                f"{SQUARE.default:g}.") from None
 
 
 def _slice_view_ui(server, view_id: str, view) -> None:
