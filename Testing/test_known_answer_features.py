@@ -7,7 +7,6 @@ what `--similarity mind` computes. Both go through the diffusion path users get 
 """
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest

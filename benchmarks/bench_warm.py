@@ -38,8 +38,7 @@ sys.path.insert(0, str(HERE))
 
 from bench_registration import run_child, slice_cases  # noqa: E402
 from DiffusionRegistrationLib.io.transform_files import read_displacement  # noqa: E402
-from DiffusionRegistrationLib.slicer.job import LIBRARY_PARENT, idle_backend  # noqa: E402
-from DiffusionRegistrationLib.slicer.process_runner import backend_environment  # noqa: E402
+from DiffusionRegistrationLib.slicer.job import idle_backend  # noqa: E402
 from DiffusionRegistrationLib.slicer.warm_backend import WarmBackend, WarmRun  # noqa: E402
 from peers import ants_syn  # noqa: E402
 

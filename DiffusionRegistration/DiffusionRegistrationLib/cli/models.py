@@ -6,7 +6,6 @@ cached and verified, otherwise 2 with the reason and the fix on stderr.
 from __future__ import annotations
 
 import argparse
-import sys
 
 from .settings import add_progress_argument, progress_from_args
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..errors import RegistrationError
 from ..io.structured import parse_json
-from ..progress import json_lines, progress_bar, silent
+from ..progress import json_lines, silent
 from .settings import (add_progress_argument, add_settings_arguments, finetune_settings, network_refusals,
                        options_from_args, progress_from_args)
 
