@@ -73,4 +73,4 @@ def test_none_means_as_the_preset_says_and_zero_is_a_value():
     assert unset.config() == RegistrationConfig(**{**RegistrationConfig().to_dict(), "threads": 1,
                                                    **PRESETS["fast"].settings})
     zero = RegistrationOptions(preset="fast", regularization=0.0).config()
-    assert zero.regularization == 0.0 and unset.config().regularization == RegistrationConfig().regularization
+    assert zero.regularization == 0.0 and unset.config().regularization == PRESETS["fast"].settings["regularization"]

@@ -78,7 +78,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             axis.grid(True, alpha=0.3)
     measure = "CPU time (user + system)" if args.time == "cpu_seconds" else "time"
     figure.suptitle("MNI152 onto Colin27 (both skull-stripped): circles this project's presets, squares peers\n"
-                    f"{measure}: whole process (presets, Greedy) or the registration call (ANTsPy, elastix)",
+                    f"{measure}: whole process (presets, Greedy, NiftyReg, FireANTs) or the registration call (ANTsPy, elastix)",
                     fontsize=9)
     figure.tight_layout()
     figure.savefig(args.out, dpi=110)

@@ -8,12 +8,16 @@ direction or axis order gives a large value; a correct one gives interpolation n
 
 Peers: ANTsPy SyN with its defaults (Mattes MI), ANTsPy SyN with the CC metric (radius 4), itk-elastix
 affine (or rigid: "elastix-rigid") then B-spline (elastix's default maps, 10 mm final grid spacing), and
-Greedy (picsl-greedy) with its tutorial's settings, without and with a moving mask ("greedy-mask").
+Greedy (picsl-greedy) with its tutorial's settings, without and with a moving mask ("greedy-mask"),
+NiftyReg's reg_aladin then reg_f3d with their defaults, and FireANTs' Quickstart on the CPU (NiftyReg and
+FireANTs from benchmarks/install_peers.sh).
 """
 from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shutil
 import sys
 import tempfile
 import time
@@ -26,7 +30,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from DiffusionRegistrationLib.core.image import Grid, Image
-
+from DiffusionRegistrationLib.core.paths import cache_folder
 from DiffusionRegistrationLib.io.images import read_image, write_image
 from DiffusionRegistrationLib.geometry.synthetic import warp_with_displacement
 from peak_memory import run_child
@@ -189,6 +193,88 @@ def greedy(fixed_path: str, moving_path: str, moving_mask: bool = False) -> Peer
                       consistency(moving_image, field, fixed_image.grid, peer_warped), settings, peak)
 
 
+def peer_program(name: str) -> str:
+    """The path of a peer's program: the peers cache's bin/ (benchmarks/install_peers.sh), else the PATH."""
+    installed = cache_folder("peers", "DIFFREG_PEERS") / "bin" / name
+    found = str(installed) if os.access(installed, os.X_OK) else shutil.which(name)
+    if found is None:
+        raise RuntimeError(f"{name} not found in {installed.parent} nor on the PATH: run "
+                           "`bash benchmarks/install_peers.sh`.")
+    return found
+
+
+def niftyreg_field(path: Path, grid: Grid) -> np.ndarray:
+    """A NiftyReg deformation field (reg_transform -def: for each fixed voxel, where it maps to in world RAS mm;
+    NIfTI shape [x, y, z, 1, 3]) as the fixed->moving displacement [z, y, x, 3] in LPS mm on `grid`."""
+    import nibabel
+
+    mapped = np.asarray(nibabel.load(str(path)).dataobj, dtype=np.float64)[:, :, :, 0, :].transpose(2, 1, 0, 3)
+    mapped = mapped * np.array([-1.0, -1.0, 1.0])  # RAS -> LPS
+    index = np.stack(np.meshgrid(*[np.arange(n) for n in grid.size], indexing="ij"), -1).transpose(2, 1, 0, 3)
+    matrix = grid.index_to_physical()
+    points = index @ matrix[:3, :3].T + matrix[:3, 3]
+    return mapped - points
+
+
+def niftyreg(fixed_path: str, moving_path: str) -> PeerResult:
+    """NiftyReg as its user runs it by default: `reg_aladin` (rigid then affine, block matching), then `reg_f3d`
+    (cubic B-spline, NMI, bending energy) from that affine. `seconds` is both processes (niftyreg_process.py);
+    the field is reg_f3d's control point grid, which includes the affine, as a deformation (reg_transform -def),
+    checked against reg_resample's linear resampling with it (reg_f3d's own result image is cubic)."""
+    fixed_image, moving_image = read_image(fixed_path), read_image(moving_path)
+    if fixed_image.dim != 3:
+        raise RuntimeError("the niftyreg peer takes 3D images")
+    aladin, f3d, transform, resample = (peer_program(n) for n in ("reg_aladin", "reg_f3d", "reg_transform",
+                                                                   "reg_resample"))
+    with tempfile.TemporaryDirectory(prefix="diffreg-niftyreg-") as name:
+        folder = Path(name)
+        affine, cpp = folder / "affine.txt", folder / "cpp.nii.gz"
+        commands = [[aladin, "-ref", fixed_path, "-flo", moving_path, "-aff", str(affine),
+                     "-res", str(folder / "affine_result.nii.gz")],
+                    [f3d, "-ref", fixed_path, "-flo", moving_path, "-aff", str(affine), "-cpp", str(cpp),
+                     "-res", str(folder / "result.nii.gz")]]
+        memory = folder / "peak.json"
+        seconds, cpu, code = run_child([sys.executable, str(HERE / "niftyreg_process.py"), str(memory),
+                                        *(json.dumps(c) for c in commands)], folder / "log.txt")
+        if code != 0:
+            raise RuntimeError(f"niftyreg exited with {code}:\n{(folder / 'log.txt').read_text()[-3000:]}")
+        deformation, warped = folder / "deformation.nii.gz", folder / "warped.nii.gz"
+        for command in ([transform, "-ref", fixed_path, "-def", str(cpp), str(deformation)],
+                        [resample, "-ref", fixed_path, "-flo", moving_path, "-trans", str(cpp), "-res", str(warped),
+                         "-inter", "1"]):
+            run_child(command, folder / "convert.txt")
+        field = niftyreg_field(deformation, fixed_image.grid)
+        peer_warped = sitk.GetArrayFromImage(sitk.ReadImage(str(warped)))
+        peak = json.loads(memory.read_text())["peak_mb"]
+    settings = "reg_aladin -ref fixed -flo moving, then reg_f3d -ref fixed -flo moving -aff <its affine> (defaults)"
+    return PeerResult("niftyreg", field, seconds, cpu, consistency(moving_image, field, fixed_image.grid, peer_warped),
+                      settings, peak)
+
+
+def fireants(fixed_path: str, moving_path: str) -> PeerResult:
+    """FireANTs' Quickstart (affine, then greedy deformable) on the CPU, in its own environment, as its user runs
+    it: `seconds` is the whole process (fireants_process.py); the field is FireANTs' own ANTs-format warp."""
+    fixed_image, moving_image = read_image(fixed_path), read_image(moving_path)
+    python = peer_program("fireants-python")
+    with tempfile.TemporaryDirectory(prefix="diffreg-fireants-") as name:
+        folder = Path(name)
+        warp, moved, memory = folder / "warp.nii.gz", folder / "moved.nii.gz", folder / "peak.json"
+        seconds, cpu, code = run_child([python, str(HERE / "fireants_process.py"), fixed_path, moving_path, str(warp),
+                                        str(moved), str(memory)], folder / "log.txt")
+        if code != 0:
+            raise RuntimeError(f"fireants exited with {code}:\n{(folder / 'log.txt').read_text()[-3000:]}")
+        vector = sitk.ReadImage(str(warp), sitk.sitkVectorFloat64)
+        grid = fixed_image.grid
+        field = sitk.GetArrayFromImage(vector) if Grid.from_sitk(vector).same_as(grid) else \
+            field_on_grid(sitk.DisplacementFieldTransform(vector), grid)
+        peer_warped = sitk.GetArrayFromImage(sitk.ReadImage(str(moved)))
+        peak = json.loads(memory.read_text())["peak_mb"]
+    return PeerResult("fireants", field, seconds, cpu, consistency(moving_image, field, grid, peer_warped),
+                      "FireANTs Quickstart on the CPU: AffineRegistration([4, 2, 1], [200, 100, 50], Adam 3e-3, "
+                      "cc_kernel_size=5), then GreedyRegistration([4, 2, 1], [200, 100, 25], cc_kernel_size=5, "
+                      "compositive, smooth_grad_sigma=1, Adam 0.5)", peak)
+
+
 PEERS: dict[str, Callable[[str, str], PeerResult]] = {
     "ants-syn": ants_syn,
     "ants-syn-cc": ants_syn_cc,
@@ -196,4 +282,6 @@ PEERS: dict[str, Callable[[str, str], PeerResult]] = {
     "elastix-rigid": partial(elastix_bspline, initial="rigid"),
     "greedy": greedy,
     "greedy-mask": partial(greedy, moving_mask=True),
+    "niftyreg": niftyreg,
+    "fireants": fireants,
 }

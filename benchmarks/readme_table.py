@@ -29,7 +29,8 @@ SUITES = {"known2": "Colin27 2 mm, known field", "known1": "Colin27 1 mm, known 
           "head2": "brain and head 2 mm", "head1": "brain and head 1 mm"}
 NAMES = {"none": "no registration", "ants-syn": "ANTsPy SyN (defaults)", "ants-syn-cc": "ANTsPy SyN, CC",
          "elastix": "elastix affine + B-spline", "elastix-rigid": "elastix rigid + B-spline",
-         "greedy": "Greedy (tutorial settings)", "greedy-mask": "Greedy (tutorial settings), moving mask"}
+         "greedy": "Greedy (tutorial settings)", "greedy-mask": "Greedy (tutorial settings), moving mask",
+         "niftyreg": "NiftyReg (reg_aladin + reg_f3d defaults)", "fireants": "FireANTs (Quickstart, CPU)"}
 
 
 def _number(value: Optional[float], digits: int) -> str:

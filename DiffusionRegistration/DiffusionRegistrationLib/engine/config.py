@@ -59,18 +59,19 @@ class RegistrationConfig:
     lr: float = declare(Number(float, 0, 10, low_open=True), 0.25, "Step size",
                         "Adam step of the deformable stage", unit="voxels")
     # The field model (issue 20; benchmarks/sweep_settings.py, README "Against Greedy"): a control grid twice
-    # as coarse as each level's, lightly smoothed, integrated in 3 squarings; with a moving mask the regulariser
-    # weighs `masked_regularization_factor` times more (a finer grid bends the brain's edge towards the fixed
-    # image's skull when the similarity sees only the brain).
+    # as coarse as each level's, lightly smoothed, integrated in 3 squarings, regularised lightly (0.15: the
+    # finest level of a 1 mm pair follows the anatomy closer); with a moving mask the regulariser weighs
+    # `masked_regularization_factor` times more (a finer grid bends the brain's edge towards the fixed image's
+    # skull when the similarity sees only the brain).
     control_spacing: float = declare(Number(float, 1, 64), 2.0, "Control spacing",
                                      "control grid coarser than the level's grid by this factor")
     field_smoothing: float = declare(Number(float, 0, 100), 1.0, "Field smoothing",
                                      "Gaussian sigma applied to the field parameter", unit="voxels")
     regularizer: str = declare(Choice(("diffusion", "bending")), "diffusion", "Regulariser",
                                "smoothness penalty: diffusion (first derivatives) or bending energy")
-    regularization: float = declare(Number(float, 0, 1e6), 0.3, "Regularization",
+    regularization: float = declare(Number(float, 0, 1e6), 0.15, "Regularization",
                                     "weight of the smoothness regulariser", advanced=False)
-    masked_regularization_factor: float = declare(Number(float, 0, 1e6), 3.0, "Masked regularization factor",
+    masked_regularization_factor: float = declare(Number(float, 0, 1e6), 6.0, "Masked regularization factor",
                                                   "the regularization is multiplied by this when a moving mask "
                                                   "limits where the similarity is measured")
     integration_steps: int = declare(Number(int, 0, 30), 3, "Integration steps",
@@ -134,10 +135,10 @@ class Preset(NamedTuple):
     settings: dict[str, Any]
 
 
-# The field model before issue 20 (a control grid 4x coarser, more smoothing, 6 squarings, one weight): what
-# `fast`, `multimodal` and `diffusion` were measured with, and cheaper per step.
+# The field model before issue 20 (a control grid 4x coarser, more smoothing, 6 squarings, one weight 0.3):
+# what `fast`, `multimodal` and `diffusion` were measured with, and cheaper per step.
 COARSE_FIELD: dict[str, Any] = {"control_spacing": 4.0, "field_smoothing": 1.5, "integration_steps": 6,
-                                "masked_regularization_factor": 1.0}
+                                "regularization": 0.3, "masked_regularization_factor": 1.0}
 
 PRESETS: dict[str, Preset] = {
     "default": Preset("same contrast: local NCC, stationary velocity field, three levels; a skull-stripped image "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from functools import lru_cache
 from typing import Optional
 
 import numpy as np
@@ -17,9 +18,28 @@ import torch.nn.functional as F
 from ..core.image import Grid, Image
 
 
+# Constants built once per grid or kernel and kept (lru_cache): every optimisation step maps points and filters
+# with them, and building them each time was a tenth of a 2D registration. They are built outside inference
+# mode, so that a tensor first made inside it (engine/agreement.py) can still be saved for a backward pass.
+
+@lru_cache(maxsize=256)
 def _matrix(grid: Grid, inverse: bool, device, dtype) -> torch.Tensor:
+    """The grid's (D+1)x(D+1) index->physical matrix (or its inverse) as a tensor."""
     matrix = grid.physical_to_index() if inverse else grid.index_to_physical()
-    return torch.as_tensor(matrix, device=device, dtype=torch.float64).to(dtype)
+    with torch.inference_mode(False):
+        return torch.as_tensor(matrix, device=device, dtype=torch.float64).to(dtype)
+
+
+@lru_cache(maxsize=256)
+def _normalising(grid: Grid, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The linear part [D, D] (transposed) and offset [D] mapping physical points to grid_sample's coordinates
+    of `grid`: 2 * index / (size - 1) - 1 with index = M p + t."""
+    d = grid.dim
+    matrix = grid.physical_to_index()
+    scale = 2.0 / np.maximum(np.asarray(grid.size, dtype=np.float64) - 1, 1)
+    with torch.inference_mode(False):
+        return (torch.as_tensor((scale[:, None] * matrix[:d, :d]).T, device=device).to(dtype),
+                torch.as_tensor(scale * matrix[:d, d] - 1.0, device=device).to(dtype))
 
 
 def strided_grid(grid: Grid, step: int) -> Grid:
@@ -56,9 +76,8 @@ def to_index(points: torch.Tensor, grid: Grid) -> torch.Tensor:
 
 def to_sampling_grid(points: torch.Tensor, grid: Grid) -> torch.Tensor:
     """Physical points [B, *spatial, D] -> normalised coordinates of `grid` for grid_sample."""
-    index = to_index(points, grid)
-    size = torch.as_tensor(grid.size, device=points.device, dtype=points.dtype)
-    return 2.0 * index / (size - 1).clamp(min=1) - 1.0
+    linear, offset = _normalising(grid, points.device, points.dtype)
+    return points @ linear + offset
 
 
 # Below this many sampled points one grid_sample call is cheaper than splitting it.
@@ -113,7 +132,20 @@ def gaussian_kernel1d(sigma: float, device=None, dtype=torch.float32, truncate: 
 
 
 def _band_matrix(kernel: torch.Tensor, size: int) -> torch.Tensor:
-    """[size, size] matrix M with (M @ v) = the zero-padded 'same' convolution of v with `kernel`."""
+    """[size, size] matrix M with (M @ v) = the zero-padded 'same' convolution of v with `kernel`; built once
+    per kernel, size, device and type, unless the kernel itself is being optimised."""
+    if kernel.requires_grad:
+        return _build_band_matrix(kernel, size)
+    return _cached_band_matrix(tuple(kernel.tolist()), size, kernel.device, kernel.dtype)
+
+
+@lru_cache(maxsize=256)
+def _cached_band_matrix(values: tuple[float, ...], size: int, device, dtype) -> torch.Tensor:
+    with torch.inference_mode(False):
+        return _build_band_matrix(torch.tensor(values, device=device, dtype=dtype), size)
+
+
+def _build_band_matrix(kernel: torch.Tensor, size: int) -> torch.Tensor:
     radius = kernel.numel() // 2
     offsets = torch.arange(size, device=kernel.device)[None, :] - torch.arange(size, device=kernel.device)[:, None]
     inside = offsets.abs() <= radius
