@@ -1,5 +1,5 @@
-"""Benchmark (issues 12, 20): this project's presets against ANTsPy SyN, elastix and Greedy, each method in its
-own process.
+"""Benchmark (issues 12, 20): this project's presets against ANTsPy SyN, elastix, Greedy, NiftyReg and FireANTs,
+each method in its own process (NiftyReg and FireANTs: `bash benchmarks/install_peers.sh` first).
 
 Suites (`--suites`):
 - known2, known1: Colin27 at 2 mm / 1 mm; moving = ch2bet (skull-stripped); fixed = ch2bet ("bet") or ch2
@@ -18,7 +18,8 @@ preset is timed as a user runs it: the whole `diffreg register` process (start-u
 writing every default output). ANTsPy and elastix are timed by their registration call alone, without
 their start-up and without the field conversion done for scoring, so the comparison is conservative for
 this project; Greedy, whose Python module is its command-line program, by its whole process (start-up,
-reading, affine and deformable runs, writing its matrix and warp), as a preset. The same holds for CPU
+reading, affine and deformable runs, writing its matrix and warp), as a preset, and so are NiftyReg (both of
+its programs) and FireANTs (its Python process, torch's import included). The same holds for CPU
 seconds and peak memory. `vs ref` is a method's time (or CPU time) over the reference peer's (`--reference`:
 ANTsPy SyN, or Greedy in a run without SyN) on the same pair in the same run.
 
@@ -308,6 +309,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="none, peers (" + ", ".join(PEERS) + ") and presets (" + ", ".join(PRESETS) + ")")
     parser.add_argument("--fixed", choices=["bet", "skull", "both"], default="both",
                         help="known-field suites: fixed image ch2bet, ch2 with skull, or both")
+    parser.add_argument("--only", action="append", default=[], metavar="METHOD=SUITES",
+                        help="run METHOD only on these suites (comma-separated), e.g. a slow peer only at 2 mm: "
+                        "--only fireants=known2,cross2; repeatable")
     parser.add_argument("--reference", default=None, help="the peer that times are divided by (default: ants-syn "
                         "if it runs, else greedy)")
     parser.add_argument("--out", default="benchmark.json", help="JSON file for every row and the summary")
@@ -317,11 +321,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     unknown = [m for m in methods if m not in PEERS and m not in PRESETS and m != "none"]
     if unknown:
         parser.error(f"unknown method(s): {', '.join(unknown)}")
+    only = {}
+    for item in args.only:
+        method, _, suites = item.partition("=")
+        if method not in methods or not suites:
+            parser.error(f"--only {item}: give METHOD=SUITES with a method of --methods")
+        only[method] = suites.split(",")
     kinds = ["bet", "skull"] if args.fixed == "both" else [args.fixed]
     reference = args.reference or default_reference(methods)
     rows: list[dict] = []
     document = {"max_mm": MAX_MM, "seeds": seeds, "suites": args.suites.split(","), "methods": methods,
-                "reference": reference,
+                "only": only, "reference": reference,
                 "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}, "rows": rows}
     with tempfile.TemporaryDirectory(prefix="diffreg-bench-") as folder:
         try:
@@ -331,6 +341,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             return 2
         for case in cases:
             for method in methods:
+                if method in only and case.suite not in only[method]:
+                    continue
                 base = {"suite": case.suite, "group": case.group, "seed": case.seed, "method": method}
                 try:
                     row = {**base, "seconds": 0.0, **case.score(None)} if method == "none" else \

@@ -210,6 +210,7 @@ class MutualInformation(Similarity):
         self.normalized = bool(normalized)
         self.seed = seed
         self._generator = torch.Generator().manual_seed(seed)
+        self._fixed_weights = _FixedCache()
 
     @property
     def stochastic(self) -> bool:
@@ -244,11 +245,15 @@ class MutualInformation(Similarity):
             weights = torch.exp(-0.5 * z) - _GAUSS_FLOOR
         return weights / weights.sum(1, keepdim=True)
 
-    def _loss(self, f: Tensor, w: Tensor) -> Tensor:
-        """-MI (or -NMI) of two value vectors [N]."""
+    def _every_voxel(self, mask: Optional[Tensor], count: int) -> bool:
+        """Whether each histogram takes every voxel, the same ones at every step (no mask, no sampling)."""
+        return mask is None and not (self.max_samples and count > self.max_samples)
+
+    def _loss(self, f: Tensor, w: Tensor, f_weights: Optional[Tensor] = None) -> Tensor:
+        """-MI (or -NMI) of two value vectors [N]; `f_weights`: f's Parzen weights, where already known."""
         if f.numel() == 0:
             return f.sum() * 0.0
-        joint = self._weights(f).T @ self._weights(w) / f.numel()
+        joint = (self._weights(f) if f_weights is None else f_weights).T @ self._weights(w) / f.numel()
         h_f, h_w, h_fw = _entropy(joint.sum(1)), _entropy(joint.sum(0)), _entropy(joint)
         return -(h_f + h_w) / h_fw.clamp_min(1e-12) if self.normalized else -(h_f + h_w - h_fw)
 
@@ -273,6 +278,10 @@ class MutualInformation(Similarity):
                                     f"the fixed image {tuple(fixed.shape)}.")
         mask = _mask_weights("mi", fixed, fixed, mask)
         count = fixed[0, 0].numel()
+        # with every voxel in every histogram, the fixed image's Parzen weights are the same at each step
+        known = self._fixed_weights.get(lambda: [[self._weights(values) for values in fixed[b].flatten(1)]
+                                                 for b in range(fixed.shape[0])], fixed) \
+            if self._every_voxel(mask, count) else None
         losses = []
         for b in range(fixed.shape[0]):
             index = self._select(None if mask is None else mask[b], count, fixed.device)
@@ -281,7 +290,7 @@ class MutualInformation(Similarity):
             if index is not None:
                 points, f = points[index], f[:, index]
             w = sample(moving[b:b + 1], points.reshape(1, -1, *([1] * (dim - 1)), dim)).reshape(f.shape)
-            losses += [self._loss(f[c], w[c]) for c in range(f.shape[0])]
+            losses += [self._loss(f[c], w[c], None if known is None else known[b][c]) for c in range(f.shape[0])]
         return torch.stack(losses).mean()
 
 
