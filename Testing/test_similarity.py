@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+import torch.nn.functional as F
 from scipy import ndimage
 
 from DiffusionRegistrationLib.io.data import COLIN_T1, ITK_PD_SLICE, ITK_T1_SLICE, data_file
@@ -371,3 +372,22 @@ def test_lncc_gradient_for_batches_and_channels_matches_finite_differences(maske
     with torch.no_grad():
         numeric = (sim(fixed, warped + h * direction, mask) - sim(fixed, warped - h * direction, mask)) / (2 * h)
     assert float((gradient * direction).sum()) == pytest.approx(float(numeric), rel=1e-5, abs=1e-8)
+
+
+def test_mi_reuses_the_fixed_weights_only_while_the_fixed_image_is_unchanged():
+    """Mutual information keeps the fixed image's Parzen weights between steps when every voxel enters the
+    histogram; a step with another moving image, or after the fixed image changed in place, must give what a
+    fresh measure (nothing kept) gives."""
+    generator = torch.Generator().manual_seed(3)
+    fixed, first, second = (torch.rand(1, 1, 12, 10, generator=generator) for _ in range(3))
+    identity = F.affine_grid(torch.eye(2, 3)[None], [1, 1, 12, 10], align_corners=True)
+    kept = build_similarity("mi", max_samples=0)
+
+    def fresh(moving):
+        return build_similarity("mi", max_samples=0).mapped_loss(fixed, moving, identity)
+
+    assert kept.mapped_loss(fixed, first, identity) == pytest.approx(float(fresh(first)), abs=1e-7)
+    assert kept.mapped_loss(fixed, second, identity) == pytest.approx(float(fresh(second)), abs=1e-7)
+    fixed.mul_(0.5).add_(0.25)
+    assert kept.mapped_loss(fixed, second, identity) == pytest.approx(float(fresh(second)), abs=1e-7)
+    assert float(fresh(second)) != pytest.approx(float(fresh(first)), abs=1e-4)

@@ -78,3 +78,25 @@ def test_nearest_warp_keeps_integer_labels_as_simpleitk_does():
     peer = warp_with_displacement(labels, field, "nearest").array
     assert ours.dtype == np.int32 and set(np.unique(ours)) <= set(np.unique(values)) | {0}
     assert (ours != peer).mean() < 0.002  # points within float32 rounding of a voxel boundary may differ
+
+
+def test_constants_first_built_in_inference_mode_still_serve_a_backward_pass():
+    """The per-grid and per-kernel constants are cached: one first built inside inference mode (the agreement
+    map runs there) must still work in a later differentiable step, and give the same numbers as a fresh one."""
+    from DiffusionRegistrationLib.core.image import Grid
+
+    grid = Grid((7, 5, 6), (1.5, 2.0, 1.0), (3.0, -4.0, 10.0), (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
+    kernel = gaussian_kernel1d(1.3, dtype=torch.float32)
+    spatial._matrix.cache_clear(), spatial._normalising.cache_clear(), spatial._cached_band_matrix.cache_clear()
+    with torch.inference_mode():
+        spatial.to_sampling_grid(spatial.physical_points(grid), grid)
+        separable_filter(torch.rand(1, 1, 6, 5, 7), [kernel] * 3)
+    points = spatial.physical_points(grid).requires_grad_(True)
+    image = torch.rand(1, 1, 6, 5, 7, requires_grad=True)
+    (spatial.to_sampling_grid(points, grid).sum() + separable_filter(image, [kernel] * 3).sum()).backward()
+    # the identity map samples every voxel centre: corners at -1 and +1 exactly
+    normalised = spatial.to_sampling_grid(spatial.physical_points(grid), grid)
+    assert torch.allclose(normalised[0, 0, 0, 0], torch.tensor([-1.0, -1.0, -1.0]), atol=1e-5)
+    assert torch.allclose(normalised[0, -1, -1, -1], torch.tensor([1.0, 1.0, 1.0]), atol=1e-5)
+    assert points.grad is not None and image.grad is not None
+    assert torch.allclose(image.grad, separable_filter(torch.ones(1, 1, 6, 5, 7), [kernel] * 3), atol=1e-5)
