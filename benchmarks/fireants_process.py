@@ -2,24 +2,17 @@
 affine (scales 4, 2, 1; 200, 100, 50 iterations; Adam, step 3e-3; CC window 5), then greedy deformable from
 that affine (scales 4, 2, 1; 200, 100, 25 iterations; CC window 5; compositive; gradient smoothing 1; Adam,
 step 0.5). Writes the warp in ANTs' format (FireANTs' own `save_as_ants_transforms`: fixed->moving
-displacement in LPS mm on the fixed grid, affine included), the moved image and this process's peak memory.
+displacement in LPS mm on the fixed grid, affine included) and the moved image.
 
-    <fireants python> benchmarks/fireants_process.py fixed.nii.gz moving.nii.gz warp.nii.gz moved.nii.gz peak.json
+    <fireants python> benchmarks/peak_memory.py peak.json benchmarks/fireants_process.py \
+        fixed.nii.gz moving.nii.gz warp.nii.gz moved.nii.gz
 
-peers.fireants times this whole process (start-up, torch's import, reading, both stages, writing).
+peers.fireants times this whole process (start-up, torch's import, reading, both stages, writing), and
+peak_memory.py (standard library only) records its peak, as for the other peers.
 """
 from __future__ import annotations
 
-import json
 import sys
-from pathlib import Path
-
-
-def peak_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024.0
-    return float("nan")
 
 
 def main(argv: list[str]) -> int:
@@ -27,7 +20,7 @@ def main(argv: list[str]) -> int:
     from fireants.registration.affine import AffineRegistration
     from fireants.registration.greedy import GreedyRegistration
 
-    fixed_path, moving_path, warp_path, moved_path, peak_path = argv
+    fixed_path, moving_path, warp_path, moved_path = argv
     fixed = BatchedImages([Image.load_file(fixed_path, device="cpu")])
     moving = BatchedImages([Image.load_file(moving_path, device="cpu")])
     affine = AffineRegistration([4, 2, 1], [200, 100, 50], fixed, moving, optimizer="Adam", optimizer_lr=3e-3,
@@ -40,7 +33,6 @@ def main(argv: list[str]) -> int:
     deformable.optimize()
     deformable.save_as_ants_transforms(warp_path)
     FakeBatchedImages(deformable.evaluate(fixed, moving), fixed).write_image(moved_path)
-    Path(peak_path).write_text(json.dumps({"peak_mb": peak_mb()}))
     return 0
 
 

@@ -28,10 +28,13 @@ from typing import Callable, Optional
 
 import numpy as np
 import SimpleITK as sitk
+import torch
 
 from DiffusionRegistrationLib.core.image import Grid, Image
 from DiffusionRegistrationLib.core.paths import cache_folder
+from DiffusionRegistrationLib.geometry.spatial import physical_points
 from DiffusionRegistrationLib.io.images import read_image, write_image
+from DiffusionRegistrationLib.io.landmarks import ras_to_lps
 from DiffusionRegistrationLib.geometry.synthetic import warp_with_displacement
 from peak_memory import run_child
 
@@ -54,6 +57,14 @@ def field_on_grid(transform: sitk.Transform, grid: Grid) -> np.ndarray:
     field = sitk.TransformToDisplacementField(transform, sitk.sitkVectorFloat64, list(grid.size),
                                               list(grid.origin), list(grid.spacing), list(grid.direction))
     return sitk.GetArrayFromImage(field)
+
+
+def displacement_on_grid(vector: sitk.Image, grid: Grid) -> np.ndarray:
+    """A peer's displacement image (fixed->moving, LPS mm) as an array on `grid`: as it is where it lies on
+    `grid`, else resampled onto it as a transform."""
+    if Grid.from_sitk(vector).same_as(grid):
+        return sitk.GetArrayFromImage(vector)
+    return field_on_grid(sitk.DisplacementFieldTransform(vector), grid)
 
 
 def consistency(moving: Image, field: np.ndarray, fixed_grid: Grid, peer_warped: np.ndarray) -> float:
@@ -139,10 +150,7 @@ def elastix_bspline(fixed_path: str, moving_path: str, grid_spacing_mm: float = 
     vector.SetSpacing(tuple(deformation.GetSpacing()))
     vector.SetDirection(tuple(np.asarray(deformation.GetDirection()).ravel()))
     grid = fixed_image.grid
-    if Grid.from_sitk(vector).same_as(grid):
-        field = sitk.GetArrayFromImage(vector)
-    else:  # transformix reported another grid: resample the transform onto the fixed grid
-        field = field_on_grid(sitk.DisplacementFieldTransform(vector), grid)
+    field = displacement_on_grid(vector, grid)  # transformix may report another grid than the fixed one
     peer_warped = itk.array_from_image(warped)
     name = "elastix" if initial == "affine" else f"elastix-{initial}"
     return PeerResult(name, field, seconds, cpu, consistency(moving_image, field, grid, peer_warped),
@@ -209,11 +217,8 @@ def niftyreg_field(path: Path, grid: Grid) -> np.ndarray:
     import nibabel
 
     mapped = np.asarray(nibabel.load(str(path)).dataobj, dtype=np.float64)[:, :, :, 0, :].transpose(2, 1, 0, 3)
-    mapped = mapped * np.array([-1.0, -1.0, 1.0])  # RAS -> LPS
-    index = np.stack(np.meshgrid(*[np.arange(n) for n in grid.size], indexing="ij"), -1).transpose(2, 1, 0, 3)
-    matrix = grid.index_to_physical()
-    points = index @ matrix[:3, :3].T + matrix[:3, 3]
-    return mapped - points
+    mapped = ras_to_lps(mapped.reshape(-1, 3)).reshape(mapped.shape)
+    return mapped - physical_points(grid, dtype=torch.float64)[0].numpy()
 
 
 def niftyreg(fixed_path: str, moving_path: str) -> PeerResult:
@@ -242,7 +247,9 @@ def niftyreg(fixed_path: str, moving_path: str) -> PeerResult:
         for command in ([transform, "-ref", fixed_path, "-def", str(cpp), str(deformation)],
                         [resample, "-ref", fixed_path, "-flo", moving_path, "-trans", str(cpp), "-res", str(warped),
                          "-inter", "1"]):
-            run_child(command, folder / "convert.txt")
+            if run_child(command, folder / "convert.txt")[2] != 0:
+                raise RuntimeError(f"{Path(command[0]).name} exited with an error:\n"
+                                   f"{(folder / 'convert.txt').read_text()[-3000:]}")
         field = niftyreg_field(deformation, fixed_image.grid)
         peer_warped = sitk.GetArrayFromImage(sitk.ReadImage(str(warped)))
         peak = json.loads(memory.read_text())["peak_mb"]
@@ -259,14 +266,13 @@ def fireants(fixed_path: str, moving_path: str) -> PeerResult:
     with tempfile.TemporaryDirectory(prefix="diffreg-fireants-") as name:
         folder = Path(name)
         warp, moved, memory = folder / "warp.nii.gz", folder / "moved.nii.gz", folder / "peak.json"
-        seconds, cpu, code = run_child([python, str(HERE / "fireants_process.py"), fixed_path, moving_path, str(warp),
-                                        str(moved), str(memory)], folder / "log.txt")
+        seconds, cpu, code = run_child([python, str(HERE / "peak_memory.py"), str(memory),
+                                        str(HERE / "fireants_process.py"), fixed_path, moving_path, str(warp),
+                                        str(moved)], folder / "log.txt")
         if code != 0:
             raise RuntimeError(f"fireants exited with {code}:\n{(folder / 'log.txt').read_text()[-3000:]}")
-        vector = sitk.ReadImage(str(warp), sitk.sitkVectorFloat64)
         grid = fixed_image.grid
-        field = sitk.GetArrayFromImage(vector) if Grid.from_sitk(vector).same_as(grid) else \
-            field_on_grid(sitk.DisplacementFieldTransform(vector), grid)
+        field = displacement_on_grid(sitk.ReadImage(str(warp), sitk.sitkVectorFloat64), grid)
         peer_warped = sitk.GetArrayFromImage(sitk.ReadImage(str(moved)))
         peak = json.loads(memory.read_text())["peak_mb"]
     return PeerResult("fireants", field, seconds, cpu, consistency(moving_image, field, grid, peer_warped),

@@ -133,16 +133,17 @@ def gaussian_kernel1d(sigma: float, device=None, dtype=torch.float32, truncate: 
 
 def _band_matrix(kernel: torch.Tensor, size: int) -> torch.Tensor:
     """[size, size] matrix M with (M @ v) = the zero-padded 'same' convolution of v with `kernel`; built once
-    per kernel, size, device and type, unless the kernel itself is being optimised."""
-    if kernel.requires_grad:
+    per kernel, size and type for a CPU kernel (the cache key reads the kernel's values, which on a GPU would
+    wait for the device at every filter), and not kept for a kernel that is itself being optimised."""
+    if kernel.requires_grad or kernel.device.type != "cpu":
         return _build_band_matrix(kernel, size)
-    return _cached_band_matrix(tuple(kernel.tolist()), size, kernel.device, kernel.dtype)
+    return _cached_band_matrix(tuple(kernel.tolist()), size, kernel.dtype)
 
 
 @lru_cache(maxsize=256)
-def _cached_band_matrix(values: tuple[float, ...], size: int, device, dtype) -> torch.Tensor:
+def _cached_band_matrix(values: tuple[float, ...], size: int, dtype) -> torch.Tensor:
     with torch.inference_mode(False):
-        return _build_band_matrix(torch.tensor(values, device=device, dtype=dtype), size)
+        return _build_band_matrix(torch.tensor(values, dtype=dtype), size)
 
 
 def _build_band_matrix(kernel: torch.Tensor, size: int) -> torch.Tensor:
